@@ -1,0 +1,219 @@
+//! `feed-sim`: writes the simulated feed as NDJSON on stdout, one data message per line, exactly
+//! as the gateway would send it (`tickfan_proto::encode::write_tick_json`).
+//!
+//! ```text
+//! feed-sim --count 5 --clock virtual --no-pace     # five ticks, the same bytes every time
+//! feed-sim --rate 1000 --duration 10 | jq .        # ten seconds in real time
+//! ```
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use feed_sim::{Clock, Feed, PaceOptions, SimConfig};
+use tickfan_proto::encode::write_tick_json;
+use tickfan_proto::{SymbolTable, Tick};
+
+/// Writes a deterministic simulated exchange feed (trades, quotes, L2 book deltas) as NDJSON.
+///
+/// Every line is one data message of the tickfan protocol. The same seed and settings give the
+/// same ticks; with `--clock virtual` the output is byte-identical from run to run.
+#[derive(Parser, Debug)]
+#[command(name = "feed-sim", version)]
+struct Args {
+    /// Number of symbols (BTC-USD, ETH-USD, … then generated names), 1..=100000.
+    #[arg(long, env = "TICKFAN_SYMBOLS", default_value_t = 50)]
+    symbols: usize,
+    /// Ticks per second over all symbols, outside bursts.
+    #[arg(long, env = "TICKFAN_RATE", default_value_t = 20_000.0)]
+    rate: f64,
+    /// Seed of the simulation.
+    #[arg(long, env = "TICKFAN_SEED", default_value_t = 1)]
+    seed: u64,
+    /// Zipf exponent of symbol activity (0 = all symbols equally busy).
+    #[arg(long, env = "TICKFAN_ZIPF_S", default_value_t = 1.1)]
+    zipf_s: f64,
+    /// Price levels per side of each book.
+    #[arg(long, env = "TICKFAN_BOOK_DEPTH", default_value_t = 25)]
+    book_depth: usize,
+    /// Mean seconds between bursts (0 = no bursts).
+    #[arg(long, env = "TICKFAN_BURST_EVERY", value_name = "SECS", default_value_t = 5.0)]
+    burst_every: f64,
+    /// Length of a burst, in milliseconds.
+    #[arg(long, env = "TICKFAN_BURST_LEN_MS", value_name = "MS", default_value_t = 100)]
+    burst_len_ms: u64,
+    /// Rate multiplier during bursts.
+    #[arg(long, env = "TICKFAN_BURST_MULT", default_value_t = 10.0)]
+    burst_mult: f64,
+    /// Stop after this many ticks.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after this many seconds of real time.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// What stamps `ts`: the system clock, or the schedule's virtual time from
+    /// 2025-11-25T00:00:00Z (reproducible output).
+    #[arg(long, value_enum, default_value_t = ClockArg::Real)]
+    clock: ClockArg,
+    /// Emit as fast as possible instead of at `--rate` in real time.
+    #[arg(long)]
+    no_pace: bool,
+}
+
+/// `--clock` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ClockArg {
+    /// System time at emission, Unix ns.
+    Real,
+    /// Virtual schedule time: byte-identical output for a given seed.
+    Virtual,
+}
+
+impl Args {
+    fn sim_config(&self) -> SimConfig {
+        SimConfig {
+            symbols: self.symbols,
+            rate: self.rate,
+            seed: self.seed,
+            zipf_s: self.zipf_s,
+            book_depth: self.book_depth,
+            burst_every_s: self.burst_every,
+            burst_len_ms: self.burst_len_ms,
+            burst_mult: self.burst_mult,
+        }
+    }
+
+    /// The run-time limit, or an error saying what to change.
+    fn duration(&self) -> Result<Option<Duration>, String> {
+        match self.duration {
+            None => Ok(None),
+            Some(s) if (0.0..1e9).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+            Some(s) => Err(format!("--duration must be a non-negative number of seconds, got {s}")),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let limit = match args.duration() {
+        Ok(limit) => limit,
+        Err(msg) => return usage_error(&msg),
+    };
+    let feed = match Feed::try_new(args.sim_config()) {
+        Ok(feed) => feed,
+        Err(msg) => return usage_error(&msg),
+    };
+    match run(feed, &args, limit) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`feed-sim | head`): that is how a pipe ends, not a failure.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("feed-sim: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reports a bad setting on one line and exits with status 2, like clap does for bad flags.
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("feed-sim: invalid configuration: {msg} (see --help)");
+    ExitCode::from(2)
+}
+
+fn run(mut feed: Feed, args: &Args, limit: Option<Duration>) -> io::Result<()> {
+    let symbols = feed.symbols().clone();
+    let mut out = NdjsonWriter::new(io::stdout().lock(), symbols);
+    let count = args.count.unwrap_or(u64::MAX);
+    let clock = match args.clock {
+        ClockArg::Real => Clock::Real,
+        ClockArg::Virtual => Clock::Virtual,
+    };
+    if args.no_pace {
+        let started = Instant::now();
+        for i in 0..count {
+            // Checking the clock every tick would cost more than encoding one.
+            if i % 1024 == 0 && limit.is_some_and(|l| started.elapsed() >= l) {
+                break;
+            }
+            let tick = match clock {
+                Clock::Virtual => feed.next_tick_virtual(),
+                Clock::Real => feed.next_tick(unix_now_ns()),
+            };
+            out.write(&tick)?;
+        }
+        return out.flush();
+    }
+
+    let stop = AtomicBool::new(count == 0);
+    let mut written = 0u64;
+    let mut result = Ok(());
+    std::thread::scope(|s| {
+        if let Some(limit) = limit {
+            let stop = &stop;
+            s.spawn(move || {
+                let deadline = Instant::now() + limit;
+                // Sleep in slices so that the scope can end soon after `stop` is set elsewhere.
+                while !stop.load(Ordering::Relaxed) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        stop.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(50)));
+                }
+            });
+        }
+        let opts = PaceOptions { clock, ..PaceOptions::default() };
+        feed.run_paced_with(&stop, opts, |batch| {
+            if result.is_err() {
+                return;
+            }
+            let take = batch.len().min(usize::try_from(count - written).unwrap_or(usize::MAX));
+            result = batch[..take].iter().try_for_each(|t| out.write(t)).and_then(|()| out.flush());
+            written += take as u64;
+            if result.is_err() || written >= count {
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+        // Let the timer thread end.
+        stop.store(true, Ordering::Relaxed);
+    });
+    result?;
+    out.flush()
+}
+
+/// Encodes ticks as NDJSON lines into a buffered writer, reusing one line buffer.
+struct NdjsonWriter<W: Write> {
+    /// Where the lines go.
+    out: BufWriter<W>,
+    /// Symbol names and scales, for the encoder.
+    symbols: SymbolTable,
+    /// The line being encoded.
+    line: Vec<u8>,
+}
+
+impl<W: Write> NdjsonWriter<W> {
+    fn new(out: W, symbols: SymbolTable) -> Self {
+        NdjsonWriter { out: BufWriter::with_capacity(64 << 10, out), symbols, line: Vec::new() }
+    }
+
+    fn write(&mut self, tick: &Tick) -> io::Result<()> {
+        self.line.clear();
+        write_tick_json(&mut self.line, tick, self.symbols.get(tick.sym));
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The system clock, Unix ns.
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

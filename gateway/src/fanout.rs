@@ -1,0 +1,335 @@
+//! The fan-out worker's shard: the connections one worker owns, who subscribes to what, and
+//! delivery of shared frames to them.
+//!
+//! Cost model (DESIGN §1.4): a batch of frames popped from the ring is appended to every
+//! subscriber's queue (a reference-count increment and a deque push each: no lock, no
+//! allocation, no task wake-up per message per subscriber); then every connection that got
+//! something is flushed once, many frames per `writev`. Only a connection whose socket would
+//! block has its writer task woken, to wait for writability.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use slab::Slab;
+use tickfan_proto::encode::write_gap_json;
+use tickfan_proto::{ChannelId, ChannelSpec, SymbolTable};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+
+use crate::backpressure::{Flushed, Offer, Outbound};
+use crate::channels::{ConnKey, ConnSubscriptions, SubscriptionIndex};
+use crate::frame::{self, Frame, Opcode};
+use crate::metrics::Stats;
+
+/// Wake-ups of one connection's tasks.
+#[derive(Debug, Default)]
+pub struct ConnSignals {
+    /// The socket would block: the writer task should wait for writability and flush.
+    pub writer: Notify,
+    /// The connection must end (write error, server-initiated close): the driver stops reading.
+    pub driver: Notify,
+    /// The queue drained while closing: the driver may shut the socket down.
+    pub drained: Notify,
+}
+
+/// One connection as the shard sees it.
+#[derive(Debug)]
+pub struct Conn {
+    /// Frames waiting for the socket.
+    pub out: Outbound,
+    /// What it subscribes to (mirrored in the shard's index).
+    pub subs: ConnSubscriptions,
+    /// The socket's write half. Written directly by the fan-out with `try_write_vectored`.
+    pub sock: Rc<OwnedWriteHalf>,
+    /// How to wake this connection's tasks.
+    pub signals: Rc<ConnSignals>,
+    /// Queued something this batch and is in the shard's dirty list.
+    dirty: bool,
+    /// Its socket would block: only its writer task flushes until writable again.
+    blocked: bool,
+    /// A write failed: the connection is finished, nothing more is queued or written.
+    dead: bool,
+}
+
+impl Conn {
+    pub fn new(sock: Rc<OwnedWriteHalf>, signals: Rc<ConnSignals>, queue_bytes: usize) -> Conn {
+        Conn {
+            out: Outbound::new(queue_bytes),
+            subs: ConnSubscriptions::default(),
+            sock,
+            signals,
+            dirty: false,
+            blocked: false,
+            dead: false,
+        }
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+}
+
+/// Outcome of a flush, for the writer task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushState {
+    Drained,
+    Blocked,
+    Dead,
+}
+
+/// Everything one worker owns. Lives in a `RefCell` on the worker's thread: tasks borrow it
+/// briefly and never across an `.await`.
+#[derive(Debug)]
+pub struct Shard {
+    /// Connections of this worker.
+    pub conns: Slab<Conn>,
+    /// Subscribers per channel.
+    index: SubscriptionIndex,
+    /// Next seq expected per channel from the ring (0: nothing seen yet). A jump means frames
+    /// were dropped in the ring; subscribers get a gap notice for it.
+    expected: Vec<u64>,
+    /// Connections that queued data in the current batch.
+    dirty: Vec<ConnKey>,
+    /// Symbol names, for notices.
+    symbols: Arc<SymbolTable>,
+    /// Gateway-wide counters.
+    stats: Arc<Stats>,
+    /// Per-batch tallies, published to `stats` by `flush_dirty`.
+    tally: Tally,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    frames_out: u64,
+    bytes_out: u64,
+    drops: u64,
+    gaps: u64,
+}
+
+impl Shard {
+    pub fn new(symbols: Arc<SymbolTable>, stats: Arc<Stats>) -> Shard {
+        let n = symbols.channel_count();
+        Shard {
+            conns: Slab::new(),
+            index: SubscriptionIndex::new(n),
+            expected: vec![0; n],
+            dirty: Vec::new(),
+            symbols,
+            stats,
+            tally: Tally::default(),
+        }
+    }
+
+    pub fn symbols(&self) -> &Arc<SymbolTable> {
+        &self.symbols
+    }
+
+    pub fn insert(&mut self, conn: Conn) -> ConnKey {
+        self.conns.insert(conn)
+    }
+
+    /// Unsubscribes and forgets a connection.
+    pub fn remove(&mut self, key: ConnKey) -> Option<Conn> {
+        let conn = self.conns.try_remove(key)?;
+        for spec in conn.subs.specs() {
+            self.index.remove(spec, key);
+        }
+        self.dirty.retain(|&k| k != key);
+        Some(conn)
+    }
+
+    /// Adds subscriptions (already validated and within limits). Returns how many were new.
+    pub fn subscribe(&mut self, key: ConnKey, specs: &[ChannelSpec]) -> usize {
+        let Some(conn) = self.conns.get_mut(key) else { return 0 };
+        let mut added = 0;
+        for &spec in specs {
+            if conn.subs.insert(spec) {
+                self.index.add(spec, key);
+                added += 1;
+            }
+        }
+        added
+    }
+
+    pub fn unsubscribe(&mut self, key: ConnKey, specs: &[ChannelSpec]) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        for &spec in specs {
+            if conn.subs.remove(spec) {
+                self.index.remove(spec, key);
+            }
+        }
+    }
+
+    /// Routes one frame to this shard's subscribers of its channel.
+    pub fn deliver(&mut self, frame: &Frame) {
+        let ch = frame.ch;
+        let expected = std::mem::replace(&mut self.expected[ch.index()], frame.seq + 1);
+        if expected != 0 && frame.seq > expected {
+            self.declare_ring_loss(ch, expected, frame.seq - 1);
+        }
+        let Shard { conns, index, dirty, symbols, tally, .. } = self;
+        let (wild, exact) = index.subscribers(ch);
+        let kind = ch.kind();
+        for &key in wild {
+            offer(&mut conns[key], key, frame, symbols, dirty, tally);
+        }
+        for &key in exact {
+            let conn = &mut conns[key];
+            // A connection holding `kind.*` too was served through the wildcard list.
+            if !conn.subs.has_wildcard(kind) {
+                offer(conn, key, frame, symbols, dirty, tally);
+            }
+        }
+    }
+
+    /// Frames of `ch` numbered `from..=to` were dropped in this worker's ring (the producer
+    /// outran the worker): one notice, encoded once, goes to every subscriber of `ch` here.
+    fn declare_ring_loss(&mut self, ch: ChannelId, from: u64, to: u64) {
+        if !self.index.has_subscribers(ch) {
+            return;
+        }
+        let mut json = Vec::with_capacity(128);
+        write_gap_json(&mut json, &self.symbols.channel_name(ch), from, to, "ring_overflow");
+        let notice = frame::build(Opcode::Text, &json);
+        let (wild, exact) = self.index.subscribers(ch);
+        let keys: Vec<ConnKey> = wild.iter().chain(exact).copied().collect();
+        for key in keys {
+            let conn = &mut self.conns[key];
+            if conn.out.push_notice(notice.clone()) {
+                self.tally.gaps += 1;
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+            }
+        }
+    }
+
+    /// Flushes every connection that queued something since the last call, then publishes
+    /// the batch's counters.
+    pub fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain(..) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.dirty = false;
+                if !conn.blocked {
+                    self.flush(key);
+                }
+            }
+        }
+        self.dirty = dirty; // keep the allocation
+        let t = std::mem::take(&mut self.tally);
+        Stats::add(&self.stats.frames_out, t.frames_out);
+        Stats::add(&self.stats.bytes_out, t.bytes_out);
+        Stats::add(&self.stats.slow_consumer_drops, t.drops);
+        Stats::add(&self.stats.gaps_sent, t.gaps);
+    }
+
+    /// Writes what the socket takes now. On `WouldBlock` the connection's writer task is woken
+    /// to wait for writability; on error the connection is marked dead and its driver woken.
+    pub fn flush(&mut self, key: ConnKey) -> FlushState {
+        let Some(conn) = self.conns.get_mut(key) else { return FlushState::Dead };
+        if conn.dead {
+            return FlushState::Dead;
+        }
+        loop {
+            match conn.out.write_to(&*conn.sock) {
+                Ok((n, Flushed::Drained)) => {
+                    self.tally.bytes_out += n as u64;
+                    conn.blocked = false;
+                    // Room again: declare what was dropped while the client lagged.
+                    let declared = conn.out.declare_gaps(&self.symbols);
+                    self.tally.gaps += declared as u64;
+                    if declared > 0 {
+                        continue;
+                    }
+                    if conn.out.is_closing() {
+                        conn.signals.drained.notify_one();
+                    }
+                    return FlushState::Drained;
+                }
+                Ok((n, Flushed::Blocked)) => {
+                    self.tally.bytes_out += n as u64;
+                    if !conn.blocked {
+                        conn.blocked = true;
+                        conn.signals.writer.notify_one();
+                    }
+                    return FlushState::Blocked;
+                }
+                Err(e) => {
+                    tracing::debug!(conn = key, error = %e, "write failed; dropping connection");
+                    conn.dead = true;
+                    conn.signals.driver.notify_one();
+                    conn.signals.drained.notify_one();
+                    return FlushState::Dead;
+                }
+            }
+        }
+    }
+
+    /// Queues a reply or control frame and flushes it at once (unless the socket is blocked).
+    /// A client whose unread replies exceed the queue's slack is closed with 1008.
+    pub fn send_control(&mut self, key: ConnKey, bytes: Bytes) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if !conn.out.push_control(bytes) {
+            self.close(key, 1008, "too many unread replies: read your socket");
+            return;
+        }
+        if !conn.blocked {
+            self.flush(key);
+        }
+    }
+
+    /// Queues a JSON reply as a text frame.
+    pub fn send_json(&mut self, key: ConnKey, json: &[u8]) {
+        self.send_control(key, frame::build(Opcode::Text, json));
+    }
+
+    /// Starts a server-initiated close: what is queued is still sent, then the close frame;
+    /// the connection's driver is woken to stop reading and wait for the queue to drain.
+    pub fn close(&mut self, key: ConnKey, code: u16, reason: &str) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.out.push_close(frame::close(code, reason));
+        conn.signals.driver.notify_one();
+        if !conn.blocked {
+            self.flush(key);
+        }
+    }
+
+    /// Closes every connection (shutdown: 1001 going away).
+    pub fn close_all(&mut self, code: u16, reason: &str) {
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key, code, reason);
+        }
+    }
+
+    /// Whether the connection's queue is empty (or the connection is gone or dead).
+    pub fn is_drained(&self, key: ConnKey) -> bool {
+        self.conns.get(key).is_none_or(|c| c.dead || c.out.is_empty())
+    }
+}
+
+/// Offers `frame` to one connection and marks it dirty if it queued.
+#[inline]
+fn offer(
+    conn: &mut Conn,
+    key: ConnKey,
+    frame: &Frame,
+    symbols: &SymbolTable,
+    dirty: &mut Vec<ConnKey>,
+    tally: &mut Tally,
+) {
+    match conn.out.offer(frame, symbols) {
+        Offer::Queued => {
+            tally.frames_out += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                dirty.push(key);
+            }
+        }
+        Offer::Dropped => tally.drops += 1,
+        Offer::Closed => {}
+    }
+}

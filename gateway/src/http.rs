@@ -1,0 +1,141 @@
+//! The HTTP side of the single port: `/ws` (the WebSocket upgrade, done by fastwebsockets),
+//! `/healthz` and a short index at `/`.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::worker::WorkerCtx;
+
+/// Serves one accepted TCP connection (HTTP/1.1, possibly upgraded to WebSocket).
+pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream) {
+    let stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "cannot register accepted socket"),
+    };
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(route(ctx, req)) }
+    });
+    if let Err(e) =
+        http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await
+    {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+fn route(ctx: Rc<WorkerCtx>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => upgrade(ctx, &mut req),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/") => index(&ctx),
+        (_, "/ws" | "/healthz" | "/") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found; see / for what this server offers\n"),
+    }
+}
+
+fn upgrade(ctx: Rc<WorkerCtx>, req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    if !fastwebsockets::upgrade::is_upgrade_request(req) {
+        return text(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: connect with a WebSocket client, e.g. npx wscat -c ws://HOST:PORT/ws\n",
+        );
+    }
+    let Some(permit) = ctx.conn_limit.try_acquire() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached; try again later\n",
+        );
+    };
+    let streams = req.uri().query().and_then(|q| query_param(q, "streams"));
+    match fastwebsockets::upgrade::upgrade(req) {
+        Ok((response, fut)) => {
+            tokio::task::spawn_local(crate::conn::run(ctx, fut, streams, permit));
+            response.map(|_| Full::new(Bytes::new()))
+        }
+        Err(e) => text(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {e}\n")),
+    }
+}
+
+fn index(ctx: &WorkerCtx) -> Response<Full<Bytes>> {
+    let body = format!(
+        "tickfan market-data gateway (protocol v{})\n\n\
+         GET /ws       WebSocket: {{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}\n\
+         GET /healthz  liveness\n\n\
+         {} symbols; channels trades.<SYM>, quotes.<SYM>, book.<SYM>, and <kind>.*\n",
+        tickfan_proto::PROTOCOL_VERSION,
+        ctx.symbols.len()
+    );
+    text(StatusCode::OK, &body)
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Value of `name` in a query string, percent-decoded (`%2C` → `,`, `%2A` → `*`).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_parameter_is_found_and_decoded() {
+        assert_eq!(
+            query_param("streams=trades.BTC-USD,book.*", "streams").as_deref(),
+            Some("trades.BTC-USD,book.*")
+        );
+        assert_eq!(
+            query_param("a=1&streams=trades.%2A%2Cquotes.ETH-USD", "streams").as_deref(),
+            Some("trades.*,quotes.ETH-USD")
+        );
+        assert_eq!(query_param("a=1", "streams"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

@@ -1,0 +1,163 @@
+//! tickfan gateway: market data from a tick source to thousands of WebSocket subscribers,
+//! each tick encoded once into a complete frame whose bytes every subscriber shares.
+//!
+//! Data flow (DESIGN §1), one module per step:
+//!
+//! ```text
+//! source ──Tick──► frame (encode once) ──Frame──► ring (one per worker, lock-free)
+//!        ──► fanout (per-worker shard: channels index, backpressure queues, writev)
+//!        ──► sockets
+//! listener ──accepted TCP──► worker ──► http (/ws upgrade via fastwebsockets, /healthz)
+//!                                   └──► conn (client frames, protocol requests)
+//! ```
+//!
+//! What it is not (yet): a NATS consumer, a Prometheus exporter, a resume/snapshot store —
+//! those are later issues; see `docs/architecture.md`.
+
+pub mod backpressure;
+pub mod channels;
+pub mod config;
+pub mod conn;
+pub mod fanout;
+pub mod frame;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod protocol;
+pub mod ring;
+pub mod source;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use feed_sim::{Feed, PaceOptions, SimConfig};
+use tickfan_proto::SymbolTable;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use metrics::Stats;
+
+/// A running gateway: its threads, and how to stop them.
+#[derive(Debug)]
+pub struct Gateway {
+    addr: SocketAddr,
+    symbols: Arc<SymbolTable>,
+    stats: Arc<Stats>,
+    /// Stops the listener and the workers.
+    cancel: CancellationToken,
+    /// Stops the producer thread.
+    stop_feed: Arc<AtomicBool>,
+    producer: Option<JoinHandle<()>>,
+    listener: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds the listening socket and starts the producer, the workers and the listener.
+    pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        let cfg = Arc::new(cfg);
+        let sim = SimConfig {
+            symbols: cfg.symbols,
+            rate: cfg.rate,
+            seed: cfg.seed,
+            burst_every_s: cfg.burst_every,
+            ..SimConfig::default()
+        };
+        sim.validate().map_err(anyhow::Error::msg)?;
+        let feed = Feed::new(sim);
+        let symbols = Arc::new(feed.symbols().clone());
+        let stats = Arc::new(Stats::default());
+        let socket = std::net::TcpListener::bind(cfg.listen).with_context(|| {
+            format!("cannot listen on {}: is another tickfan running? choose another address with --listen", cfg.listen)
+        })?;
+        let addr = socket.local_addr()?;
+        let cancel = CancellationToken::new();
+        let conn_limit = conn::ConnLimit::new(cfg.max_connections);
+
+        let mut rings = Vec::new();
+        let mut inboxes = Vec::new();
+        let mut workers = Vec::new();
+        for id in 0..cfg.worker_count() {
+            let ring = Arc::new(ring::Ring::new(cfg.ring_capacity));
+            let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
+            workers.push(worker::spawn(worker::WorkerSetup {
+                id,
+                ring: ring.clone(),
+                inbox,
+                cfg: cfg.clone(),
+                stats: stats.clone(),
+                symbols: symbols.clone(),
+                conn_limit: conn_limit.clone(),
+                cancel: cancel.clone(),
+            })?);
+            rings.push(ring);
+            inboxes.push(tx);
+        }
+        let listener = listener::Listener::new(socket, inboxes, cancel.clone()).spawn()?;
+        let stop_feed = Arc::new(AtomicBool::new(false));
+        let producer = {
+            let (symbols, stats, stop) = (symbols.clone(), stats.clone(), stop_feed.clone());
+            let pace = PaceOptions {
+                min_batch_interval: std::time::Duration::from_micros(cfg.feed_batch_us),
+                ..PaceOptions::default()
+            };
+            std::thread::Builder::new()
+                .name("tickfan-feed".into())
+                .spawn(move || source::run_embedded(feed, symbols, rings, stats, pace, &stop))?
+        };
+        Ok(Gateway {
+            addr,
+            symbols,
+            stats,
+            cancel,
+            stop_feed,
+            producer: Some(producer),
+            listener: Some(listener),
+            workers,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn symbols(&self) -> &Arc<SymbolTable> {
+        &self.symbols
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Graceful shutdown: stop accepting and producing, flush every connection's queue, send
+    /// close 1001 to every client, and join all threads (bounded by the workers' grace time).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.stop_feed.store(true, Ordering::Relaxed);
+        if let Some(p) = self.producer.take() {
+            let _ = p.join();
+        }
+        self.cancel.cancel();
+        if let Some(l) = self.listener.take() {
+            let _ = l.join();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,67 @@
+//! `tickfan`: the gateway binary. Parses flags, starts the gateway with its embedded simulated
+//! feed, prints how to connect, and shuts down gracefully on SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use gateway::{Config, Gateway};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cfg = Config::parse();
+    let filter: tracing_subscriber::filter::Targets = match cfg.log.parse() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tickfan: --log {:?} is not a log filter ({e}); try --log info", cfg.log);
+            return ExitCode::from(2);
+        }
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(filter)
+        .init();
+
+    if let Err(msg) = cfg.validate() {
+        eprintln!("tickfan: {msg}");
+        return ExitCode::from(2);
+    }
+    let (symbols, rate, workers) = (cfg.symbols, cfg.rate, cfg.worker_count());
+    let gateway = match Gateway::start(cfg) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("tickfan: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = gateway.local_addr();
+    println!("tickfan listening on http://{addr}  ({symbols} symbols, {rate} ticks/s, {workers} workers)");
+    println!("  WebSocket  ws://{addr}/ws");
+    println!(
+        "  try        npx wscat -c ws://{addr}/ws -x '{{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}' -w 5"
+    );
+    println!("  or         npx wscat -c 'ws://{addr}/ws?streams=trades.BTC-USD,quotes.BTC-USD'");
+    println!("  health     http://{addr}/healthz        stop with Ctrl-C");
+
+    if let Err(e) = wait_for_signal() {
+        eprintln!("tickfan: cannot wait for signals: {e}");
+    }
+    tracing::info!("shutting down: closing connections with 1001");
+    gateway.shutdown();
+    ExitCode::SUCCESS
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_signal() -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })
+}

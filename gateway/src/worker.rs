@@ -1,0 +1,127 @@
+//! A fan-out worker: one thread, one single-threaded tokio runtime, one [`Shard`] of
+//! connections. Nothing is shared between workers but the read-only symbol table, the
+//! counters and the ring they are fed from, so the shard needs no lock (DESIGN §1.4).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tickfan_proto::SymbolTable;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::LocalSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::conn::ConnLimit;
+use crate::fanout::Shard;
+use crate::metrics::Stats;
+use crate::ring::Ring;
+
+/// Frames delivered between two looks at the rest of the worker (client reads, handshakes).
+const DRAIN_BATCH: usize = 1024;
+/// How long shutdown waits for connections to flush and close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// What every task of one worker shares, on that worker's thread only.
+#[derive(Debug)]
+pub struct WorkerCtx {
+    /// The connections and subscriptions of this worker.
+    pub shard: RefCell<Shard>,
+    /// Gateway configuration.
+    pub cfg: Arc<Config>,
+    /// Gateway-wide counters.
+    pub stats: Arc<Stats>,
+    /// The feed's symbols.
+    pub symbols: Arc<SymbolTable>,
+    /// Gateway-wide connection limit.
+    pub conn_limit: Arc<ConnLimit>,
+}
+
+/// What a worker thread is started with.
+#[derive(Debug)]
+pub struct WorkerSetup {
+    pub id: usize,
+    pub ring: Arc<Ring>,
+    /// Accepted sockets handed over by the listener.
+    pub inbox: UnboundedReceiver<std::net::TcpStream>,
+    pub cfg: Arc<Config>,
+    pub stats: Arc<Stats>,
+    pub symbols: Arc<SymbolTable>,
+    pub conn_limit: Arc<ConnLimit>,
+    pub cancel: CancellationToken,
+}
+
+/// Starts the worker's thread.
+pub fn spawn(setup: WorkerSetup) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("tickfan-worker-{}", setup.id)).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return tracing::error!(error = %e, "cannot start worker runtime"),
+        };
+        LocalSet::new().block_on(&rt, run(setup));
+    })
+}
+
+async fn run(setup: WorkerSetup) {
+    let WorkerSetup { id, ring, mut inbox, cfg, stats, symbols, conn_limit, cancel } = setup;
+    let ctx = Rc::new(WorkerCtx {
+        shard: RefCell::new(Shard::new(symbols.clone(), stats.clone())),
+        cfg,
+        stats,
+        symbols,
+        conn_limit,
+    });
+    let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), ring, cancel.clone()));
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            accepted = inbox.recv() => match accepted {
+                Some(stream) => { tokio::task::spawn_local(crate::http::serve(ctx.clone(), stream)); }
+                None => break,
+            },
+        }
+    }
+    // Shutdown: deliver what the ring still holds, then close everyone with 1001 after their
+    // queued data, and give them a bounded time to flush.
+    let _ = fanout.await;
+    ctx.shard.borrow_mut().close_all(1001, "server shutting down");
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while !ctx.shard.borrow().conns.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    tracing::debug!(worker = id, "worker stopped");
+}
+
+/// Drains the ring into the shard in batches, flushing touched connections after each batch.
+async fn fan_out(ctx: Rc<WorkerCtx>, ring: Arc<Ring>, cancel: CancellationToken) {
+    loop {
+        let stopping = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => true,
+            _ = ring.woken() => false,
+        };
+        loop {
+            {
+                let mut shard = ctx.shard.borrow_mut();
+                for _ in 0..DRAIN_BATCH {
+                    let Some(frame) = ring.pop() else { break };
+                    shard.deliver(&frame);
+                }
+                shard.flush_dirty();
+            }
+            if ring.is_empty() {
+                break;
+            }
+            // Let this worker's connections read and handshake between batches.
+            tokio::task::yield_now().await;
+        }
+        if stopping {
+            return;
+        }
+    }
+}

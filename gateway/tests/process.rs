@@ -1,0 +1,139 @@
+//! The real `tickfan` binary as a user runs it: startup banner, wscat from npm, and graceful
+//! shutdown on SIGTERM.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use support::Client;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Starts the binary on a free port and returns it with the address from its banner.
+async fn spawn_tickfan(extra: &[&str]) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickfan"))
+        .args(["--listen", "127.0.0.1:0", "--symbols", "10", "--rate", "5000"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tickfan binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("banner within 10 s")
+        .unwrap()
+        .expect("a banner line");
+    let addr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("banner names the address: {banner}"))
+        .parse()
+        .unwrap();
+    tokio::spawn(async move {
+        // Keep draining stdout so the child never blocks on a full pipe.
+        while let Ok(Some(_)) = lines.next_line().await {}
+    });
+    (child, addr)
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_client_with_1001_and_exits_zero() {
+    let (mut child, addr) = spawn_tickfan(&[]).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let mut c = Client::connect(addr, "/ws").await;
+        let ack =
+            c.request(json!({"op":"subscribe","id":i,"channels":["trades.*","quotes.*"]})).await;
+        assert_eq!(ack["op"], "subscribed");
+        c.recv_json().await; // data is flowing
+        clients.push(c);
+    }
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    for c in &mut clients {
+        let (code, reason) = c.expect_close().await;
+        assert_eq!(code, 1001, "{reason}");
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within 10 s")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let mut stderr = String::new();
+    use tokio::io::AsyncReadExt;
+    child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn invalid_flags_fail_with_a_clear_message() {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tickfan")).args(["--rate=0"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--rate"), "{err}");
+}
+
+/// wscat from `npm ci` (pinned in the root package.json); installed on first use if missing.
+fn wscat() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let bin = root.join("node_modules/.bin/wscat");
+    if !bin.exists() {
+        let ok = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(root)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok && bin.exists(), "wscat is needed: run `npm ci` at the repository root");
+    }
+    bin
+}
+
+#[tokio::test]
+async fn wscat_subscribes_and_prints_ticks() {
+    let wscat = wscat();
+    let (_child, addr) = spawn_tickfan(&[]).await;
+    let mut child = Command::new(wscat)
+        .args(["-c", &format!("ws://{addr}/ws")])
+        .args(["-x", r#"{"op":"subscribe","id":1,"channels":["trades.*","quotes.BTC-USD"]}"#])
+        .args(["-w", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("wscat runs");
+    // wscat quits when its stdin closes, as it does for a user typing Ctrl-D: keep it open.
+    let _stdin = child.stdin.take();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("wscat exits after -w 2")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let messages: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| l.trim_start_matches("< ").trim().strip_prefix('{').map(|_| l))
+        .map(|l| {
+            serde_json::from_str(l.trim_start_matches("< ").trim()).expect("wscat prints JSON")
+        })
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| *m
+                == json!({"op":"subscribed","id":1,"channels":["trades.*","quotes.BTC-USD"]})),
+        "{stdout}"
+    );
+    let data: Vec<_> = messages.iter().filter(|m| m.get("ch").is_some()).collect();
+    assert!(data.len() > 50, "wscat printed only {} data messages:\n{stdout}", data.len());
+    assert!(data
+        .iter()
+        .all(|m| m["ch"].as_str().unwrap().starts_with("trades.") || m["ch"] == "quotes.BTC-USD"));
+    assert!(data.iter().any(|m| m["ch"] == "quotes.BTC-USD"));
+}

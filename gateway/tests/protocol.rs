@@ -1,0 +1,265 @@
+//! Protocol v1 against a real gateway: requests, replies, id echo, and every kind of bad input.
+
+mod support;
+
+use std::time::Duration;
+
+use fastwebsockets::{Frame, OpCode, Payload};
+use serde_json::json;
+use support::{start_gateway, start_gateway_with, Client, Msg, SeqCheck};
+
+#[tokio::test]
+async fn subscribe_receive_unsubscribe_with_id_echo() {
+    let gw = start_gateway();
+    let mut c = Client::connect(gw.local_addr(), "/ws").await;
+
+    let ack = c
+        .request(json!({"op":"subscribe","id":1,"channels":["trades.BTC-USD","quotes.BTC-USD"]}))
+        .await;
+    assert_eq!(
+        ack,
+        json!({"op":"subscribed","id":1,"channels":["trades.BTC-USD","quotes.BTC-USD"]})
+    );
+
+    let mut seq = SeqCheck::default();
+    let now = gateway::conn::unix_now_ns();
+    while seq.messages < 200 {
+        let v = c.recv_json().await;
+        let ch = v["ch"].as_str().expect("data message has ch");
+        assert!(ch == "trades.BTC-USD" || ch == "quotes.BTC-USD", "{v}");
+        let ts = v["ts"].as_u64().unwrap();
+        assert!(ts.abs_diff(now) < 30_000_000_000, "ts is Unix ns of now: {ts}");
+        let price = if ch.starts_with("trades") { &v["px"] } else { &v["bid"] };
+        let price = price.as_str().expect("prices are strings");
+        assert!(price.parse::<f64>().unwrap() > 0.0 && price.contains('.'), "{price}");
+        seq.observe(&v);
+    }
+    assert_eq!(seq.undeclared_gaps, 0);
+
+    let list = c.request(json!({"op":"list","id":"L"})).await;
+    assert_eq!(list, json!({"op":"list","id":"L","channels":["trades.BTC-USD","quotes.BTC-USD"]}));
+
+    let ack = c
+        .request(json!({"op":"unsubscribe","id":2,"channels":["trades.BTC-USD","quotes.BTC-USD"]}))
+        .await;
+    assert_eq!(
+        ack,
+        json!({"op":"unsubscribed","id":2,"channels":["trades.BTC-USD","quotes.BTC-USD"]})
+    );
+    // Nothing may follow the unsubscribe ack: it was queued after the last frame.
+    assert_eq!(c.try_recv(Duration::from_millis(700)).await, None, "data after unsubscribe");
+
+    let pong = c.request(json!({"op":"ping","id":3})).await;
+    assert_eq!((pong["op"].as_str(), pong["id"].as_u64()), (Some("pong"), Some(3)));
+    assert!(pong["ts"].as_u64().unwrap() >= now);
+
+    let syms = c.request(json!({"op":"symbols","id":4})).await;
+    let names = syms["symbols"].as_array().unwrap();
+    assert_eq!(names.len(), 20);
+    assert!(names.iter().any(|n| n == "BTC-USD"));
+    assert_eq!(c.request(json!({"op":"list"})).await, json!({"op":"list","channels":[]}));
+}
+
+/// Sends `raw` and expects an error reply with `code`, then checks the connection still answers.
+async fn expect_error(c: &mut Client, raw: &str, code: &str, id: Option<serde_json::Value>) {
+    c.send_text(raw).await;
+    let reply = c.reply().await;
+    assert_eq!(reply["op"], "error", "for {raw:.80}: {reply}");
+    assert_eq!(reply["code"], code, "for {raw:.80}: {reply}");
+    assert!(reply["msg"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(reply.get("id").cloned(), id, "id echo for {raw:.80}");
+    still_alive(c).await;
+}
+
+async fn still_alive(c: &mut Client) {
+    let pong = c.request(json!({"op":"ping","id":"alive"})).await;
+    assert_eq!(pong["op"], "pong", "{pong}");
+    assert_eq!(pong["id"], "alive");
+}
+
+#[tokio::test]
+async fn bad_requests_get_stable_codes_and_the_connection_keeps_working() {
+    let gw = start_gateway_with(|c| {
+        c.max_channels = 4;
+        c.max_message_bytes = 1024;
+    });
+    let addr = gw.local_addr();
+    // A bystander on every trade channel: must see no gap while the other client misbehaves.
+    let mut bystander = Client::connect(addr, "/ws?streams=trades.*").await;
+    assert_eq!(bystander.reply().await["op"], "subscribed");
+
+    let mut c = Client::connect(addr, "/ws").await;
+    expect_error(&mut c, "{not json", "malformed_json", None).await;
+    expect_error(&mut c, "[1,2,3]", "malformed_json", None).await;
+    expect_error(&mut c, r#"{"id":9}"#, "bad_request", Some(json!(9))).await;
+    expect_error(&mut c, r#"{"op":"dance","id":5}"#, "unknown_op", Some(json!(5))).await;
+    expect_error(
+        &mut c,
+        r#"{"op":"subscribe","id":6,"channels":["trades.FOO-BAR"]}"#,
+        "unknown_channel",
+        Some(json!(6)),
+    )
+    .await;
+    expect_error(
+        &mut c,
+        r#"{"op":"subscribe","id":7,"channels":["candles.BTC-USD"]}"#,
+        "unknown_channel",
+        Some(json!(7)),
+    )
+    .await;
+    expect_error(
+        &mut c,
+        r#"{"op":"subscribe","id":8,"channels":"trades.BTC-USD"}"#,
+        "bad_request",
+        Some(json!(8)),
+    )
+    .await;
+    expect_error(
+        &mut c,
+        r#"{"op":"subscribe","id":10,"channels":[42]}"#,
+        "bad_request",
+        Some(json!(10)),
+    )
+    .await;
+    expect_error(&mut c, r#"{"op":"ping","id":{"nested":true}}"#, "bad_request", None).await;
+    let five = r#"{"op":"subscribe","id":11,"channels":["trades.BTC-USD","trades.ETH-USD","book.BTC-USD","quotes.*","book.*"]}"#;
+    expect_error(&mut c, five, "too_many_channels", Some(json!(11))).await;
+    // Limits count what the connection already holds, and nothing of a refused request sticks.
+    let ack = c
+        .request(
+            json!({"op":"subscribe","id":12,"channels":["quotes.*","book.*","trades.BTC-USD"]}),
+        )
+        .await;
+    assert_eq!(ack["op"], "subscribed");
+    let two_more = r#"{"op":"subscribe","id":13,"channels":["trades.ETH-USD","trades.SOL-USD"]}"#;
+    expect_error(&mut c, two_more, "too_many_channels", Some(json!(13))).await;
+    let list = c.request(json!({"op":"list","id":14})).await;
+    assert_eq!(list["channels"], json!(["quotes.*", "book.*", "trades.BTC-USD"]));
+    c.request(json!({"op":"unsubscribe","channels":["quotes.*","book.*","trades.BTC-USD"]})).await;
+
+    let big = format!(r#"{{"op":"ping","id":1,"pad":"{}"}}"#, "x".repeat(2000));
+    expect_error(&mut c, &big, "message_too_large", None).await;
+    c.send_frame(Frame::binary(Payload::Owned(b"{\"op\":\"ping\"}".to_vec()))).await;
+    let reply = c.reply().await;
+    assert_eq!(reply["code"], "binary_frame", "{reply}");
+    still_alive(&mut c).await;
+    // A request fragmented over three frames (RFC 6455 §5.4) is reassembled.
+    c.send_frame(Frame::new(false, OpCode::Text, None, Payload::Owned(b"{\"op\":\"pi".to_vec())))
+        .await;
+    c.send_frame(Frame::new(
+        false,
+        OpCode::Continuation,
+        None,
+        Payload::Owned(b"ng\",\"id\"".to_vec()),
+    ))
+    .await;
+    c.send_frame(Frame::new(true, OpCode::Continuation, None, Payload::Owned(b":77}".to_vec())))
+        .await;
+    let pong = c.reply().await;
+    assert_eq!((pong["op"].as_str(), pong["id"].as_u64()), (Some("pong"), Some(77)), "{pong}");
+
+    let mut seq = SeqCheck::default();
+    while seq.messages < 500 {
+        let v = bystander.recv_json().await;
+        seq.observe(&v);
+    }
+    assert_eq!(seq.undeclared_gaps, 0, "bystander lost data while another client misbehaved");
+}
+
+async fn expect_closed_with(frame: Frame<'_>, code: u16) -> String {
+    let gw = start_gateway_with(|c| c.max_frame_bytes = 64 << 10);
+    let mut c = Client::connect(gw.local_addr(), "/ws").await;
+    c.send_frame(frame).await;
+    let (got, reason) = c.expect_close().await;
+    assert_eq!(got, code, "close reason: {reason}");
+    assert!(!reason.is_empty(), "a close says why");
+    reason
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    expect_closed_with(Frame::text(Payload::Owned(vec![b'{', 0xff, 0xfe, b'}'])), 1007).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let reason = expect_closed_with(Frame::text(Payload::Owned(vec![b' '; 200 << 10])), 1009).await;
+    assert!(reason.contains("65536"), "{reason}");
+}
+
+#[tokio::test]
+async fn stray_continuation_closes_with_1002() {
+    expect_closed_with(
+        Frame::new(true, OpCode::Continuation, None, Payload::Owned(b"x".to_vec())),
+        1002,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn request_flood_is_rate_limited_then_closed_with_1008() {
+    let gw = start_gateway_with(|c| c.max_requests_per_sec = 5);
+    let mut c = Client::connect(gw.local_addr(), "/ws").await;
+    for i in 0..200 {
+        c.send_json(json!({"op":"ping","id":i})).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    let close = loop {
+        match c.recv().await {
+            Msg::Text(v, _) if v["op"] == "pong" => pongs += 1,
+            Msg::Text(v, _) if v["code"] == "rate_limited" => limited += 1,
+            Msg::Text(v, _) => panic!("unexpected {v}"),
+            Msg::Close(code, reason) => break (code, reason),
+        }
+    };
+    assert!((10..=12).contains(&pongs), "burst of 2 x rate allowed, got {pongs}");
+    assert!(limited >= 40, "refusals before the close: {limited}");
+    assert_eq!(close.0, 1008, "{close:?}");
+}
+
+#[tokio::test]
+async fn streams_query_subscribes_on_connect_and_reports_bad_names() {
+    let gw = start_gateway();
+    let mut c = Client::connect(gw.local_addr(), "/ws?streams=trades.BTC-USD,quotes.ETH-USD").await;
+    assert_eq!(
+        c.reply().await,
+        json!({"op":"subscribed","channels":["trades.BTC-USD","quotes.ETH-USD"]})
+    );
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 2 {
+        let v = c.recv_json().await;
+        seen.insert(v["ch"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ["trades.BTC-USD", "quotes.ETH-USD"].map(String::from).into());
+
+    let mut bad = Client::connect(gw.local_addr(), "/ws?streams=trades.NOPE-USD").await;
+    let reply = bad.reply().await;
+    assert_eq!(
+        (reply["op"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("unknown_channel"))
+    );
+    still_alive(&mut bad).await;
+}
+
+#[tokio::test]
+async fn http_endpoints_answer_on_the_same_port() {
+    let gw = start_gateway();
+    let addr = gw.local_addr();
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let health = get("/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
+    assert!(get("/ws").await.starts_with("HTTP/1.1 426"), "plain GET /ws asks for an upgrade");
+    assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+    assert!(get("/").await.contains("trades.<SYM>"));
+}

@@ -1,0 +1,197 @@
+//! Test support: a real gateway on `127.0.0.1:0` and a real WebSocket client (fastwebsockets'
+//! client handshake over a real TCP socket). Shared by every integration test file.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use gateway::{Config, Gateway};
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper::header::{CONNECTION, UPGRADE};
+use hyper::upgrade::Upgraded;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+/// How long a test waits for any one expected message.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A gateway with a fast feed, few symbols and two workers, on a free port.
+pub fn start_gateway() -> Gateway {
+    start_gateway_with(|_| {})
+}
+
+/// Like [`start_gateway`], after `tweak` adjusted the configuration.
+pub fn start_gateway_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
+    let mut cfg = Config::for_tests();
+    cfg.symbols = 20;
+    cfg.rate = 20_000.0;
+    cfg.workers = 2;
+    tweak(&mut cfg);
+    Gateway::start(cfg).expect("gateway starts")
+}
+
+struct SpawnExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpawnExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn(fut);
+    }
+}
+
+/// What a client received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Msg {
+    /// A text message, parsed as JSON, with its raw bytes.
+    Text(Value, Vec<u8>),
+    /// A close frame: code and reason.
+    Close(u16, String),
+}
+
+/// A WebSocket client for tests.
+pub struct Client {
+    ws: WebSocket<TokioIo<Upgraded>>,
+}
+
+impl Client {
+    /// Connects to `ws://addr{path}` (path like `/ws` or `/ws?streams=…`).
+    pub async fn connect(addr: SocketAddr, path: &str) -> Client {
+        Client::handshake(addr, path, TcpStream::connect(addr).await.expect("tcp connect")).await
+    }
+
+    /// Connects with a tiny socket receive buffer: a client that cannot absorb a backlog, to
+    /// provoke slow-consumer handling without waiting for megabytes of kernel buffers to fill.
+    pub async fn connect_with_small_buffer(addr: SocketAddr, path: &str) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        Client::handshake(addr, path, socket.connect(addr).await.expect("tcp connect")).await
+    }
+
+    async fn handshake(addr: SocketAddr, path: &str, stream: TcpStream) -> Client {
+        let req = Request::builder()
+            .method("GET")
+            .uri(format!("http://{addr}{path}"))
+            .header("Host", addr.to_string())
+            .header(UPGRADE, "websocket")
+            .header(CONNECTION, "upgrade")
+            .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+            .header("Sec-WebSocket-Version", "13")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let (mut ws, _resp) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
+            .await
+            .expect("websocket handshake");
+        ws.set_auto_close(true);
+        ws.set_auto_pong(true);
+        Client { ws }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_frame(Frame::text(Payload::Owned(text.as_bytes().to_vec()))).await;
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_frame(&mut self, frame: Frame<'_>) {
+        self.ws.write_frame(frame).await.expect("write frame");
+    }
+
+    /// Next message, or panics after [`RECV_TIMEOUT`].
+    pub async fn recv(&mut self) -> Msg {
+        self.try_recv(RECV_TIMEOUT).await.expect("a message within the timeout")
+    }
+
+    /// Next message, or `None` on timeout or when the connection ended without a close frame.
+    pub async fn try_recv(&mut self, timeout: Duration) -> Option<Msg> {
+        let frame = tokio::time::timeout(timeout, self.ws.read_frame()).await.ok()?.ok()?;
+        match frame.opcode {
+            OpCode::Text => {
+                let raw = frame.payload.to_vec();
+                let v = serde_json::from_slice(&raw).expect("server sends JSON");
+                Some(Msg::Text(v, raw))
+            }
+            OpCode::Close => {
+                let p = frame.payload.to_vec();
+                let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
+                Some(Msg::Close(
+                    code,
+                    String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).into_owned(),
+                ))
+            }
+            other => panic!("unexpected opcode {other:?}"),
+        }
+    }
+
+    /// Next JSON message, panicking on a close.
+    pub async fn recv_json(&mut self) -> Value {
+        match self.recv().await {
+            Msg::Text(v, _) => v,
+            Msg::Close(code, reason) => panic!("closed {code} {reason}"),
+        }
+    }
+
+    /// Reads until a control reply (a message with `op`) arrives, skipping data messages.
+    pub async fn reply(&mut self) -> Value {
+        loop {
+            let v = self.recv_json().await;
+            if v.get("op").is_some() {
+                return v;
+            }
+        }
+    }
+
+    /// Sends a request and returns its reply (data messages in between are skipped).
+    pub async fn request(&mut self, v: Value) -> Value {
+        self.send_json(v).await;
+        self.reply().await
+    }
+
+    /// Reads until a close frame arrives (data and replies skipped).
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.recv().await {
+                Msg::Close(code, reason) => return (code, reason),
+                Msg::Text(..) => {}
+            }
+        }
+    }
+}
+
+/// Per-channel sequence checker: counts messages and undeclared gaps, honours gap notices.
+#[derive(Debug, Default)]
+pub struct SeqCheck {
+    next: std::collections::HashMap<String, u64>,
+    pub messages: u64,
+    pub undeclared_gaps: u64,
+    pub declared_gaps: u64,
+}
+
+impl SeqCheck {
+    /// Feeds one message (data or gap notice; other control replies are ignored).
+    pub fn observe(&mut self, v: &Value) {
+        if v["op"] == "gap" {
+            let ch = v["ch"].as_str().unwrap().to_owned();
+            self.declared_gaps += 1;
+            self.next.insert(ch, v["to"].as_u64().unwrap() + 1);
+            return;
+        }
+        let (Some(ch), Some(seq)) = (v["ch"].as_str(), v["seq"].as_u64()) else { return };
+        self.messages += 1;
+        if let Some(&expected) = self.next.get(ch) {
+            if seq != expected {
+                self.undeclared_gaps += 1;
+            }
+        }
+        self.next.insert(ch.to_owned(), seq + 1);
+    }
+}

@@ -1,0 +1,110 @@
+//! The tick model: what an exchange publishes about one symbol at one instant.
+//!
+//! Prices and sizes are fixed-point integers (`mantissa × 10^-scale`, the scale being the
+//! symbol's), never floats: they are written on the wire as decimal strings.
+
+use crate::channel::Kind;
+
+/// Index of a symbol in the [`SymbolTable`](crate::SymbolTable) of a feed.
+pub type SymbolIdx = u32;
+
+/// A tradable instrument and the precision its prices and sizes are quoted in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Symbol {
+    /// Exchange name, e.g. `BTC-USD`: upper-case letters and digits, one `-`.
+    pub name: String,
+    /// Decimal places of prices: `px = mantissa / 10^px_scale`.
+    pub px_scale: u8,
+    /// Decimal places of sizes.
+    pub qty_scale: u8,
+}
+
+/// Aggressor side of a trade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+}
+
+/// One price level of an order book side. A `qty` of 0 in an update removes the level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Level {
+    /// Price mantissa in the symbol's `px_scale`.
+    pub px: i64,
+    /// Size mantissa in the symbol's `qty_scale`.
+    pub qty: i64,
+}
+
+/// An executed trade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trade {
+    /// Trade id, unique and increasing per symbol.
+    pub id: u64,
+    pub px: i64,
+    pub qty: i64,
+    pub side: Side,
+}
+
+/// Best bid and offer after a change at the top of the book.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quote {
+    pub bid: i64,
+    pub bsz: i64,
+    pub ask: i64,
+    pub asz: i64,
+}
+
+/// Changed L2 levels; a level with `qty == 0` is removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BookDelta {
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TickBody {
+    Trade(Trade),
+    Quote(Quote),
+    Book(BookDelta),
+}
+
+impl TickBody {
+    /// The channel kind this body is published on.
+    pub fn kind(&self) -> Kind {
+        match self {
+            TickBody::Trade(_) => Kind::Trades,
+            TickBody::Quote(_) => Kind::Quotes,
+            TickBody::Book(_) => Kind::Book,
+        }
+    }
+}
+
+/// One published event on one channel (`<kind>.<symbol>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tick {
+    /// Symbol index in the feed's symbol table.
+    pub sym: SymbolIdx,
+    /// Per-channel sequence number assigned by the publisher: starts at 1, +1 per message.
+    /// It comes from upstream so that any gateway fed by the same publisher numbers alike.
+    pub seq: u64,
+    /// Publisher's timestamp, Unix nanoseconds. End-to-end latency is measured from it.
+    pub ts: u64,
+    pub body: TickBody,
+}
+
+impl Tick {
+    /// The channel this tick belongs to.
+    pub fn channel(&self) -> crate::ChannelId {
+        crate::ChannelId::new(self.body.kind(), self.sym)
+    }
+}
