@@ -2,20 +2,12 @@
 //! client handshake over a real TCP socket). Shared by every integration test file.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use fastwebsockets::{Frame, OpCode, Payload};
 use gateway::{Config, Gateway};
-use http_body_util::Empty;
-use hyper::body::Bytes;
-use hyper::header::{CONNECTION, UPGRADE};
-use hyper::upgrade::Upgraded;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 /// How long a test waits for any one expected message.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,18 +27,6 @@ pub fn start_gateway_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
     Gateway::start(cfg).expect("gateway starts")
 }
 
-struct SpawnExecutor;
-
-impl<F> hyper::rt::Executor<F> for SpawnExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn(fut);
-    }
-}
-
 /// What a client received.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Msg {
@@ -58,40 +38,21 @@ pub enum Msg {
 
 /// A WebSocket client for tests.
 pub struct Client {
-    ws: WebSocket<TokioIo<Upgraded>>,
+    ws: bench::client::ClientSocket,
 }
 
 impl Client {
     /// Connects to `ws://addr{path}` (path like `/ws` or `/ws?streams=…`).
     pub async fn connect(addr: SocketAddr, path: &str) -> Client {
-        Client::handshake(addr, path, TcpStream::connect(addr).await.expect("tcp connect")).await
+        Client { ws: bench::client::connect(addr, path, None).await.expect("websocket connect") }
     }
 
     /// Connects with a tiny socket receive buffer: a client that cannot absorb a backlog, to
     /// provoke slow-consumer handling without waiting for megabytes of kernel buffers to fill.
     pub async fn connect_with_small_buffer(addr: SocketAddr, path: &str) -> Client {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        Client::handshake(addr, path, socket.connect(addr).await.expect("tcp connect")).await
-    }
-
-    async fn handshake(addr: SocketAddr, path: &str, stream: TcpStream) -> Client {
-        let req = Request::builder()
-            .method("GET")
-            .uri(format!("http://{addr}{path}"))
-            .header("Host", addr.to_string())
-            .header(UPGRADE, "websocket")
-            .header(CONNECTION, "upgrade")
-            .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
-            .header("Sec-WebSocket-Version", "13")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let (mut ws, _resp) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
-            .await
-            .expect("websocket handshake");
-        ws.set_auto_close(true);
-        ws.set_auto_pong(true);
-        Client { ws }
+        Client {
+            ws: bench::client::connect(addr, path, Some(4096)).await.expect("websocket connect"),
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {

@@ -1,0 +1,168 @@
+//! What a run measured: JSON for machines, a markdown table for people.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// End-to-end latency percentiles, in microseconds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct LatencySummary {
+    pub samples: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl From<&Histogram<u64>> for LatencySummary {
+    fn from(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            samples: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+/// Result of one `bench run`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub streams: String,
+    /// Connections asked for.
+    pub conns: usize,
+    /// Connections that completed the handshake.
+    pub connected: usize,
+    pub failed_connects: usize,
+    pub first_connect_error: Option<String>,
+    /// Connections the server ended before the run did.
+    pub ended_early: usize,
+    pub connect_seconds: f64,
+    /// Length of the measured window (after warm-up).
+    pub measured_seconds: f64,
+    /// Data messages received in the measured window, all connections together.
+    pub msgs: u64,
+    pub msgs_per_sec: f64,
+    pub payload_bytes: u64,
+    pub payload_bytes_per_sec: f64,
+    /// Gap notices received (loss the server declared).
+    pub declared_gaps: u64,
+    /// Seq jumps without a notice: always a server bug. Non-zero fails the run.
+    pub undeclared_gaps: u64,
+    /// Receive time − `ts`, over the measured window.
+    pub latency_us: LatencySummary,
+    /// CPU cores the load client used on average (a saturated client shows here).
+    pub client_cpu_cores: Option<f64>,
+    /// CPU cores the server used on average, with `--server-pid`.
+    pub server_cpu_cores: Option<f64>,
+    /// Delivered messages per server CPU-second: comparable even when the client is the limit.
+    pub msgs_per_server_cpu_sec: Option<f64>,
+}
+
+impl Report {
+    /// Whether the run shows a correctness failure.
+    pub fn failed(&self) -> bool {
+        self.undeclared_gaps > 0 || self.msgs == 0
+    }
+
+    /// A markdown table of the figures.
+    pub fn markdown(&self) -> String {
+        let l = &self.latency_us;
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
+        let mut s = String::new();
+        let _ = writeln!(s, "| metric | value |\n|---|---|");
+        let _ = writeln!(s, "| target | `{}` streams `{}` |", self.target, self.streams);
+        let _ = writeln!(
+            s,
+            "| connections | {} of {} ({} failed, {} ended early), connected in {:.2} s |",
+            self.connected,
+            self.conns,
+            self.failed_connects,
+            self.ended_early,
+            self.connect_seconds
+        );
+        let _ = writeln!(s, "| measured | {:.1} s |", self.measured_seconds);
+        let _ =
+            writeln!(s, "| delivered | {} msgs, **{:.0} msgs/s** |", self.msgs, self.msgs_per_sec);
+        let _ = writeln!(s, "| payload | {:.2} MB/s |", self.payload_bytes_per_sec / 1e6);
+        let _ = writeln!(
+            s,
+            "| e2e latency | p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs |",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        let _ = writeln!(
+            s,
+            "| gaps | {} declared, {} undeclared |",
+            self.declared_gaps, self.undeclared_gaps
+        );
+        let _ = writeln!(
+            s,
+            "| CPU | client {} cores, server {} cores |",
+            opt(self.client_cpu_cores, ""),
+            opt(self.server_cpu_cores, "")
+        );
+        let _ = writeln!(
+            s,
+            "| msgs per server CPU-second | {} |",
+            opt(self.msgs_per_server_cpu_sec, "")
+        );
+        s
+    }
+}
+
+/// CPU time (user + system) of a process so far, in seconds, from `/proc/PID/stat`
+/// (`None` = this process). `None` where /proc is not readable.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let mut fields = after.split_whitespace();
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // /proc reports in USER_HZ clock ticks, 100 per second on Linux.
+    Some((utime + stime) / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_time_is_readable_and_grows() {
+        let a = cpu_seconds(None).expect("/proc/self/stat");
+        let mut x = 0u64;
+        let t = std::time::Instant::now();
+        while t.elapsed().as_millis() < 60 {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let b = cpu_seconds(None).unwrap();
+        assert!(b > a, "{a} -> {b}");
+    }
+
+    #[test]
+    fn latency_summary_reads_the_histogram() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for v in 1..=1000 {
+            h.record(v).unwrap();
+        }
+        let s = LatencySummary::from(&h);
+        assert_eq!((s.samples, s.max), (1000, 1000));
+        assert!((495..=505).contains(&s.p50) && (985..=995).contains(&s.p99), "{s:?}");
+    }
+}

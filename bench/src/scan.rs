@@ -1,0 +1,77 @@
+//! Allocation-free extraction of the few fields the load client needs from a message, by
+//! scanning bytes instead of parsing JSON: the client must not be the bottleneck it measures.
+//! Relies on the fixed field order of tickfan's encoder (`docs/protocol.md`): data messages
+//! start with `{"ch":"…","seq":N,"ts":N`, notices with `{"op":"…"`.
+
+/// What one message is, as far as the load client cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scanned<'a> {
+    /// A data message of channel `ch`.
+    Data { ch: &'a [u8], seq: u64, ts: u64 },
+    /// A gap notice: seqs `from..=to` of `ch` will not come.
+    Gap { ch: &'a [u8], from: u64, to: u64 },
+    /// Any other reply (`subscribed`, `error`, …).
+    Other,
+}
+
+/// Scans one text message.
+pub fn scan(msg: &[u8]) -> Scanned<'_> {
+    if let Some(rest) = msg.strip_prefix(b"{\"ch\":\"") {
+        let Some(end) = rest.iter().position(|&b| b == b'"') else { return Scanned::Other };
+        let ch = &rest[..end];
+        let rest = &rest[end..];
+        match (number_after(rest, b"\"seq\":"), number_after(rest, b"\"ts\":")) {
+            (Some(seq), Some(ts)) => Scanned::Data { ch, seq, ts },
+            _ => Scanned::Other,
+        }
+    } else if msg.starts_with(b"{\"op\":\"gap\"") {
+        let Some(ch) = string_after(msg, b"\"ch\":\"") else { return Scanned::Other };
+        match (number_after(msg, b"\"from\":"), number_after(msg, b"\"to\":")) {
+            (Some(from), Some(to)) => Scanned::Gap { ch, from, to },
+            _ => Scanned::Other,
+        }
+    } else {
+        Scanned::Other
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle).map(|i| i + needle.len())
+}
+
+fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
+    let start = find(hay, key)?;
+    let digits = hay[start..].iter().take_while(|b| b.is_ascii_digit());
+    let mut n: u64 = 0;
+    let mut any = false;
+    for &d in digits {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        any = true;
+    }
+    any.then_some(n)
+}
+
+fn string_after<'a>(hay: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let start = find(hay, key)?;
+    let len = hay[start..].iter().position(|&b| b == b'"')?;
+    Some(&hay[start..start + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_data_gap_and_other() {
+        let m = br#"{"ch":"trades.BTC-USD","seq":18235,"ts":1764028800123456789,"id":991,"px":"64123.50"}"#;
+        assert_eq!(
+            scan(m),
+            Scanned::Data { ch: b"trades.BTC-USD", seq: 18235, ts: 1764028800123456789 }
+        );
+        let g = br#"{"op":"gap","ch":"book.ETH-USD","from":5,"to":9,"reason":"slow_consumer"}"#;
+        assert_eq!(scan(g), Scanned::Gap { ch: b"book.ETH-USD", from: 5, to: 9 });
+        assert_eq!(scan(br#"{"op":"subscribed","channels":[]}"#), Scanned::Other);
+        assert_eq!(scan(br#"{"ch":"x","seq":"nope"}"#), Scanned::Other);
+        assert_eq!(scan(b""), Scanned::Other);
+    }
+}

@@ -1,0 +1,38 @@
+//! `bench run` against a real in-process gateway.
+
+use std::time::Duration;
+
+use bench::RunConfig;
+use gateway::{Config, Gateway};
+
+#[test]
+fn run_against_a_live_gateway_delivers_without_undeclared_gaps() {
+    let mut cfg = Config::for_tests();
+    cfg.symbols = 20;
+    cfg.rate = 10_000.0;
+    cfg.workers = 2;
+    let gw = Gateway::start(cfg).unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let report = rt
+        .block_on(bench::run(RunConfig {
+            target: format!("ws://{}/ws", gw.local_addr()),
+            conns: 8,
+            streams: "trades.*,quotes.BTC-USD,book.ETH-USD".into(),
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_millis(300),
+            server_pid: Some(std::process::id()),
+        }))
+        .unwrap();
+    assert_eq!((report.connected, report.failed_connects, report.ended_early), (8, 0, 0));
+    assert!(report.msgs > 8 * 1000, "{}", report.markdown());
+    assert_eq!(report.undeclared_gaps, 0);
+    assert_eq!(report.latency_us.samples, report.msgs);
+    assert!(report.latency_us.p50 > 0 && report.latency_us.p50 <= report.latency_us.max);
+    assert!(report.server_cpu_cores.is_some_and(|c| c > 0.0));
+    assert!(!report.failed());
+    let json: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["msgs"], report.msgs);
+    assert!(report.markdown().contains("msgs/s"));
+}
