@@ -89,39 +89,29 @@ async fn bad_requests_get_stable_codes_and_the_connection_keeps_working() {
     assert_eq!(bystander.reply().await["op"], "subscribed");
 
     let mut c = Client::connect(addr, "/ws").await;
-    expect_error(&mut c, "{not json", "malformed_json", None).await;
-    expect_error(&mut c, "[1,2,3]", "malformed_json", None).await;
-    expect_error(&mut c, r#"{"id":9}"#, "bad_request", Some(json!(9))).await;
-    expect_error(&mut c, r#"{"op":"dance","id":5}"#, "unknown_op", Some(json!(5))).await;
-    expect_error(
-        &mut c,
-        r#"{"op":"subscribe","id":6,"channels":["trades.FOO-BAR"]}"#,
-        "unknown_channel",
-        Some(json!(6)),
-    )
-    .await;
-    expect_error(
-        &mut c,
-        r#"{"op":"subscribe","id":7,"channels":["candles.BTC-USD"]}"#,
-        "unknown_channel",
-        Some(json!(7)),
-    )
-    .await;
-    expect_error(
-        &mut c,
-        r#"{"op":"subscribe","id":8,"channels":"trades.BTC-USD"}"#,
-        "bad_request",
-        Some(json!(8)),
-    )
-    .await;
-    expect_error(
-        &mut c,
-        r#"{"op":"subscribe","id":10,"channels":[42]}"#,
-        "bad_request",
-        Some(json!(10)),
-    )
-    .await;
-    expect_error(&mut c, r#"{"op":"ping","id":{"nested":true}}"#, "bad_request", None).await;
+    // (request, expected code, expected id echo)
+    let cases = [
+        ("{not json", "malformed_json", None),
+        ("[1,2,3]", "malformed_json", None),
+        (r#"{"id":9}"#, "bad_request", Some(json!(9))),
+        (r#"{"op":"dance","id":5}"#, "unknown_op", Some(json!(5))),
+        (
+            r#"{"op":"subscribe","id":6,"channels":["trades.FOO-BAR"]}"#,
+            "unknown_channel",
+            Some(json!(6)),
+        ),
+        (
+            r#"{"op":"subscribe","id":7,"channels":["candles.BTC-USD"]}"#,
+            "unknown_channel",
+            Some(json!(7)),
+        ),
+        (r#"{"op":"subscribe","id":8,"channels":"trades.BTC-USD"}"#, "bad_request", Some(json!(8))),
+        (r#"{"op":"subscribe","id":10,"channels":[42]}"#, "bad_request", Some(json!(10))),
+        (r#"{"op":"ping","id":{"nested":true}}"#, "bad_request", None),
+    ];
+    for (raw, code, id) in cases {
+        expect_error(&mut c, raw, code, id).await;
+    }
     let five = r#"{"op":"subscribe","id":11,"channels":["trades.BTC-USD","trades.ETH-USD","book.BTC-USD","quotes.*","book.*"]}"#;
     expect_error(&mut c, five, "too_many_channels", Some(json!(11))).await;
     // Limits count what the connection already holds, and nothing of a refused request sticks.
