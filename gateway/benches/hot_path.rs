@@ -1,0 +1,120 @@
+//! Criterion micro-benches of the hot path (DESIGN §5): tick → frame encoding, ring push/pop,
+//! control-message parsing (simd-json vs serde_json), and fan-out of one frame to K queues.
+//! Run: `cargo bench -p gateway --bench hot_path`.
+
+use std::hint::black_box;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use feed_sim::{Feed, SimConfig};
+use gateway::backpressure::{Outbound, TryWrite};
+use gateway::frame::Frame;
+use gateway::ring::Ring;
+use gateway::source::Encoder;
+use simd_json::prelude::*;
+
+fn feed() -> Feed {
+    Feed::new(SimConfig { symbols: 50, burst_every_s: 0.0, ..SimConfig::default() })
+}
+
+fn encode(c: &mut Criterion) {
+    let mut feed = feed();
+    let ticks: Vec<_> = (0..4096).map(|_| feed.next_tick_virtual()).collect();
+    let mut enc = Encoder::new(Arc::new(feed.symbols().clone()));
+    let mut g = c.benchmark_group("encode");
+    g.throughput(Throughput::Elements(ticks.len() as u64));
+    g.bench_function("tick_to_frame_x4096", |b| {
+        b.iter(|| {
+            for t in &ticks {
+                black_box(enc.encode(t));
+            }
+        })
+    });
+    g.finish();
+}
+
+fn frames(n: usize) -> Vec<Frame> {
+    let mut feed = feed();
+    let mut enc = Encoder::new(Arc::new(feed.symbols().clone()));
+    (0..n).map(|_| enc.encode(&feed.next_tick_virtual())).collect()
+}
+
+fn ring(c: &mut Criterion) {
+    let batch = frames(1024);
+    let ring = Ring::new(4096);
+    let mut g = c.benchmark_group("ring");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("push_pop_1024", |b| {
+        b.iter(|| {
+            for f in &batch {
+                ring.push(f.clone());
+            }
+            while let Some(f) = ring.pop() {
+                black_box(f);
+            }
+        })
+    });
+    g.finish();
+}
+
+fn parse(c: &mut Criterion) {
+    let msg = br#"{"op":"subscribe","id":42,"channels":["trades.BTC-USD","quotes.BTC-USD","book.ETH-USD","trades.*"]}"#;
+    let mut g = c.benchmark_group("parse_subscribe");
+    // Like for like: both parsers produce a generic JSON value.
+    g.bench_function("simd_json_value", |b| {
+        b.iter_batched_ref(
+            || msg.to_vec(),
+            |buf| black_box(simd_json::to_borrowed_value(buf).unwrap().is_object()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("serde_json_value", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(msg).unwrap()))
+    });
+    // What the gateway does per request: parse, validate, build the typed request.
+    g.bench_function("gateway_parse_request", |b| {
+        b.iter_batched_ref(
+            || msg.to_vec(),
+            |buf| black_box(gateway::protocol::parse_request(buf, 1000).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+/// A socket that takes everything: isolates queueing and writev gathering from the kernel.
+struct NullSink;
+
+impl TryWrite for NullSink {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Ok(bufs.iter().map(|b| b.len()).sum())
+    }
+}
+
+fn fanout(c: &mut Criterion) {
+    let feed = feed();
+    let symbols = feed.symbols().clone();
+    let batch = frames(64);
+    let mut g = c.benchmark_group("fanout_64_frames");
+    for k in [10usize, 100, 1000] {
+        let mut queues: Vec<Outbound> = (0..k).map(|_| Outbound::new(4 << 20)).collect();
+        g.throughput(Throughput::Elements((k * batch.len()) as u64));
+        g.bench_with_input(BenchmarkId::new("to_k_queues_then_flush", k), &k, |b, _| {
+            b.iter(|| {
+                for f in &batch {
+                    for q in queues.iter_mut() {
+                        q.offer(f, &symbols);
+                    }
+                }
+                for q in queues.iter_mut() {
+                    black_box(q.write_to(&NullSink).unwrap());
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encode, ring, parse, fanout);
+criterion_main!(benches);
