@@ -72,6 +72,11 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
+    /// Seconds a new connection may take to send its complete HTTP request (upgrade or not)
+    /// before it is closed, so idle or trickling sockets cannot pile up.
+    #[arg(long, env = "TICKFAN_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
+    pub handshake_timeout: f64,
+
     /// Log filter, e.g. `info` or `info,gateway=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -103,6 +108,9 @@ impl Config {
         }
         if self.max_message_bytes < 256 || self.max_message_bytes > self.max_frame_bytes {
             return Err("--max-message-bytes must be >= 256 and <= --max-frame-bytes".into());
+        }
+        if !(self.handshake_timeout.is_finite() && self.handshake_timeout > 0.0) {
+            return Err("--handshake-timeout must be a positive number of seconds".into());
         }
         if self.max_channels == 0 || self.max_requests_per_sec == 0 || self.max_connections == 0 {
             return Err(

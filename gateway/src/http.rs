@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -11,7 +12,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::worker::WorkerCtx;
@@ -22,13 +23,19 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream) {
         Ok(s) => s,
         Err(e) => return tracing::warn!(error = %e, "cannot register accepted socket"),
     };
+    let ctx_timeout = ctx.cfg.handshake_timeout;
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(route(ctx, req)) }
     });
-    if let Err(e) =
-        http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await
-    {
+    // Without a timer hyper applies no header timeout at all: a silent or trickling client
+    // would hold its socket forever.
+    let serving = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs_f64(ctx_timeout))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = serving.await {
         tracing::debug!(error = %e, "http connection ended with an error");
     }
 }

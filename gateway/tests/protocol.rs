@@ -253,3 +253,16 @@ async fn http_endpoints_answer_on_the_same_port() {
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
     assert!(get("/").await.contains("trades.<SYM>"));
 }
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_request_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start_gateway_with(|c| c.handshake_timeout = 0.5);
+    for partial in ["", "GET /ws HTTP/1.1\r\nHost: x\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(gw.local_addr()).await.unwrap();
+        s.write_all(partial.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "a stalled request ({partial:?}) was still open after 5 s");
+    }
+}
