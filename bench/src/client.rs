@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fastwebsockets::{OpCode, WebSocket};
@@ -17,6 +17,7 @@ use hyper::header::{CONNECTION, UPGRADE};
 use hyper::upgrade::Upgraded;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use tickfan_proto::unix_now_ns;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
@@ -261,7 +262,7 @@ async fn drive(mut ws: ClientSocket, shard: usize, shared: Arc<Shared>, end: Ins
                 if measuring {
                     msgs += 1;
                     bytes += frame.payload.len() as u64;
-                    samples.push(now_ns().saturating_sub(ts) / 1000);
+                    samples.push(unix_now_ns().saturating_sub(ts) / 1000);
                     if samples.len() == SAMPLE_BATCH {
                         record(&shared, shard, &mut samples);
                     }
@@ -288,8 +289,4 @@ fn record(shared: &Shared, shard: usize, samples: &mut Vec<u64>) {
         h.saturating_record(us.max(1));
     }
     samples.clear();
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }

@@ -40,10 +40,10 @@ mod schedule;
 mod symbols;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tickfan_proto::tick::SymbolIdx;
-use tickfan_proto::{Level, SymbolTable, Tick};
+use tickfan_proto::{unix_now_ns, Level, SymbolTable, Tick};
 
 pub use config::SimConfig;
 
@@ -279,13 +279,6 @@ impl Feed {
         }
         stats
     }
-}
-
-/// The system clock, Unix ns (0 if it is set before 1970).
-fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ fn run(mut feed: Feed, args: &Args, limit: Option<Duration>) -> io::Result<()> {
             }
             let tick = match clock {
                 Clock::Virtual => feed.next_tick_virtual(),
-                Clock::Real => feed.next_tick(unix_now_ns()),
+                Clock::Real => feed.next_tick(tickfan_proto::unix_now_ns()),
             };
             out.write(&tick)?;
         }
@@ -209,11 +209,4 @@ impl<W: Write> NdjsonWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
-}
-
-/// The system clock, Unix ns.
-fn unix_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

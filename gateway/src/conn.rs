@@ -13,7 +13,7 @@ use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{OpCode, Role, WebSocketError};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tickfan_proto::{ChannelSpec, ErrorCode, ParseChannelError, SymbolTable};
+use tickfan_proto::{unix_now_ns, ChannelSpec, ErrorCode, ParseChannelError, SymbolTable};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -453,12 +453,6 @@ fn protocol_error(reason: &str) -> End {
 
 fn too_big(max: usize) -> End {
     End::Close(1009, format!("message larger than {max} bytes"))
-}
-
-pub fn unix_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ async fn subscribe_receive_unsubscribe_with_id_echo() {
     );
 
     let mut seq = SeqCheck::default();
-    let now = gateway::conn::unix_now_ns();
+    let now = tickfan_proto::unix_now_ns();
     while seq.messages < 200 {
         let v = c.recv_json().await;
         let ch = v["ch"].as_str().expect("data message has ch");

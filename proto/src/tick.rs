@@ -89,6 +89,15 @@ impl TickBody {
     }
 }
 
+/// The system clock as the protocol's `ts`: Unix nanoseconds (0 if the clock is set before
+/// 1970, saturating far in the future). Publishers stamp ticks with it; clients subtract it
+/// from their own to measure end-to-end latency.
+pub fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// One published event on one channel (`<kind>.<symbol>`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tick {
