@@ -1,7 +1,6 @@
 //! The load client: N real WebSocket connections on a multi-threaded runtime, each checking
 //! seq continuity per channel and sampling end-to-end latency of every message.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +20,9 @@ use tickfan_proto::unix_now_ns;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use crate::report::{cpu_seconds, LatencySummary, Report};
+use crate::report::{cpu_seconds, latency_histogram, LatencySummary, Report};
 use crate::scan::{scan, Scanned};
+use crate::seq::SeqTracker;
 
 /// A connected client WebSocket.
 pub type ClientSocket = WebSocket<TokioIo<Upgraded>>;
@@ -138,11 +138,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         declared_gaps: AtomicU64::new(0),
         undeclared_gaps: AtomicU64::new(0),
         measuring: std::sync::atomic::AtomicBool::new(false),
-        hist: (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"))
-            })
-            .collect(),
+        hist: (0..SHARDS).map(|_| Mutex::new(latency_histogram())).collect(),
     });
 
     // Connect everyone first (in waves, so the listen backlog is not overrun), then warm up.
@@ -197,7 +193,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let server_cpu =
         cfg.server_pid.and_then(|p| cpu_seconds(Some(p))).zip(server_cpu0).map(|(b, a)| b - a);
 
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut hist = latency_histogram();
     for shard in &shared.hist {
         hist.add(&*shard.lock().expect("no panics while recording")).expect("same bounds");
     }
@@ -229,9 +225,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 
 /// Reads one connection until `end`. Returns `false` if the connection ended before that.
 async fn drive(mut ws: ClientSocket, shard: usize, shared: Arc<Shared>, end: Instant) -> bool {
-    let mut next: HashMap<Box<[u8]>, u64> = HashMap::new();
+    let mut seqs = SeqTracker::default();
     let mut samples: Vec<u64> = Vec::with_capacity(SAMPLE_BATCH);
-    let (mut msgs, mut bytes, mut declared, mut undeclared) = (0u64, 0u64, 0u64, 0u64);
+    let (mut msgs, mut bytes) = (0u64, 0u64);
     let survived = loop {
         let frame = tokio::select! {
             _ = tokio::time::sleep_until(end) => break true,
@@ -245,41 +241,24 @@ async fn drive(mut ws: ClientSocket, shard: usize, shared: Arc<Shared>, end: Ins
             OpCode::Close => break false,
             _ => continue,
         }
-        let measuring = shared.measuring.load(Ordering::Relaxed);
-        match scan(&frame.payload) {
-            Scanned::Data { ch, seq, ts } => {
-                match next.get_mut(ch) {
-                    Some(expected) => {
-                        if seq != *expected {
-                            undeclared += 1;
-                        }
-                        *expected = seq + 1;
-                    }
-                    None => {
-                        next.insert(ch.into(), seq + 1);
-                    }
-                }
-                if measuring {
-                    msgs += 1;
-                    bytes += frame.payload.len() as u64;
-                    samples.push(unix_now_ns().saturating_sub(ts) / 1000);
-                    if samples.len() == SAMPLE_BATCH {
-                        record(&shared, shard, &mut samples);
-                    }
+        let msg = scan(&frame.payload);
+        seqs.observe(msg);
+        if let Scanned::Data { ts, .. } = msg {
+            if shared.measuring.load(Ordering::Relaxed) {
+                msgs += 1;
+                bytes += frame.payload.len() as u64;
+                samples.push(unix_now_ns().saturating_sub(ts) / 1000);
+                if samples.len() == SAMPLE_BATCH {
+                    record(&shared, shard, &mut samples);
                 }
             }
-            Scanned::Gap { ch, to, .. } => {
-                declared += 1;
-                next.insert(ch.into(), to + 1);
-            }
-            Scanned::Other => {}
         }
     };
     record(&shared, shard, &mut samples);
     shared.msgs.fetch_add(msgs, Ordering::Relaxed);
     shared.payload_bytes.fetch_add(bytes, Ordering::Relaxed);
-    shared.declared_gaps.fetch_add(declared, Ordering::Relaxed);
-    shared.undeclared_gaps.fetch_add(undeclared, Ordering::Relaxed);
+    shared.declared_gaps.fetch_add(seqs.declared_gaps, Ordering::Relaxed);
+    shared.undeclared_gaps.fetch_add(seqs.undeclared_gaps, Ordering::Relaxed);
     survived
 }
 

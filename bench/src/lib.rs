@@ -9,6 +9,7 @@
 pub mod client;
 pub mod report;
 pub mod scan;
+pub mod seq;
 
 pub use client::{run, RunConfig};
 pub use report::Report;

@@ -5,6 +5,12 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// An empty latency histogram: microseconds from 1 µs to 60 s, 3 significant digits. Every
+/// histogram of a run uses these bounds so they can be merged.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
+}
+
 /// End-to-end latency percentiles, in microseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct LatencySummary {
@@ -157,7 +163,7 @@ mod tests {
 
     #[test]
     fn latency_summary_reads_the_histogram() {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let mut h = latency_histogram();
         for v in 1..=1000 {
             h.record(v).unwrap();
         }

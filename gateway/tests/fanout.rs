@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::json;
-use support::{start_gateway, start_gateway_with, Client, Msg, SeqCheck};
+use support::{start_gateway, start_gateway_with, Client, Msg, ObserveJson, SeqCheck};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_clients_get_gap_free_byte_identical_streams() {
@@ -32,7 +32,7 @@ async fn twenty_clients_get_gap_free_byte_identical_streams() {
             while seq.messages < 3000 {
                 match c.recv().await {
                     Msg::Text(v, raw) => {
-                        seq.observe(&v);
+                        seq.observe_json(&v);
                         if let (Some(ch), Some(s)) = (v["ch"].as_str(), v["seq"].as_u64()) {
                             frames.insert((ch.to_owned(), s), raw);
                         }
@@ -83,7 +83,7 @@ async fn wildcard_delivers_many_symbols_once_each() {
         let ch = v["ch"].as_str().unwrap();
         assert!(ch.starts_with("trades."), "{ch}");
         symbols.insert(ch.to_owned());
-        seq.observe(&v);
+        seq.observe_json(&v);
     }
     assert!(symbols.len() >= 5, "trades.* covered only {symbols:?}");
     assert_eq!(seq.undeclared_gaps, 0, "a duplicate or a loss shows up as a seq jump");
@@ -103,7 +103,7 @@ async fn a_client_that_does_not_read_gets_declared_gaps_not_silent_loss() {
         let mut seq = SeqCheck::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
         while tokio::time::Instant::now() < deadline {
-            seq.observe(&fast.recv_json().await);
+            seq.observe_json(&fast.recv_json().await);
         }
         seq
     });
@@ -121,7 +121,7 @@ async fn a_client_that_does_not_read_gets_declared_gaps_not_silent_loss() {
             gap_reasons.insert(v["reason"].as_str().unwrap().to_owned());
             assert!(v["from"].as_u64() <= v["to"].as_u64(), "{v}");
         }
-        seq.observe(&v);
+        seq.observe_json(&v);
     }
     assert_eq!(seq.undeclared_gaps, 0, "every loss must be declared by a gap notice");
     assert_eq!(gap_reasons, HashSet::from(["slow_consumer".to_owned()]));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::json;
-use support::{start_gateway, start_gateway_with, Client, Msg, SeqCheck};
+use support::{start_gateway, start_gateway_with, Client, Msg, ObserveJson, SeqCheck};
 
 #[tokio::test]
 async fn subscribe_receive_unsubscribe_with_id_echo() {
@@ -32,7 +32,7 @@ async fn subscribe_receive_unsubscribe_with_id_echo() {
         let price = if ch.starts_with("trades") { &v["px"] } else { &v["bid"] };
         let price = price.as_str().expect("prices are strings");
         assert!(price.parse::<f64>().unwrap() > 0.0 && price.contains('.'), "{price}");
-        seq.observe(&v);
+        seq.observe_json(&v);
     }
     assert_eq!(seq.undeclared_gaps, 0);
 
@@ -151,7 +151,7 @@ async fn bad_requests_get_stable_codes_and_the_connection_keeps_working() {
     let mut seq = SeqCheck::default();
     while seq.messages < 500 {
         let v = bystander.recv_json().await;
-        seq.observe(&v);
+        seq.observe_json(&v);
     }
     assert_eq!(seq.undeclared_gaps, 0, "bystander lost data while another client misbehaved");
 }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bench::scan::Scanned;
 use fastwebsockets::{Frame, OpCode, Payload};
 use gateway::{Config, Gateway};
 use serde_json::Value;
@@ -128,31 +129,25 @@ impl Client {
     }
 }
 
-/// Per-channel sequence checker: counts messages and undeclared gaps, honours gap notices.
-#[derive(Debug, Default)]
-pub struct SeqCheck {
-    next: std::collections::HashMap<String, u64>,
-    pub messages: u64,
-    pub undeclared_gaps: u64,
-    pub declared_gaps: u64,
+/// Per-channel sequence checker (bench's, the one the load harness uses), fed with parsed JSON.
+pub type SeqCheck = bench::seq::SeqTracker;
+
+/// Feeds a parsed message to a [`SeqCheck`].
+pub trait ObserveJson {
+    fn observe_json(&mut self, v: &Value);
 }
 
-impl SeqCheck {
-    /// Feeds one message (data or gap notice; other control replies are ignored).
-    pub fn observe(&mut self, v: &Value) {
-        if v["op"] == "gap" {
-            let ch = v["ch"].as_str().unwrap().to_owned();
-            self.declared_gaps += 1;
-            self.next.insert(ch, v["to"].as_u64().unwrap() + 1);
-            return;
-        }
-        let (Some(ch), Some(seq)) = (v["ch"].as_str(), v["seq"].as_u64()) else { return };
-        self.messages += 1;
-        if let Some(&expected) = self.next.get(ch) {
-            if seq != expected {
-                self.undeclared_gaps += 1;
-            }
-        }
-        self.next.insert(ch.to_owned(), seq + 1);
+impl ObserveJson for SeqCheck {
+    fn observe_json(&mut self, v: &Value) {
+        let ch = v["ch"].as_str().unwrap_or_default().as_bytes();
+        let msg = if v["op"] == "gap" {
+            let (from, to) = (v["from"].as_u64(), v["to"].as_u64());
+            Scanned::Gap { ch, from: from.expect("gap has from"), to: to.expect("gap has to") }
+        } else if let (false, Some(seq)) = (ch.is_empty(), v["seq"].as_u64()) {
+            Scanned::Data { ch, seq, ts: v["ts"].as_u64().unwrap_or_default() }
+        } else {
+            Scanned::Other
+        };
+        self.observe(msg);
     }
 }

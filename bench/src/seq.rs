@@ -1,0 +1,72 @@
+//! Per-channel sequence checking (`docs/protocol.md`, "Sequence numbers and gaps"): within a
+//! channel `seq` must grow by exactly 1, except across a `gap` notice, which moves the
+//! expectation to `to + 1`. A jump without a notice is an undeclared gap: a server bug.
+
+use std::collections::HashMap;
+
+use crate::scan::Scanned;
+
+/// Checks the messages of one connection. The first message of a channel sets its baseline.
+#[derive(Debug, Default)]
+pub struct SeqTracker {
+    /// Next expected seq per channel name.
+    next: HashMap<Box<[u8]>, u64>,
+    /// Data messages seen.
+    pub messages: u64,
+    /// Gap notices seen.
+    pub declared_gaps: u64,
+    /// Seq jumps (or repeats) without a gap notice.
+    pub undeclared_gaps: u64,
+}
+
+impl SeqTracker {
+    /// Feeds one message; replies other than gap notices are ignored. Allocates only the
+    /// first time a channel is seen.
+    pub fn observe(&mut self, msg: Scanned<'_>) {
+        match msg {
+            Scanned::Data { ch, seq, .. } => {
+                self.messages += 1;
+                match self.next.get_mut(ch) {
+                    Some(expected) => {
+                        if seq != *expected {
+                            self.undeclared_gaps += 1;
+                        }
+                        *expected = seq + 1;
+                    }
+                    None => {
+                        self.next.insert(ch.into(), seq + 1);
+                    }
+                }
+            }
+            Scanned::Gap { ch, to, .. } => {
+                self.declared_gaps += 1;
+                self.next.insert(ch.into(), to + 1);
+            }
+            Scanned::Other => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(ch: &[u8], seq: u64) -> Scanned<'_> {
+        Scanned::Data { ch, seq, ts: 0 }
+    }
+
+    #[test]
+    fn catches_an_injected_gap_and_honours_a_declared_one() {
+        let mut t = SeqTracker::default();
+        for seq in [7, 8, 10] {
+            t.observe(data(b"trades.BTC-USD", seq)); // 9 is missing, undeclared
+        }
+        t.observe(data(b"quotes.BTC-USD", 1)); // channels are independent
+        t.observe(Scanned::Gap { ch: b"trades.BTC-USD", from: 11, to: 20 });
+        t.observe(data(b"trades.BTC-USD", 21));
+        t.observe(data(b"quotes.BTC-USD", 2));
+        assert_eq!((t.messages, t.declared_gaps, t.undeclared_gaps), (6, 1, 1));
+        t.observe(data(b"quotes.BTC-USD", 2)); // a duplicate is a jump too
+        assert_eq!(t.undeclared_gaps, 2);
+    }
+}
