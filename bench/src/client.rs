@@ -1,14 +1,20 @@
 //! The load client: N real WebSocket connections on a multi-threaded runtime, each checking
 //! seq continuity per channel and sampling end-to-end latency of every message.
+//!
+//! Two wire protocols: tickfan's own (also spoken by the `ws` and naive-Rust baselines:
+//! `?streams=` in the URL, one JSON object per text frame), and socket.io v5 over the engine.io
+//! v4 websocket transport, spoken here directly (open packet `0{…}`, namespace connect `40`,
+//! events `42[…]`, ping `2` answered by pong `3`) so that a socket.io server is measured with
+//! the same client machinery as everything else.
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use fastwebsockets::{OpCode, WebSocket};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use hdrhistogram::Histogram;
 use http_body_util::Empty;
 use hyper::body::Bytes;
@@ -16,11 +22,14 @@ use hyper::header::{CONNECTION, UPGRADE};
 use hyper::upgrade::Upgraded;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
 use tickfan_proto::unix_now_ns;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::report::{cpu_seconds, latency_histogram, LatencySummary, Report};
+use crate::report::{cpu_seconds, latency_histogram, rss_bytes, LatencySummary, Report};
 use crate::scan::{scan, Scanned};
 use crate::seq::SeqTracker;
 
@@ -31,34 +40,93 @@ pub type ClientSocket = WebSocket<TokioIo<Upgraded>>;
 const SHARDS: usize = 64;
 /// Latency samples buffered per connection before taking a shard's lock.
 const SAMPLE_BATCH: usize = 256;
+/// Connection attempts in flight at once, so that the server's listen backlog is not overrun.
+const CONNECTS_IN_FLIGHT: usize = 256;
+/// Connections per source address before the next 127.0.0.x is used: well inside the ~28k
+/// ephemeral ports Linux gives each source address by default.
+const CONNS_PER_SOURCE: usize = 20_000;
+/// Time allowed for a connection's WebSocket and socket.io handshakes.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The wire protocol the client speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// tickfan's protocol (`?streams=`; data messages are bare JSON objects). The `ws` and
+    /// naive-Rust baselines speak it too.
+    #[default]
+    Tickfan,
+    /// socket.io v5 over engine.io v4's websocket transport: subscribes by emitting
+    /// `subscribe` with the stream list, receives `42["tick",{…}]` events.
+    Socketio,
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// Target, e.g. `ws://127.0.0.1:8080/ws`.
+    /// Target, e.g. `ws://127.0.0.1:8080/ws`. For socket.io, `ws://host:port` (the engine.io
+    /// path `/socket.io/?EIO=4&transport=websocket` is the default).
     pub target: String,
+    pub protocol: Protocol,
     /// Connections to open.
     pub conns: usize,
-    /// Channels each connection subscribes to (the `?streams=` value), e.g. `trades.*`.
+    /// Channels each connection subscribes to, comma-separated, e.g. `trades.*,quotes.BTC-USD`.
     pub streams: String,
     /// Measured time, after warm-up.
     pub duration: Duration,
     /// Time after the last connection is up before measuring starts.
     pub warmup: Duration,
-    /// Gateway process to sample CPU time from (`/proc/PID/stat`), if local.
-    pub server_pid: Option<u32>,
+    /// Connections opened per second (`None`: as fast as the server accepts them).
+    pub ramp: Option<f64>,
+    /// 127.0.0.x source addresses to spread connections over (0: one per 20,000 connections
+    /// when the target is a 127.x address; the OS's choice otherwise).
+    pub source_ips: usize,
+    /// Server processes (e.g. a gateway, or a baseline and the feed piped into it) whose CPU
+    /// time and memory are sampled from `/proc`.
+    pub server_pids: Vec<u32>,
+    /// Draw progress bars on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+impl RunConfig {
+    /// A short run of 10 connections on `trades.*` against `target`, tickfan protocol.
+    pub fn new(target: impl Into<String>) -> RunConfig {
+        RunConfig {
+            target: target.into(),
+            protocol: Protocol::Tickfan,
+            conns: 10,
+            streams: "trades.*".to_owned(),
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            ramp: None,
+            source_ips: 0,
+            server_pids: Vec::new(),
+            progress: false,
+        }
+    }
 }
 
 /// Counters shared by every connection task.
 #[derive(Debug)]
 struct Shared {
-    msgs: AtomicU64,
-    payload_bytes: AtomicU64,
-    declared_gaps: AtomicU64,
-    undeclared_gaps: AtomicU64,
+    /// Data messages received so far, warm-up included, published every [`SAMPLE_BATCH`]:
+    /// feeds the live progress and the throughput-over-time series.
+    live_msgs: AtomicU64,
     /// Set once warm-up is over: only then are messages counted and latencies recorded.
-    measuring: std::sync::atomic::AtomicBool,
+    measuring: AtomicBool,
+    totals: Mutex<ConnTotals>,
     hist: Vec<Mutex<Histogram<u64>>>,
+}
+
+/// What connections add up at their end.
+#[derive(Debug, Default)]
+struct ConnTotals {
+    msgs: u64,
+    payload_bytes: u64,
+    wire_bytes: u64,
+    declared_gaps: u64,
+    undeclared_gaps: u64,
+    undeclared_missing: u64,
 }
 
 /// Splits `ws://host:port/path?query` into an address and a request path.
@@ -98,16 +166,30 @@ pub async fn connect(
     path: &str,
     recv_buffer: Option<u32>,
 ) -> anyhow::Result<ClientSocket> {
+    connect_from(addr, path, recv_buffer, None).await
+}
+
+/// [`connect`] from a given local address (`source`), to spread many connections over several
+/// 127.0.0.x addresses so that ephemeral ports do not run out.
+pub async fn connect_from(
+    addr: SocketAddr,
+    path: &str,
+    recv_buffer: Option<u32>,
+    source: Option<IpAddr>,
+) -> anyhow::Result<ClientSocket> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(size) = recv_buffer {
         socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("cannot bind to {ip}"))?;
     }
     let stream: TcpStream =
         socket.connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
     let req = Request::builder()
         .method("GET")
-        .uri(format!("http://{addr}{path}"))
+        .uri(path)
         .header("Host", addr.to_string())
         .header(UPGRADE, "websocket")
         .header(CONNECTION, "upgrade")
@@ -122,86 +204,216 @@ pub async fn connect(
     Ok(ws)
 }
 
+/// The request path for `protocol`: tickfan subscribes in the URL; socket.io needs the
+/// engine.io path and subscribes with an event after connecting.
+fn request_path(protocol: Protocol, target_path: &str, streams: &str) -> String {
+    match protocol {
+        Protocol::Tickfan => {
+            let sep = if target_path.contains('?') { '&' } else { '?' };
+            format!("{target_path}{sep}streams={streams}")
+        }
+        Protocol::Socketio if target_path == "/" => "/socket.io/?EIO=4&transport=websocket".into(),
+        Protocol::Socketio => target_path.to_owned(),
+    }
+}
+
+/// Connects and, for socket.io, goes through the engine.io open packet, the namespace connect
+/// and the `subscribe` event.
+async fn open(
+    addr: SocketAddr,
+    path: &str,
+    protocol: Protocol,
+    streams: &str,
+    source: Option<IpAddr>,
+) -> anyhow::Result<ClientSocket> {
+    let handshake = async {
+        let mut ws = connect_from(addr, path, None, source).await?;
+        if protocol == Protocol::Socketio {
+            socketio_handshake(&mut ws, streams).await?;
+        }
+        Ok(ws)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .with_context(|| format!("no complete handshake within {HANDSHAKE_TIMEOUT:?}"))?
+}
+
+/// engine.io v4 open (`0{"sid":…}`), socket.io v5 connect to the main namespace (`40` →
+/// `40{"sid":…}`), then `42["subscribe",[streams…]]`.
+pub async fn socketio_handshake(ws: &mut ClientSocket, streams: &str) -> anyhow::Result<()> {
+    let open = read_text(ws).await?;
+    if !open.starts_with(b"0{") {
+        bail!("expected an engine.io open packet, got {:?}", String::from_utf8_lossy(&open));
+    }
+    send_text(ws, b"40").await?;
+    loop {
+        let reply = read_text(ws).await?;
+        if reply.starts_with(b"40") {
+            break;
+        }
+        if reply.starts_with(b"44") {
+            bail!("socket.io refused the connection: {}", String::from_utf8_lossy(&reply));
+        }
+        if reply.as_slice() == b"2" {
+            send_text(ws, b"3").await?;
+        }
+    }
+    let channels: Vec<&str> = streams.split(',').filter(|s| !s.is_empty()).collect();
+    let event = format!("42{}", serde_json::json!(["subscribe", channels]));
+    send_text(ws, event.as_bytes()).await
+}
+
+async fn read_text(ws: &mut ClientSocket) -> anyhow::Result<Vec<u8>> {
+    loop {
+        let frame = ws.read_frame().await?;
+        match frame.opcode {
+            OpCode::Text => return Ok(frame.payload.to_vec()),
+            OpCode::Close => bail!("the server closed the connection during the handshake"),
+            _ => {}
+        }
+    }
+}
+
+async fn send_text(ws: &mut ClientSocket, text: &[u8]) -> anyhow::Result<()> {
+    ws.write_frame(Frame::text(Payload::Borrowed(text))).await?;
+    Ok(())
+}
+
+/// Source addresses to spread `conns` connections to `target` over.
+fn source_addresses(target: SocketAddr, conns: usize, wanted: usize) -> Vec<Option<IpAddr>> {
+    let loopback_v4 = matches!(target.ip(), IpAddr::V4(ip) if ip.is_loopback());
+    let n = match wanted {
+        0 if loopback_v4 => conns.div_ceil(CONNS_PER_SOURCE),
+        0 => 0,
+        n => n.min(254),
+    };
+    if n <= 1 || !loopback_v4 {
+        return vec![None];
+    }
+    (1..=n as u8).map(|last| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))).collect()
+}
+
 /// Runs the load and returns the report. Must be called inside a multi-threaded runtime.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     if cfg.conns == 0 {
         bail!("--conns must be at least 1");
     }
-    let (addr, mut path) = resolve_target(&cfg.target).await?;
-    path.push(if path.contains('?') { '&' } else { '?' });
-    path.push_str("streams=");
-    path.push_str(&cfg.streams);
+    if cfg.ramp.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        bail!("--ramp must be a positive number of connections per second");
+    }
+    let (addr, target_path) = resolve_target(&cfg.target).await?;
+    let path = Arc::new(request_path(cfg.protocol, &target_path, &cfg.streams));
+    let sources = source_addresses(addr, cfg.conns, cfg.source_ips);
+    let progress =
+        || if cfg.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
 
     let shared = Arc::new(Shared {
-        msgs: AtomicU64::new(0),
-        payload_bytes: AtomicU64::new(0),
-        declared_gaps: AtomicU64::new(0),
-        undeclared_gaps: AtomicU64::new(0),
-        measuring: std::sync::atomic::AtomicBool::new(false),
+        live_msgs: AtomicU64::new(0),
+        measuring: AtomicBool::new(false),
+        totals: Mutex::new(ConnTotals::default()),
         hist: (0..SHARDS).map(|_| Mutex::new(latency_histogram())).collect(),
     });
 
-    // Connect everyone first (in waves, so the listen backlog is not overrun), then warm up.
+    // Connect everyone first (at most CONNECTS_IN_FLIGHT at a time, paced by --ramp), then
+    // warm up. Each connection starts reading as soon as it is up, so early ones do not
+    // build a backlog while the rest connect.
+    let bar = ProgressBar::with_draw_target(Some(cfg.conns as u64), progress());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} connecting {pos}/{len} ({per_sec}) {wide_msg}")
+            .expect("constant template"),
+    );
     let connect_started = Instant::now();
-    let mut sockets = Vec::with_capacity(cfg.conns);
-    let mut failed = 0usize;
-    let mut first_error = None;
-    let mut remaining = cfg.conns;
-    while remaining > 0 {
-        let wave = remaining.min(256);
-        remaining -= wave;
-        let attempts: Vec<_> = (0..wave)
-            .map(|_| {
-                let path = path.clone();
-                tokio::spawn(async move { connect(addr, &path, None).await })
-            })
-            .collect();
-        for a in attempts {
-            match a.await? {
-                Ok(ws) => sockets.push(ws),
-                Err(e) => {
-                    failed += 1;
-                    first_error.get_or_insert(format!("{e:#}"));
-                }
+    let in_flight = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
+    let far_future = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let (end_tx, end_rx) = tokio::sync::watch::channel(far_future);
+    let mut attempts = Vec::with_capacity(cfg.conns);
+    for i in 0..cfg.conns {
+        if let Some(rate) = cfg.ramp {
+            tokio::time::sleep_until(connect_started + Duration::from_secs_f64(i as f64 / rate))
+                .await;
+        }
+        let permit = in_flight.clone().acquire_owned().await.expect("never closed");
+        let (path, shared, bar, mut end) =
+            (path.clone(), shared.clone(), bar.clone(), end_rx.clone());
+        let (protocol, streams, source) =
+            (cfg.protocol, cfg.streams.clone(), sources[i % sources.len()]);
+        attempts.push(tokio::spawn(async move {
+            let ws = open(addr, &path, protocol, &streams, source).await;
+            drop(permit);
+            bar.inc(1);
+            let ws = ws?;
+            // The end is set once everyone is connected.
+            let until = *end.wait_for(|e| *e != far_future).await.expect("sender lives");
+            Ok::<_, anyhow::Error>(drive(ws, protocol, i % SHARDS, shared, until).await)
+        }));
+    }
+    // Wait for every handshake to finish: the bar counts them.
+    while (bar.position() as usize) < cfg.conns {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_time = connect_started.elapsed();
+    bar.finish_and_clear();
+
+    let end = Instant::now() + cfg.warmup + cfg.duration;
+    end_tx.send(end).expect("receivers live");
+    let bar = ProgressBar::with_draw_target(None, progress());
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("constant template"));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar.set_message("warming up");
+    tokio::time::sleep(cfg.warmup).await;
+
+    let pids = &cfg.server_pids;
+    let (client_cpu0, server_cpu0) = (cpu_seconds(None), server_cpu(pids));
+    shared.measuring.store(true, Ordering::Release);
+    let measured_from = Instant::now();
+    // Sample throughput once a second while measuring: the series for the plot, and the bar.
+    let mut series = Vec::new();
+    let mut last = shared.live_msgs.load(Ordering::Relaxed);
+    let mut next = measured_from + Duration::from_secs(1);
+    // The connections stop reading at `end`; a second that ends after it is not sampled.
+    while next <= end + Duration::from_millis(50) {
+        tokio::time::sleep_until(next).await;
+        next += Duration::from_secs(1);
+        let now = shared.live_msgs.load(Ordering::Relaxed);
+        series.push((now - last) as f64);
+        last = now;
+        bar.set_message(format!(
+            "measuring {:>3.0}s of {:.0}s: {:.0} msgs/s",
+            measured_from.elapsed().as_secs_f64(),
+            cfg.duration.as_secs_f64(),
+            series.last().copied().unwrap_or(0.0)
+        ));
+    }
+    let server_rss = rss_total(pids);
+
+    let (mut failed, mut ended_early, mut first_error) = (0usize, 0usize, None);
+    for a in attempts {
+        match a.await? {
+            Ok(true) => {}
+            Ok(false) => ended_early += 1,
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(format!("{e:#}"));
             }
         }
     }
-    let connect_time = connect_started.elapsed();
-    if sockets.is_empty() {
+    bar.finish_and_clear();
+    let measured = measured_from.elapsed();
+    if failed == cfg.conns {
         bail!("no connection succeeded: {}", first_error.unwrap_or_default());
     }
-
-    let end = Instant::now() + cfg.warmup + cfg.duration;
-    let tasks: Vec<_> = sockets
-        .into_iter()
-        .enumerate()
-        .map(|(i, ws)| tokio::spawn(drive(ws, i % SHARDS, shared.clone(), end)))
-        .collect();
-    tokio::time::sleep(cfg.warmup).await;
-    let (client_cpu0, server_cpu0) =
-        (cpu_seconds(None), cfg.server_pid.and_then(|p| cpu_seconds(Some(p))));
-    shared.measuring.store(true, Ordering::Release);
-    let measured_from = Instant::now();
-    let mut ended_early = 0;
-    for t in tasks {
-        if !t.await? {
-            ended_early += 1;
-        }
-    }
-    let measured = measured_from.elapsed();
     let client_cpu = cpu_seconds(None).zip(client_cpu0).map(|(b, a)| b - a);
-    let server_cpu =
-        cfg.server_pid.and_then(|p| cpu_seconds(Some(p))).zip(server_cpu0).map(|(b, a)| b - a);
+    let server_cpu = server_cpu(pids).zip(server_cpu0).map(|(b, a)| b - a);
 
     let mut hist = latency_histogram();
     for shard in &shared.hist {
         hist.add(&*shard.lock().expect("no panics while recording")).expect("same bounds");
     }
+    let t = shared.totals.lock().expect("no panics while adding up");
     let secs = measured.as_secs_f64();
-    let msgs = shared.msgs.load(Ordering::Relaxed);
-    let payload_bytes = shared.payload_bytes.load(Ordering::Relaxed);
     Ok(Report {
         target: cfg.target.clone(),
+        protocol: cfg.protocol,
         streams: cfg.streams.clone(),
         conns: cfg.conns,
         connected: cfg.conns - failed,
@@ -210,24 +422,64 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         ended_early,
         connect_seconds: connect_time.as_secs_f64(),
         measured_seconds: secs,
-        msgs,
-        msgs_per_sec: msgs as f64 / secs,
-        payload_bytes,
-        payload_bytes_per_sec: payload_bytes as f64 / secs,
-        declared_gaps: shared.declared_gaps.load(Ordering::Relaxed),
-        undeclared_gaps: shared.undeclared_gaps.load(Ordering::Relaxed),
+        msgs: t.msgs,
+        msgs_per_sec: t.msgs as f64 / secs,
+        payload_bytes: t.payload_bytes,
+        payload_bytes_per_sec: t.payload_bytes as f64 / secs,
+        wire_bytes: t.wire_bytes,
+        wire_bytes_per_sec: t.wire_bytes as f64 / secs,
+        wire_bytes_per_msg: if t.msgs > 0 { t.wire_bytes as f64 / t.msgs as f64 } else { 0.0 },
+        declared_gaps: t.declared_gaps,
+        undeclared_gaps: t.undeclared_gaps,
+        undeclared_missing: t.undeclared_missing,
         latency_us: LatencySummary::from(&hist),
+        latency_percentiles_us: LatencySummary::curve(&hist),
+        msgs_per_sec_series: series,
         client_cpu_cores: client_cpu.map(|c| c / secs),
         server_cpu_cores: server_cpu.map(|c| c / secs),
-        msgs_per_server_cpu_sec: server_cpu.filter(|&c| c > 0.0).map(|c| msgs as f64 / c),
+        msgs_per_server_cpu_sec: server_cpu.filter(|&c| c > 0.0).map(|c| t.msgs as f64 / c),
+        server_rss_bytes: server_rss,
     })
 }
 
+/// Sum of the CPU seconds of `pids` (`None` if there are none or one is unreadable).
+fn server_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_seconds(Some(p))).sum()
+}
+
+/// Sum of the resident memory of `pids`.
+fn rss_total(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| rss_bytes(p)).sum()
+}
+
+/// Size on the wire of a server-to-client (unmasked) frame with `payload` bytes.
+pub fn wire_size(payload: usize) -> u64 {
+    let header = match payload {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    (header + payload) as u64
+}
+
 /// Reads one connection until `end`. Returns `false` if the connection ended before that.
-async fn drive(mut ws: ClientSocket, shard: usize, shared: Arc<Shared>, end: Instant) -> bool {
+async fn drive(
+    mut ws: ClientSocket,
+    protocol: Protocol,
+    shard: usize,
+    shared: Arc<Shared>,
+    end: Instant,
+) -> bool {
     let mut seqs = SeqTracker::default();
     let mut samples: Vec<u64> = Vec::with_capacity(SAMPLE_BATCH);
-    let (mut msgs, mut bytes) = (0u64, 0u64);
+    let mut t = ConnTotals::default();
+    let mut unpublished = 0u64;
     let survived = loop {
         let frame = tokio::select! {
             _ = tokio::time::sleep_until(end) => break true,
@@ -241,31 +493,89 @@ async fn drive(mut ws: ClientSocket, shard: usize, shared: Arc<Shared>, end: Ins
             OpCode::Close => break false,
             _ => continue,
         }
-        let msg = scan(&frame.payload);
+        let measuring = shared.measuring.load(Ordering::Relaxed);
+        if measuring {
+            t.wire_bytes += wire_size(frame.payload.len());
+        }
+        let msg = match protocol {
+            Protocol::Tickfan => scan(&frame.payload),
+            Protocol::Socketio => match frame.payload.strip_prefix(b"42[\"tick\",") {
+                Some(event) => scan(event),
+                None if &frame.payload[..] == b"2" => {
+                    let pong = ws.write_frame(Frame::text(Payload::Borrowed(b"3"))).await;
+                    if pong.is_err() {
+                        break false;
+                    }
+                    continue;
+                }
+                None => Scanned::Other,
+            },
+        };
         seqs.observe(msg);
         if let Scanned::Data { ts, .. } = msg {
-            if shared.measuring.load(Ordering::Relaxed) {
-                msgs += 1;
-                bytes += frame.payload.len() as u64;
+            unpublished += 1;
+            if measuring {
+                t.msgs += 1;
+                t.payload_bytes += frame.payload.len() as u64;
                 samples.push(unix_now_ns().saturating_sub(ts) / 1000);
-                if samples.len() == SAMPLE_BATCH {
-                    record(&shared, shard, &mut samples);
-                }
+            }
+            if unpublished == SAMPLE_BATCH as u64 {
+                shared.live_msgs.fetch_add(unpublished, Ordering::Relaxed);
+                unpublished = 0;
+                record(&shared, shard, &mut samples);
             }
         }
     };
     record(&shared, shard, &mut samples);
-    shared.msgs.fetch_add(msgs, Ordering::Relaxed);
-    shared.payload_bytes.fetch_add(bytes, Ordering::Relaxed);
-    shared.declared_gaps.fetch_add(seqs.declared_gaps, Ordering::Relaxed);
-    shared.undeclared_gaps.fetch_add(seqs.undeclared_gaps, Ordering::Relaxed);
+    let mut totals = shared.totals.lock().expect("no panics while adding up");
+    totals.msgs += t.msgs;
+    totals.payload_bytes += t.payload_bytes;
+    totals.wire_bytes += t.wire_bytes;
+    totals.declared_gaps += seqs.declared_gaps;
+    totals.undeclared_gaps += seqs.undeclared_gaps;
+    totals.undeclared_missing += seqs.undeclared_missing;
     survived
 }
 
 fn record(shared: &Shared, shard: usize, samples: &mut Vec<u64>) {
+    if samples.is_empty() {
+        return;
+    }
     let mut h = shared.hist[shard].lock().expect("no panics while recording");
     for &us in samples.iter() {
         h.saturating_record(us.max(1));
     }
     samples.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_per_protocol() {
+        assert_eq!(request_path(Protocol::Tickfan, "/ws", "trades.*"), "/ws?streams=trades.*");
+        assert_eq!(request_path(Protocol::Tickfan, "/ws?x=1", "a"), "/ws?x=1&streams=a");
+        assert_eq!(
+            request_path(Protocol::Socketio, "/", "trades.*"),
+            "/socket.io/?EIO=4&transport=websocket"
+        );
+    }
+
+    #[test]
+    fn spreads_only_large_loopback_runs() {
+        let lo: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(source_addresses(lo, 1000, 0), vec![None]);
+        let many = source_addresses(lo, 100_000, 0);
+        assert_eq!(many.len(), 5);
+        assert_eq!(many[4], Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5))));
+        let remote: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        assert_eq!(source_addresses(remote, 100_000, 3), vec![None]);
+    }
+
+    #[test]
+    fn frame_header_sizes() {
+        assert_eq!((wire_size(0), wire_size(125), wire_size(126)), (2, 127, 130));
+        assert_eq!((wire_size(65535), wire_size(65536)), (65539, 65546));
+    }
 }

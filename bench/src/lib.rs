@@ -1,12 +1,13 @@
 //! tickfan's load harness (DESIGN §5): opens many real WebSocket connections, checks every
 //! channel's `seq` continuity on every connection, records end-to-end latency (receive time −
 //! `ts`) in HDR histograms, and reports delivered messages per second and per server
-//! CPU-second.
-//!
-//! What it is not (yet): the comparison runner against socket.io / ws / naive Rust baselines,
-//! plots and progress bars — issue #3 builds those on this client.
+//! CPU-second ([`client`], `bench run`). [`compare`] (`bench compare`) runs the same workload
+//! against tickfan and the baselines in `bench/baselines/` and reports the ratios; [`plot`]
+//! draws the results.
 
 pub mod client;
+pub mod compare;
+pub mod plot;
 pub mod report;
 pub mod scan;
 pub mod seq;

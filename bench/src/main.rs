@@ -1,18 +1,21 @@
-//! `bench`: tickfan's load harness (DESIGN §5). `bench run` is the load client; the comparison
-//! against socket.io / ws / naive Rust (`bench compare`) is issue #3.
+//! `bench`: tickfan's load harness (DESIGN §5). `bench run` is the load client; `bench compare`
+//! runs the same workload against tickfan and the socket.io / ws / naive-Rust baselines.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bench::RunConfig;
+use bench::client::Protocol;
+use bench::compare::{CompareConfig, Server};
+use bench::plot::{self, nines, Chart, Series};
+use bench::{Report, RunConfig};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "bench",
     version,
-    about = "Load-test a tickfan gateway with real WebSocket clients"
+    about = "Load-test tickfan (and the baselines it is compared with) with real WebSocket clients"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,18 +26,23 @@ struct Cli {
 enum Cmd {
     /// Open N connections, subscribe, verify seq continuity, measure throughput and latency.
     Run(RunArgs),
+    /// Sweep tick rates against tickfan, socket.io, ws and naive Rust; print the ratios.
+    Compare(CompareArgs),
 }
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Gateway WebSocket URL.
+    /// WebSocket URL (for socket.io: ws://host:port).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     target: String,
+    /// Wire protocol of the server.
+    #[arg(long, value_enum, default_value_t = Protocol::Tickfan)]
+    protocol: Protocol,
     /// Connections to open.
     #[arg(long, default_value_t = 100)]
     conns: usize,
-    /// Channels per connection, comma-separated (sent as `?streams=`).
-    #[arg(long, default_value = "trades.*")]
+    /// Channels per connection, comma-separated, e.g. `trades.*,book.BTC-USD`.
+    #[arg(long, visible_alias = "channels", default_value = "trades.*")]
     streams: String,
     /// Measured seconds, after warm-up.
     #[arg(long, default_value_t = 10.0)]
@@ -42,55 +50,128 @@ struct RunArgs {
     /// Seconds between the last connect and the start of measuring.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// PID of a local gateway, to report its CPU use and messages per server CPU-second.
+    /// Connections opened per second (default: as fast as the server accepts).
     #[arg(long)]
-    server_pid: Option<u32>,
+    ramp: Option<f64>,
+    /// 127.0.0.x source addresses to spread connections over (0: one per 20,000).
+    #[arg(long, default_value_t = 0)]
+    source_ips: usize,
+    /// PID of a local server process, to report its CPU and memory (repeatable).
+    #[arg(long)]
+    server_pid: Vec<u32>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write report.json, report.md and plots (latency percentiles, msgs/s) into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Client threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
 
+#[derive(Debug, clap::Args)]
+struct CompareArgs {
+    /// Servers to compare; the first is the one ratios are computed for.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tickfan,socketio,ws,naive")]
+    servers: Vec<Server>,
+    /// Offered tick rates (ticks/s), swept in ascending order.
+    #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000,20000,40000,80000,160000")]
+    rates: Vec<f64>,
+    /// Connections per step.
+    #[arg(long, default_value_t = 200)]
+    conns: usize,
+    /// Channels per connection.
+    #[arg(long, visible_alias = "channels", default_value = "trades.*,quotes.*")]
+    streams: String,
+    #[arg(long, default_value_t = 50)]
+    symbols: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Measured seconds per step.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Warm-up seconds per step.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// A rate holds only with p99 latency under this.
+    #[arg(long, default_value_t = 50.0)]
+    p99_bound_ms: f64,
+    /// A rate holds only if this share of the expected messages arrived.
+    #[arg(long, default_value_t = 0.95)]
+    min_delivery: f64,
+    /// CPUs for the server and its feed (taskset list).
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
+    /// CPUs for the client (taskset list).
+    #[arg(long, default_value = "1")]
+    client_cpus: String,
+    /// Do not pin anything (machines without taskset, or with one core).
+    #[arg(long)]
+    no_pin: bool,
+    /// Directory of the `tickfan`, `feed-sim` and `naive-ws` binaries (default: this one's).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Directory of the Node baselines.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/baselines"))]
+    baselines_dir: PathBuf,
+    /// Results directory.
+    #[arg(long, default_value = "target/bench-compare")]
+    out: PathBuf,
+    /// Go on sweeping a server after a rate it did not hold.
+    #[arg(long)]
+    keep_going: bool,
+}
+
 fn main() -> ExitCode {
-    let Cmd::Run(args) = Cli::parse().cmd;
+    let result = match Cli::parse().cmd {
+        Cmd::Run(args) => run(args),
+        Cmd::Compare(args) => compare(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !(args.duration > 0.0 && args.warmup >= 0.0) {
         eprintln!("bench: --duration must be > 0 and --warmup >= 0 (seconds)");
-        return ExitCode::from(2);
+        return Ok(ExitCode::from(2));
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if args.threads > 0 {
         rt.worker_threads(args.threads);
     }
-    let rt = match rt.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let rt = rt.enable_all().build()?;
     let cfg = RunConfig {
         target: args.target,
+        protocol: args.protocol,
         conns: args.conns,
         streams: args.streams,
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs_f64(args.warmup),
-        server_pid: args.server_pid,
+        ramp: args.ramp,
+        source_ips: args.source_ips,
+        server_pids: args.server_pid,
+        progress: true,
     };
-    let report = match rt.block_on(bench::run(cfg)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("bench: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let report = rt.block_on(bench::run(cfg))?;
     print!("{}", report.markdown());
-    if let Some(path) = args.json {
-        let json = serde_json::to_string_pretty(&report).expect("report serialises");
-        if let Err(e) = std::fs::write(&path, json) {
-            eprintln!("bench: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &json)?;
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.json"), &json)?;
+        std::fs::write(dir.join("report.md"), report.markdown())?;
+        match run_plots(&report, dir) {
+            Ok(files) => eprintln!("bench: wrote {} and plots {files:?}", dir.display()),
+            Err(e) => eprintln!("bench: {e:#}"),
         }
     }
     if report.failed() {
@@ -98,7 +179,86 @@ fn main() -> ExitCode {
             "bench: FAILED: {} undeclared gaps, {} messages delivered",
             report.undeclared_gaps, report.msgs
         );
-        return ExitCode::FAILURE;
+        return Ok(ExitCode::FAILURE);
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_plots(report: &Report, dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let curve = [Series {
+        name: format!("{} conns, {}", report.conns, report.streams),
+        points: report
+            .latency_percentiles_us
+            .iter()
+            .map(|&(q, us)| (nines(q), us as f64 / 1000.0))
+            .collect(),
+    }];
+    let mut files = plot::write(
+        &dir.join("latency"),
+        &Chart {
+            title: "End-to-end latency (receive time − ts)",
+            x_desc: "percentile",
+            y_desc: "latency (ms, log)",
+            series: &curve,
+            log_y: true,
+            percentile_x: true,
+        },
+    )?;
+    let rate = [Series {
+        name: "delivered msgs/s".into(),
+        points: (1..).zip(&report.msgs_per_sec_series).map(|(t, &v)| (f64::from(t), v)).collect(),
+    }];
+    files.extend(plot::write(
+        &dir.join("throughput"),
+        &Chart {
+            title: "Delivered messages per second",
+            x_desc: "second of the measured window",
+            y_desc: "msgs/s (all connections)",
+            series: &rate,
+            log_y: false,
+            percentile_x: false,
+        },
+    )?);
+    Ok(files)
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let bin_dir = match args.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".")),
+    };
+    let pin = |cpus: String| (!args.no_pin).then_some(cpus);
+    let cfg = CompareConfig {
+        servers: args.servers,
+        rates: {
+            let mut r = args.rates;
+            r.sort_by(f64::total_cmp);
+            r.dedup();
+            r
+        },
+        conns: args.conns,
+        streams: args.streams,
+        symbols: args.symbols,
+        seed: args.seed,
+        duration: args.duration,
+        warmup: args.warmup,
+        p99_bound_ms: args.p99_bound_ms,
+        min_delivery: args.min_delivery,
+        server_cpus: pin(args.server_cpus),
+        client_cpus: pin(args.client_cpus),
+        bin_dir,
+        baselines_dir: args.baselines_dir,
+        out: args.out,
+        keep_going: args.keep_going,
+    };
+    let cmp = bench::compare::compare(cfg)?;
+    println!("{}", cmp.ratio_table());
+    println!(
+        "Full results: {}/compare.md (and compare.json, plots, logs/)",
+        cmp.config.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

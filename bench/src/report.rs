@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::client::Protocol;
 
 /// An empty latency histogram: microseconds from 1 µs to 60 s, 3 significant digits. Every
 /// histogram of a run uses these bounds so they can be merged.
@@ -12,7 +14,7 @@ pub fn latency_histogram() -> Histogram<u64> {
 }
 
 /// End-to-end latency percentiles, in microseconds.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LatencySummary {
     pub samples: u64,
     pub p50: u64,
@@ -21,6 +23,21 @@ pub struct LatencySummary {
     pub p999: u64,
     pub max: u64,
     pub mean: f64,
+}
+
+/// Quantiles of the percentile curve: 0 to 99.999 % with more points in the tail, where
+/// latency outliers live.
+const CURVE_QUANTILES: [f64; 13] =
+    [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0];
+
+impl LatencySummary {
+    /// `(quantile, µs)` points of the latency distribution, for plots.
+    pub fn curve(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+        if h.is_empty() {
+            return Vec::new();
+        }
+        CURVE_QUANTILES.iter().map(|&q| (q, h.value_at_quantile(q))).collect()
+    }
 }
 
 impl From<&Histogram<u64>> for LatencySummary {
@@ -41,9 +58,10 @@ impl From<&Histogram<u64>> for LatencySummary {
 }
 
 /// Result of one `bench run`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub target: String,
+    pub protocol: Protocol,
     pub streams: String,
     /// Connections asked for.
     pub conns: usize,
@@ -61,18 +79,32 @@ pub struct Report {
     pub msgs_per_sec: f64,
     pub payload_bytes: u64,
     pub payload_bytes_per_sec: f64,
+    /// Bytes of every frame received in the measured window, WebSocket headers included
+    /// (TCP/IP headers are not counted).
+    pub wire_bytes: u64,
+    pub wire_bytes_per_sec: f64,
+    /// Wire bytes per data message: what one tick costs on the wire in this protocol.
+    pub wire_bytes_per_msg: f64,
     /// Gap notices received (loss the server declared).
     pub declared_gaps: u64,
     /// Seq jumps without a notice: always a server bug. Non-zero fails the run.
     pub undeclared_gaps: u64,
+    /// Messages skipped by those undeclared jumps: data silently lost.
+    pub undeclared_missing: u64,
     /// Receive time − `ts`, over the measured window.
     pub latency_us: LatencySummary,
+    /// `(quantile, µs)` points of the latency distribution.
+    pub latency_percentiles_us: Vec<(f64, u64)>,
+    /// Delivered messages in each second of the measured window (warm-up excluded).
+    pub msgs_per_sec_series: Vec<f64>,
     /// CPU cores the load client used on average (a saturated client shows here).
     pub client_cpu_cores: Option<f64>,
     /// CPU cores the server used on average, with `--server-pid`.
     pub server_cpu_cores: Option<f64>,
     /// Delivered messages per server CPU-second: comparable even when the client is the limit.
     pub msgs_per_server_cpu_sec: Option<f64>,
+    /// Resident memory of the server processes at the end of the measured window.
+    pub server_rss_bytes: Option<u64>,
 }
 
 impl Report {
@@ -88,7 +120,11 @@ impl Report {
             |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
         let mut s = String::new();
         let _ = writeln!(s, "| metric | value |\n|---|---|");
-        let _ = writeln!(s, "| target | `{}` streams `{}` |", self.target, self.streams);
+        let _ = writeln!(
+            s,
+            "| target | `{}` ({:?} protocol), streams `{}` |",
+            self.target, self.protocol, self.streams
+        );
         let _ = writeln!(
             s,
             "| connections | {} of {} ({} failed, {} ended early), connected in {:.2} s |",
@@ -101,7 +137,13 @@ impl Report {
         let _ = writeln!(s, "| measured | {:.1} s |", self.measured_seconds);
         let _ =
             writeln!(s, "| delivered | {} msgs, **{:.0} msgs/s** |", self.msgs, self.msgs_per_sec);
-        let _ = writeln!(s, "| payload | {:.2} MB/s |", self.payload_bytes_per_sec / 1e6);
+        let _ = writeln!(
+            s,
+            "| bytes | payload {:.2} MB/s, wire {:.2} MB/s, **{:.1} wire bytes per message** |",
+            self.payload_bytes_per_sec / 1e6,
+            self.wire_bytes_per_sec / 1e6,
+            self.wire_bytes_per_msg
+        );
         let _ = writeln!(
             s,
             "| e2e latency | p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs |",
@@ -109,8 +151,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| gaps | {} declared, {} undeclared |",
-            self.declared_gaps, self.undeclared_gaps
+            "| gaps | {} declared, {} undeclared ({} messages silently lost) |",
+            self.declared_gaps, self.undeclared_gaps, self.undeclared_missing
         );
         let _ = writeln!(
             s,
@@ -123,6 +165,9 @@ impl Report {
             "| msgs per server CPU-second | {} |",
             opt(self.msgs_per_server_cpu_sec, "")
         );
+        if let Some(rss) = self.server_rss_bytes {
+            let _ = writeln!(s, "| server RSS | {:.1} MiB |", rss as f64 / (1 << 20) as f64);
+        }
         s
     }
 }
@@ -142,6 +187,14 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let stime: f64 = fields.next()?.parse().ok()?;
     // /proc reports in USER_HZ clock ticks, 100 per second on Linux.
     Some((utime + stime) / 100.0)
+}
+
+/// Resident memory of a process, from `/proc/PID/status` (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[cfg(test)]
@@ -170,5 +223,15 @@ mod tests {
         let s = LatencySummary::from(&h);
         assert_eq!((s.samples, s.max), (1000, 1000));
         assert!((495..=505).contains(&s.p50) && (985..=995).contains(&s.p99), "{s:?}");
+        let curve = LatencySummary::curve(&h);
+        assert_eq!(curve.first(), Some(&(0.0, 1)));
+        assert_eq!(curve.last(), Some(&(1.0, 1000)));
+        assert!(curve.windows(2).all(|w| w[0].1 <= w[1].1), "{curve:?}");
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        let rss = rss_bytes(std::process::id()).expect("/proc/PID/status");
+        assert!(rss > 1 << 20, "{rss}");
     }
 }

@@ -17,6 +17,8 @@ pub struct SeqTracker {
     pub declared_gaps: u64,
     /// Seq jumps (or repeats) without a gap notice.
     pub undeclared_gaps: u64,
+    /// Messages skipped by undeclared forward jumps: data silently lost.
+    pub undeclared_missing: u64,
 }
 
 impl SeqTracker {
@@ -30,6 +32,7 @@ impl SeqTracker {
                     Some(expected) => {
                         if seq != *expected {
                             self.undeclared_gaps += 1;
+                            self.undeclared_missing += seq.saturating_sub(*expected);
                         }
                         *expected = seq + 1;
                     }
@@ -66,7 +69,8 @@ mod tests {
         t.observe(data(b"trades.BTC-USD", 21));
         t.observe(data(b"quotes.BTC-USD", 2));
         assert_eq!((t.messages, t.declared_gaps, t.undeclared_gaps), (6, 1, 1));
+        assert_eq!(t.undeclared_missing, 1);
         t.observe(data(b"quotes.BTC-USD", 2)); // a duplicate is a jump too
-        assert_eq!(t.undeclared_gaps, 2);
+        assert_eq!((t.undeclared_gaps, t.undeclared_missing), (2, 1));
     }
 }

@@ -16,12 +16,12 @@ fn run_against_a_live_gateway_delivers_without_undeclared_gaps() {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let report = rt
         .block_on(bench::run(RunConfig {
-            target: format!("ws://{}/ws", gw.local_addr()),
             conns: 8,
             streams: "trades.*,quotes.BTC-USD,book.ETH-USD".into(),
             duration: Duration::from_secs(2),
             warmup: Duration::from_millis(300),
-            server_pid: Some(std::process::id()),
+            server_pids: vec![std::process::id()],
+            ..RunConfig::new(format!("ws://{}/ws", gw.local_addr()))
         }))
         .unwrap();
     assert_eq!((report.connected, report.failed_connects, report.ended_early), (8, 0, 0));
@@ -35,4 +35,8 @@ fn run_against_a_live_gateway_delivers_without_undeclared_gaps() {
         serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
     assert_eq!(json["msgs"], report.msgs);
     assert!(report.markdown().contains("msgs/s"));
+    // Every tickfan data frame is at least `{"ch":"…","seq":N,"ts":N}` plus a 2-byte header.
+    assert!(report.wire_bytes_per_msg > 40.0, "{}", report.wire_bytes_per_msg);
+    assert!(report.server_rss_bytes.is_some_and(|b| b > 1 << 20));
+    assert!(!report.msgs_per_sec_series.is_empty());
 }

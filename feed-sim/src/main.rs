@@ -60,6 +60,10 @@ struct Args {
     /// Emit as fast as possible instead of at `--rate` in real time.
     #[arg(long)]
     no_pace: bool,
+    /// Shortest time between two written batches, in microseconds (the gateway's
+    /// `--feed-batch-us`, so that a server fed through a pipe sees the same batching).
+    #[arg(long, value_name = "US", default_value_t = 250)]
+    batch_us: u64,
 }
 
 /// `--clock` values.
@@ -165,7 +169,7 @@ fn run(mut feed: Feed, args: &Args, limit: Option<Duration>) -> io::Result<()> {
                 }
             });
         }
-        let opts = PaceOptions { clock, ..PaceOptions::default() };
+        let opts = PaceOptions { clock, min_batch_interval: Duration::from_micros(args.batch_us) };
         feed.run_paced_with(&stop, opts, |batch| {
             if result.is_err() {
                 return;

@@ -83,16 +83,9 @@ async fn invalid_flags_fail_with_a_clear_message() {
 /// wscat from `npm ci` (pinned in the root package.json); installed on first use if missing.
 fn wscat() -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let bin = root.join("node_modules/.bin/wscat");
-    if !bin.exists() {
-        let ok = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(root)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok && bin.exists(), "wscat is needed: run `npm ci` at the repository root");
-    }
-    bin
+    let modules = bench::compare::ensure_node_modules(root)
+        .expect("wscat is needed: run `npm ci` at the repository root");
+    modules.join(".bin/wscat")
 }
 
 #[tokio::test]

@@ -1,0 +1,72 @@
+'use strict';
+// What the Node baselines share: flags, the NDJSON tick stream on stdin, channel specs, the
+// "listening on" line `bench compare` waits for, and a prompt exit on SIGTERM/SIGINT.
+
+const KINDS = new Set(['trades', 'quotes', 'book']);
+
+/** `--host H --port P` (defaults 127.0.0.1 and 0, an ephemeral port). */
+function parseArgs(argv) {
+  const opts = { host: '127.0.0.1', port: 0 };
+  for (let i = 0; i < argv.length; i += 2) {
+    const [flag, value] = [argv[i], argv[i + 1]];
+    if (flag === '--host' && value !== undefined) opts.host = value;
+    else if (flag === '--port' && /^\d+$/.test(value ?? '')) opts.port = Number(value);
+    else {
+      process.stderr.write(`usage: node ${process.argv[1]} [--host 127.0.0.1] [--port 0]\n`);
+      process.exit(2);
+    }
+  }
+  return opts;
+}
+
+/**
+ * A channel spec `kind.SYMBOL` or `kind.*`, as `{ kind, symbol }` (symbol '*' for a
+ * wildcard), or null if it is not one.
+ */
+function parseSpec(spec) {
+  if (typeof spec !== 'string') return null;
+  const dot = spec.indexOf('.');
+  if (dot <= 0 || dot === spec.length - 1) return null;
+  const kind = spec.slice(0, dot);
+  return KINDS.has(kind) ? { kind, symbol: spec.slice(dot + 1) } : null;
+}
+
+/**
+ * Calls `onTick(obj, kind)` for every NDJSON line on stdin. Splits chunks by hand: readline
+ * would cost the baseline more than its own work and make the comparison unfair to it.
+ */
+function readTicks(onTick) {
+  let rest = '';
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (chunk) => {
+    const lines = (rest + chunk).split('\n');
+    rest = lines.pop();
+    for (const line of lines) {
+      if (line.length === 0) continue;
+      let obj;
+      try {
+        obj = JSON.parse(line);
+      } catch (e) {
+        process.stderr.write(`skipping a line that is not JSON: ${e.message}\n`);
+        continue;
+      }
+      const ch = obj.ch;
+      if (typeof ch !== 'string') continue;
+      onTick(obj, ch.slice(0, ch.indexOf('.')));
+    }
+  });
+  // End of the feed: keep serving the clients that are connected.
+  process.stdin.on('end', () => process.stderr.write('feed ended; still serving\n'));
+}
+
+/** Listens, then prints the one line on stdout that tells where. */
+function listen(server, { host, port }) {
+  server.listen(port, host, () => {
+    const addr = server.address();
+    process.stdout.write(`listening on http://${addr.address}:${addr.port}\n`);
+  });
+}
+
+for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => process.exit(0));
+
+module.exports = { parseArgs, parseSpec, readTicks, listen };
