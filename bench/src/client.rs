@@ -480,9 +480,14 @@ async fn drive(
     let mut samples: Vec<u64> = Vec::with_capacity(SAMPLE_BATCH);
     let mut t = ConnTotals::default();
     let mut unpublished = 0u64;
+    // One timer for the whole run: a fresh `sleep_until` per frame would register and cancel
+    // a timer entry per message.
+    let deadline = tokio::time::sleep_until(end);
+    tokio::pin!(deadline);
     let survived = loop {
         let frame = tokio::select! {
-            _ = tokio::time::sleep_until(end) => break true,
+            biased;
+            _ = &mut deadline => break true,
             frame = ws.read_frame() => match frame {
                 Ok(f) => f,
                 Err(_) => break false,

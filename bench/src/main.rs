@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bench::client::Protocol;
 use bench::compare::{CompareConfig, Server};
-use bench::plot::{self, nines, Chart, Series};
+use bench::plot::{self, Chart, Series};
 use bench::{Report, RunConfig};
 use clap::{Parser, Subcommand};
 
@@ -76,10 +76,14 @@ struct CompareArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tickfan,socketio,ws,naive")]
     servers: Vec<Server>,
     /// Offered tick rates (ticks/s), swept in ascending order.
-    #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000,20000,40000,80000,160000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "500,1000,2000,4000,8000,16000,32000,64000,128000"
+    )]
     rates: Vec<f64>,
     /// Connections per step.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     conns: usize,
     /// Channels per connection.
     #[arg(long, visible_alias = "channels", default_value = "trades.*,quotes.*")]
@@ -121,6 +125,10 @@ struct CompareArgs {
     /// Go on sweeping a server after a rate it did not hold.
     #[arg(long)]
     keep_going: bool,
+    /// Measure nothing: re-render compare.md and the plots of an earlier run's compare.json
+    /// into --out.
+    #[arg(long, value_name = "COMPARE_JSON")]
+    from: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -185,24 +193,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_plots(report: &Report, dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
-    let curve = [Series {
-        name: format!("{} conns, {}", report.conns, report.streams),
-        points: report
-            .latency_percentiles_us
-            .iter()
-            .map(|&(q, us)| (nines(q), us as f64 / 1000.0))
-            .collect(),
-    }];
+    let curve =
+        [Series::latency_curve(format!("{} conns, {}", report.conns, report.streams), report)];
     let mut files = plot::write(
         &dir.join("latency"),
-        &Chart {
-            title: "End-to-end latency (receive time − ts)",
-            x_desc: "percentile",
-            y_desc: "latency (ms, log)",
-            series: &curve,
-            log_y: true,
-            percentile_x: true,
-        },
+        &Chart::latency("End-to-end latency (receive time − ts)", &curve),
     )?;
     let rate = [Series {
         name: "delivered msgs/s".into(),
@@ -215,7 +210,9 @@ fn run_plots(report: &Report, dir: &std::path::Path) -> anyhow::Result<Vec<PathB
             x_desc: "second of the measured window",
             y_desc: "msgs/s (all connections)",
             series: &rate,
+            log_x: false,
             log_y: false,
+            legend_lower_right: true,
             percentile_x: false,
         },
     )?);
@@ -223,6 +220,14 @@ fn run_plots(report: &Report, dir: &std::path::Path) -> anyhow::Result<Vec<PathB
 }
 
 fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    if let Some(from) = &args.from {
+        let mut cmp = bench::compare::load(from)?;
+        cmp.config.out = args.out;
+        std::fs::create_dir_all(&cmp.config.out)?;
+        bench::compare::write_results(&cmp)?;
+        println!("{}", cmp.ratio_table());
+        return Ok(ExitCode::SUCCESS);
+    }
     let bin_dir = match args.bin_dir {
         Some(d) => d,
         None => std::env::current_exe()?

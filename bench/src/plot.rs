@@ -36,10 +36,56 @@ pub struct Chart<'a> {
     pub x_desc: &'a str,
     pub y_desc: &'a str,
     pub series: &'a [Series],
+    /// Log-scale x axis (rates swept by doubling).
+    pub log_x: bool,
     /// Log-scale y axis (latencies spanning decades).
     pub log_y: bool,
+    /// Legend in the lower right corner instead of the upper left.
+    pub legend_lower_right: bool,
     /// Label x values as percentiles: x is the number of nines, −log10(1 − q).
     pub percentile_x: bool,
+}
+
+impl Series {
+    /// The latency distribution of a run: milliseconds against percentiles (as [`nines`]).
+    pub fn latency_curve(name: impl Into<String>, report: &crate::Report) -> Series {
+        let points = report.latency_percentiles_us.iter().map(|&(q, us)| (nines(q), ms(us)));
+        Series { name: name.into(), points: points.collect() }
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl<'a> Chart<'a> {
+    /// Latency curves: log milliseconds against percentiles.
+    pub fn latency(title: &'a str, series: &'a [Series]) -> Chart<'a> {
+        Chart {
+            title,
+            x_desc: "percentile",
+            y_desc: "latency (ms, log)",
+            series,
+            log_x: false,
+            log_y: true,
+            legend_lower_right: false,
+            percentile_x: true,
+        }
+    }
+
+    /// A figure against the offered tick rate, both axes logarithmic (rates double).
+    pub fn rate_sweep(title: &'a str, y_desc: &'a str, series: &'a [Series]) -> Chart<'a> {
+        Chart {
+            title,
+            x_desc: "offered ticks/s (log)",
+            y_desc,
+            series,
+            log_x: true,
+            log_y: true,
+            legend_lower_right: true,
+            percentile_x: false,
+        }
+    }
 }
 
 /// Whether a font is available (plots can be drawn).
@@ -100,7 +146,7 @@ where
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing {:?}: {e}", chart.title);
     root.fill(&WHITE).map_err(err)?;
     let points = chart.series.iter().flat_map(|s| s.points.iter());
-    let (x, y) = bounds(points.clone().map(|p| p.0), false)
+    let (x, y) = bounds(points.clone().map(|p| p.0), chart.log_x)
         .zip(bounds(points.map(|p| p.1), chart.log_y))
         .ok_or_else(|| anyhow!("no finite points"))?;
     let mut builder = ChartBuilder::on(&root);
@@ -141,7 +187,11 @@ where
                     .map_err(err)?;
             }
             ctx.configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(if chart.legend_lower_right {
+                    SeriesLabelPosition::LowerRight
+                } else {
+                    SeriesLabelPosition::UpperLeft
+                })
                 .label_font((FONT, 15))
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
@@ -149,10 +199,13 @@ where
                 .map_err(err)?;
         }};
     }
-    if chart.log_y {
-        body!(builder.build_cartesian_2d(x, y.log_scale()).map_err(err)?);
-    } else {
-        body!(builder.build_cartesian_2d(x, y).map_err(err)?);
+    match (chart.log_x, chart.log_y) {
+        (false, false) => body!(builder.build_cartesian_2d(x, y).map_err(err)?),
+        (false, true) => body!(builder.build_cartesian_2d(x, y.log_scale()).map_err(err)?),
+        (true, false) => body!(builder.build_cartesian_2d(x.log_scale(), y).map_err(err)?),
+        (true, true) => {
+            body!(builder.build_cartesian_2d(x.log_scale(), y.log_scale()).map_err(err)?)
+        }
     }
     root.present().map_err(err)?;
     Ok(())
@@ -229,7 +282,9 @@ mod tests {
             x_desc: "x",
             y_desc: "y",
             series: &series,
+            log_x: false,
             log_y: true,
+            legend_lower_right: false,
             percentile_x: true,
         };
         let files = write(&dir.join("p"), &chart).unwrap();

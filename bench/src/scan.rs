@@ -20,6 +20,12 @@ pub fn scan(msg: &[u8]) -> Scanned<'_> {
         let Some(end) = rest.iter().position(|&b| b == b'"') else { return Scanned::Other };
         let ch = &rest[..end];
         let rest = &rest[end..];
+        // Fast path: tickfan's encoder writes `","seq":N,"ts":N` right after the channel.
+        if let Some((seq, after)) = number_at(rest, b"\",\"seq\":") {
+            if let Some((ts, _)) = number_at(after, b",\"ts\":") {
+                return Scanned::Data { ch, seq, ts };
+            }
+        }
         match (number_after(rest, b"\"seq\":"), number_after(rest, b"\"ts\":")) {
             (Some(seq), Some(ts)) => Scanned::Data { ch, seq, ts },
             _ => Scanned::Other,
@@ -35,20 +41,29 @@ pub fn scan(msg: &[u8]) -> Scanned<'_> {
     }
 }
 
+/// The number right after `prefix` at the start of `hay`, and the rest of `hay` after it.
+fn number_at<'a>(hay: &'a [u8], prefix: &[u8]) -> Option<(u64, &'a [u8])> {
+    let digits = hay.strip_prefix(prefix)?;
+    let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    let n = parse_digits(&digits[..len])?;
+    Some((n, &digits[len..]))
+}
+
+fn parse_digits(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle).map(|i| i + needle.len())
 }
 
 fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     let start = find(hay, key)?;
-    let digits = hay[start..].iter().take_while(|b| b.is_ascii_digit());
-    let mut n: u64 = 0;
-    let mut any = false;
-    for &d in digits {
-        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-        any = true;
-    }
-    any.then_some(n)
+    let len = hay[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+    parse_digits(&hay[start..start + len])
 }
 
 fn string_after<'a>(hay: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
@@ -73,5 +88,10 @@ mod tests {
         assert_eq!(scan(br#"{"op":"subscribed","channels":[]}"#), Scanned::Other);
         assert_eq!(scan(br#"{"ch":"x","seq":"nope"}"#), Scanned::Other);
         assert_eq!(scan(b""), Scanned::Other);
+        // Another field order (a baseline's JSON.stringify may differ) takes the slow path.
+        let m = br#"{"ch":"quotes.X","ts":5,"seq":7}"#;
+        assert_eq!(scan(m), Scanned::Data { ch: b"quotes.X", seq: 7, ts: 5 });
+        // An overflowing number is not a number.
+        assert_eq!(scan(br#"{"ch":"x","seq":99999999999999999999,"ts":1}"#), Scanned::Other);
     }
 }

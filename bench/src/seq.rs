@@ -3,6 +3,7 @@
 //! expectation to `to + 1`. A jump without a notice is an undeclared gap: a server bug.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::scan::Scanned;
 
@@ -10,7 +11,7 @@ use crate::scan::Scanned;
 #[derive(Debug, Default)]
 pub struct SeqTracker {
     /// Next expected seq per channel name.
-    next: HashMap<Box<[u8]>, u64>,
+    next: HashMap<Box<[u8]>, u64, BuildHasherDefault<Fnv1a>>,
     /// Data messages seen.
     pub messages: u64,
     /// Gap notices seen.
@@ -47,6 +48,29 @@ impl SeqTracker {
             }
             Scanned::Other => {}
         }
+    }
+}
+
+/// FNV-1a: channel names are short, trusted and looked up once per message, where SipHash's
+/// DoS resistance only costs the load client time.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Fnv1a {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
