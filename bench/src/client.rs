@@ -71,7 +71,11 @@ pub struct RunConfig {
     /// Connections to open.
     pub conns: usize,
     /// Channels each connection subscribes to, comma-separated, e.g. `trades.*,quotes.BTC-USD`.
+    /// With [`RunConfig::random_symbols`], `{sym}` stands for each symbol drawn for the
+    /// connection: `trades.{sym},book.{sym}`.
     pub streams: String,
+    /// Draw symbols per connection for the `{sym}` of `streams`.
+    pub random_symbols: Option<RandomSymbols>,
     /// Measured time, after warm-up.
     pub duration: Duration,
     /// Time after the last connection is up before measuring starts.
@@ -96,6 +100,7 @@ impl RunConfig {
             protocol: Protocol::Tickfan,
             conns: 10,
             streams: "trades.*".to_owned(),
+            random_symbols: None,
             duration: Duration::from_secs(5),
             warmup: Duration::from_secs(1),
             ramp: None,
@@ -104,6 +109,63 @@ impl RunConfig {
             progress: false,
         }
     }
+}
+
+/// Each connection subscribes to `per_conn` symbols drawn from `universe`, differently per
+/// connection but the same from run to run for a given `seed`.
+#[derive(Clone, Debug)]
+pub struct RandomSymbols {
+    pub per_conn: usize,
+    pub universe: Vec<String>,
+    pub seed: u64,
+}
+
+impl RandomSymbols {
+    /// `per_conn` of the `symbols` names the simulated feed (and a gateway started with
+    /// `--symbols symbols`) uses.
+    pub fn from_feed(per_conn: usize, symbols: usize, seed: u64) -> anyhow::Result<RandomSymbols> {
+        let cfg = feed_sim::SimConfig { symbols, ..feed_sim::SimConfig::default() };
+        let feed = feed_sim::Feed::try_new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let universe: Vec<String> = feed.symbols().iter().map(|s| s.name.clone()).collect();
+        if per_conn == 0 || per_conn > universe.len() {
+            bail!("--random-symbols must be between 1 and --symbols ({})", universe.len());
+        }
+        Ok(RandomSymbols { per_conn, universe, seed })
+    }
+
+    /// The symbols of connection `conn`: a partial Fisher–Yates shuffle driven by splitmix64.
+    pub fn pick(&self, conn: usize) -> Vec<&str> {
+        let mut state = self.seed ^ (conn as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut idx: Vec<usize> = (0..self.universe.len()).collect();
+        for i in 0..self.per_conn {
+            let j = i + (next() % (idx.len() - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        idx[..self.per_conn].iter().map(|&i| self.universe[i].as_str()).collect()
+    }
+}
+
+/// The streams connection `conn` subscribes to: `template` with every spec that contains
+/// `{sym}` repeated for each of the connection's symbols.
+pub fn streams_for(template: &str, conn: usize, random: Option<&RandomSymbols>) -> String {
+    let Some(random) = random else { return template.to_owned() };
+    let picks = random.pick(conn);
+    let mut out = Vec::new();
+    for spec in template.split(',').filter(|s| !s.is_empty()) {
+        if spec.contains("{sym}") {
+            out.extend(picks.iter().map(|sym| spec.replace("{sym}", sym)));
+        } else {
+            out.push(spec.to_owned());
+        }
+    }
+    out.join(",")
 }
 
 /// Counters shared by every connection task.
@@ -302,7 +364,21 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         bail!("--ramp must be a positive number of connections per second");
     }
     let (addr, target_path) = resolve_target(&cfg.target).await?;
-    let path = Arc::new(request_path(cfg.protocol, &target_path, &cfg.streams));
+    if let Some(limit) = open_files_limit() {
+        // Each connection is a file descriptor; the runtime needs a few more.
+        if cfg.conns as u64 + 64 > limit {
+            bail!(
+                "--conns {} needs about {} open files but this process may open {limit}; \
+                 raise the limit (e.g. `ulimit -n {}`) for the client and the server",
+                cfg.conns,
+                cfg.conns + 64,
+                cfg.conns + 1024
+            );
+        }
+    }
+    if cfg.streams.contains("{sym}") != cfg.random_symbols.is_some() {
+        bail!("`{{sym}}` in --streams and --random-symbols go together");
+    }
     let sources = source_addresses(addr, cfg.conns, cfg.source_ips);
     let progress =
         || if cfg.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
@@ -333,10 +409,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                 .await;
         }
         let permit = in_flight.clone().acquire_owned().await.expect("never closed");
-        let (path, shared, bar, mut end) =
-            (path.clone(), shared.clone(), bar.clone(), end_rx.clone());
-        let (protocol, streams, source) =
-            (cfg.protocol, cfg.streams.clone(), sources[i % sources.len()]);
+        let (shared, bar, mut end) = (shared.clone(), bar.clone(), end_rx.clone());
+        let streams = streams_for(&cfg.streams, i, cfg.random_symbols.as_ref());
+        let path = request_path(cfg.protocol, &target_path, &streams);
+        let (protocol, source) = (cfg.protocol, sources[i % sources.len()]);
         attempts.push(tokio::spawn(async move {
             let ws = open(addr, &path, protocol, &streams, source).await;
             drop(permit);
@@ -440,6 +516,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         msgs_per_server_cpu_sec: server_cpu.filter(|&c| c > 0.0).map(|c| t.msgs as f64 / c),
         server_rss_bytes: server_rss,
     })
+}
+
+/// The soft limit on open files of this process, from `/proc/self/limits`.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Sum of the CPU seconds of `pids` (`None` if there are none or one is unreadable).
@@ -568,6 +651,26 @@ mod tests {
     }
 
     #[test]
+    fn random_symbols_per_connection() {
+        let r = RandomSymbols::from_feed(3, 20, 7).unwrap();
+        let a = streams_for("trades.{sym},book.{sym},quotes.*", 0, Some(&r));
+        assert_eq!(a.split(',').count(), 7, "{a}");
+        assert!(a.ends_with(",quotes.*"));
+        // Deterministic per connection, different across connections, distinct symbols.
+        assert_eq!(a, streams_for("trades.{sym},book.{sym},quotes.*", 0, Some(&r)));
+        let picks: Vec<Vec<&str>> = (0..50).map(|c| r.pick(c)).collect();
+        assert!(picks.iter().any(|p| p != &picks[0]));
+        for p in &picks {
+            let mut d = p.clone();
+            d.sort_unstable();
+            d.dedup();
+            assert_eq!(d.len(), 3, "{p:?}");
+        }
+        assert!(RandomSymbols::from_feed(21, 20, 7).is_err());
+        assert_eq!(streams_for("trades.*", 3, None), "trades.*");
+    }
+
+    #[test]
     fn spreads_only_large_loopback_runs() {
         let lo: SocketAddr = "127.0.0.1:80".parse().unwrap();
         assert_eq!(source_addresses(lo, 1000, 0), vec![None]);
@@ -576,6 +679,11 @@ mod tests {
         assert_eq!(many[4], Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5))));
         let remote: SocketAddr = "10.0.0.1:80".parse().unwrap();
         assert_eq!(source_addresses(remote, 100_000, 3), vec![None]);
+    }
+
+    #[test]
+    fn reads_the_open_files_limit() {
+        assert!(open_files_limit().is_some_and(|n| n >= 64));
     }
 
     #[test]

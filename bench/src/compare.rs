@@ -23,9 +23,9 @@ use anyhow::{anyhow, bail, Context};
 use feed_sim::{Feed, SimConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tickfan_proto::ChannelSpec;
+use tickfan_proto::{ChannelId, ChannelSpec};
 
-use crate::client::Protocol;
+use crate::client::{streams_for, Protocol, RandomSymbols};
 use crate::plot::{self, Chart, Series};
 use crate::report::{rss_bytes, Report};
 
@@ -77,7 +77,11 @@ pub struct CompareConfig {
     /// Offered tick rates (ticks/s over all symbols), swept in ascending order.
     pub rates: Vec<f64>,
     pub conns: usize,
+    /// Streams per connection; `{sym}` stands for each of the connection's `random_symbols`.
     pub streams: String,
+    /// Symbols drawn per connection (seeded by `seed`) for the `{sym}` of `streams`.
+    #[serde(default)]
+    pub random_symbols: Option<usize>,
     pub symbols: usize,
     pub seed: u64,
     /// Measured seconds per step, after `warmup`.
@@ -109,6 +113,7 @@ impl CompareConfig {
             rates: vec![500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0, 64000.0, 128000.0],
             conns: 100,
             streams: "trades.*,quotes.*".into(),
+            random_symbols: None,
             symbols: 50,
             seed: 1,
             duration: 5.0,
@@ -172,7 +177,7 @@ pub struct Comparison {
 /// Runs the comparison and writes its results under `cfg.out`.
 pub fn compare(cfg: CompareConfig) -> anyhow::Result<Comparison> {
     preflight(&cfg)?;
-    let stream_share = stream_share(cfg.symbols, cfg.seed, &cfg.streams)?;
+    let stream_share = stream_share(&cfg)?;
     std::fs::create_dir_all(cfg.out.join("logs"))?;
     std::fs::create_dir_all(cfg.out.join("runs"))?;
     let total = (cfg.servers.len() * cfg.rates.len()) as u64;
@@ -262,28 +267,53 @@ pub fn ensure_node_modules(repo_root: &Path) -> anyhow::Result<PathBuf> {
     Ok(modules)
 }
 
-/// Share of the feed's ticks that `streams` select, from 200,000 simulated ticks (the mix of
+/// Share of the feed's ticks that one connection's streams select, on average over the
+/// connections (they differ with `random_symbols`), from 200,000 simulated ticks (the mix of
 /// symbols and kinds does not depend on the rate).
-pub fn stream_share(symbols: usize, seed: u64, streams: &str) -> anyhow::Result<f64> {
-    let cfg = SimConfig { symbols, seed, burst_every_s: 0.0, ..SimConfig::default() };
-    let mut feed = Feed::try_new(cfg).map_err(|e| anyhow!("feed settings: {e}"))?;
+pub fn stream_share(cfg: &CompareConfig) -> anyhow::Result<f64> {
+    let sim = SimConfig {
+        symbols: cfg.symbols,
+        seed: cfg.seed,
+        burst_every_s: 0.0,
+        ..SimConfig::default()
+    };
+    let mut feed = Feed::try_new(sim).map_err(|e| anyhow!("feed settings: {e}"))?;
     let table = feed.symbols().clone();
-    let specs = streams
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| table.parse_channel(s).map_err(|e| anyhow!("stream {s:?}: {e:?}")))
-        .collect::<anyhow::Result<Vec<ChannelSpec>>>()?;
     const N: u32 = 200_000;
-    let matching = (0..N)
-        .filter(|_| {
-            let ch = feed.next_tick_virtual().channel();
-            specs.iter().any(|spec| match *spec {
-                ChannelSpec::Exact(id) => id == ch,
-                ChannelSpec::Wildcard(kind) => kind == ch.kind(),
+    let mut per_channel = vec![0u32; table.channel_count()];
+    for _ in 0..N {
+        per_channel[feed.next_tick_virtual().channel().index()] += 1;
+    }
+    let random = cfg
+        .random_symbols
+        .map(|k| RandomSymbols::from_feed(k, cfg.symbols, cfg.seed))
+        .transpose()?;
+    let mut total = 0.0;
+    for conn in 0..cfg.conns.max(1) {
+        let streams = streams_for(&cfg.streams, conn, random.as_ref());
+        let specs = streams
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| table.parse_channel(s).map_err(|e| anyhow!("stream {s:?}: {e:?}")))
+            .collect::<anyhow::Result<Vec<ChannelSpec>>>()?;
+        let matching: u32 = per_channel
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| {
+                let ch = ChannelId(i as u32);
+                specs.iter().any(|spec| match *spec {
+                    ChannelSpec::Exact(id) => id == ch,
+                    ChannelSpec::Wildcard(kind) => kind == ch.kind(),
+                })
             })
-        })
-        .count();
-    Ok(matching as f64 / f64::from(N))
+            .map(|(_, &n)| n)
+            .sum();
+        total += f64::from(matching) / f64::from(N);
+        if random.is_none() {
+            return Ok(total);
+        }
+    }
+    Ok(total / cfg.conns.max(1) as f64)
 }
 
 /// A server started by [`start`] (and the feed piped into it); killed when dropped.
@@ -475,9 +505,13 @@ fn measure(
         .args(["--target", &format!("ws://{}{}", running.addr, server.path())])
         .args(["--protocol", &format!("{:?}", server.protocol()).to_lowercase()])
         .args(["--conns", &cfg.conns.to_string(), "--streams", &cfg.streams])
+        .args(["--symbols", &cfg.symbols.to_string(), "--seed", &cfg.seed.to_string()])
         .args(["--duration", &cfg.duration.to_string(), "--warmup", &cfg.warmup.to_string()])
         .arg("--json")
         .arg(&json);
+    if let Some(k) = cfg.random_symbols {
+        client.args(["--random-symbols", &k.to_string()]);
+    }
     let threads = cpu_count(&cfg.client_cpus);
     if threads > 0 {
         client.args(["--threads", &threads.to_string()]);
@@ -609,12 +643,15 @@ impl Comparison {
         let _ = writeln!(s, "### Setup\n");
         let _ = writeln!(
             s,
-            "{} connections, each on `{}` ({:.1}% of the ticks); {} symbols, seed {}, no bursts; \
+            "{} connections, each on `{}`{} ({:.1}% of the ticks); {} symbols, seed {}, no bursts; \
              {} s measured after {} s warm-up per step. Server (and its feed) on CPUs `{}`, \
              client on CPUs `{}`. A rate holds with every connection up, no gap of any kind, \
              p99 ≤ {} ms and ≥ {:.0}% of the expected messages delivered. Machine: {}.\n",
             c.conns,
             c.streams,
+            c.random_symbols.map_or(String::new(), |k| format!(
+                " with `{{sym}}` = {k} random symbols per connection"
+            )),
             100.0 * self.stream_share,
             c.symbols,
             c.seed,
@@ -890,13 +927,26 @@ mod tests {
 
     #[test]
     fn stream_share_follows_the_specs() {
-        let all = stream_share(20, 1, "trades.*,quotes.*,book.*").unwrap();
-        assert_eq!(all, 1.0);
-        let trades = stream_share(20, 1, "trades.*").unwrap();
-        let one = stream_share(20, 1, "trades.BTC-USD").unwrap();
+        let share = |streams: &str, random: Option<usize>| {
+            let cfg = CompareConfig {
+                symbols: 20,
+                conns: 10,
+                streams: streams.into(),
+                random_symbols: random,
+                ..CompareConfig::new("/nonexistent")
+            };
+            stream_share(&cfg)
+        };
+        assert_eq!(share("trades.*,quotes.*,book.*", None).unwrap(), 1.0);
+        let trades = share("trades.*", None).unwrap();
+        let one = share("trades.BTC-USD", None).unwrap();
         assert!(0.0 < one && one < trades && trades < 1.0, "{one} {trades}");
         // Overlapping specs count a tick once.
-        assert_eq!(stream_share(20, 1, "trades.*,trades.BTC-USD").unwrap(), trades);
-        assert!(stream_share(20, 1, "nope.*").is_err());
+        assert_eq!(share("trades.*,trades.BTC-USD", None).unwrap(), trades);
+        assert!(share("nope.*", None).is_err());
+        // All 20 symbols drawn: every connection sees every trade.
+        assert!((share("trades.{sym}", Some(20)).unwrap() - trades).abs() < 1e-12);
+        let some = share("trades.{sym}", Some(3)).unwrap();
+        assert!(0.0 < some && some < trades, "{some}");
     }
 }

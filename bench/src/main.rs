@@ -41,9 +41,20 @@ struct RunArgs {
     /// Connections to open.
     #[arg(long, default_value_t = 100)]
     conns: usize,
-    /// Channels per connection, comma-separated, e.g. `trades.*,book.BTC-USD`.
+    /// Channels per connection, comma-separated, e.g. `trades.*,book.BTC-USD`; with
+    /// --random-symbols, `{sym}` stands for each of the connection's symbols:
+    /// `trades.{sym},quotes.{sym}`.
     #[arg(long, visible_alias = "channels", default_value = "trades.*")]
     streams: String,
+    /// Each connection draws this many random symbols for the `{sym}` in --streams.
+    #[arg(long, value_name = "K")]
+    random_symbols: Option<usize>,
+    /// Symbols the server has (the gateway's and feed-sim's --symbols), to draw from.
+    #[arg(long, default_value_t = 50)]
+    symbols: usize,
+    /// Seed of the per-connection symbol draw.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Measured seconds, after warm-up.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -85,9 +96,12 @@ struct CompareArgs {
     /// Connections per step.
     #[arg(long, default_value_t = 100)]
     conns: usize,
-    /// Channels per connection.
+    /// Channels per connection (`{sym}`: each of the connection's --random-symbols).
     #[arg(long, visible_alias = "channels", default_value = "trades.*,quotes.*")]
     streams: String,
+    /// Each connection draws this many random symbols for the `{sym}` in --streams.
+    #[arg(long, value_name = "K")]
+    random_symbols: Option<usize>,
     #[arg(long, default_value_t = 50)]
     symbols: usize,
     #[arg(long, default_value_t = 1)]
@@ -155,11 +169,16 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         rt.worker_threads(args.threads);
     }
     let rt = rt.enable_all().build()?;
+    let random_symbols = args
+        .random_symbols
+        .map(|k| bench::client::RandomSymbols::from_feed(k, args.symbols, args.seed))
+        .transpose()?;
     let cfg = RunConfig {
         target: args.target,
         protocol: args.protocol,
         conns: args.conns,
         streams: args.streams,
+        random_symbols,
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs_f64(args.warmup),
         ramp: args.ramp,
@@ -246,6 +265,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         },
         conns: args.conns,
         streams: args.streams,
+        random_symbols: args.random_symbols,
         symbols: args.symbols,
         seed: args.seed,
         duration: args.duration,

@@ -40,3 +40,31 @@ fn run_against_a_live_gateway_delivers_without_undeclared_gaps() {
     assert!(report.server_rss_bytes.is_some_and(|b| b > 1 << 20));
     assert!(!report.msgs_per_sec_series.is_empty());
 }
+
+#[test]
+fn random_symbols_per_connection_and_a_paced_ramp() {
+    let mut cfg = Config::for_tests();
+    cfg.symbols = 20;
+    cfg.rate = 5_000.0;
+    let gw = Gateway::start(cfg).unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let random = bench::client::RandomSymbols::from_feed(2, 20, 9).unwrap();
+    let report = rt
+        .block_on(bench::run(RunConfig {
+            conns: 8,
+            streams: "trades.{sym},quotes.{sym}".into(),
+            random_symbols: Some(random),
+            ramp: Some(20.0),
+            duration: Duration::from_secs(1),
+            warmup: Duration::from_millis(200),
+            ..RunConfig::new(format!("ws://{}/ws", gw.local_addr()))
+        }))
+        .unwrap();
+    // A drawn symbol the gateway did not know would make it refuse the whole `?streams=`
+    // subscription, and nothing would flow.
+    assert_eq!((report.connected, report.ended_early), (8, 0), "{}", report.markdown());
+    assert!(report.msgs > 0 && report.undeclared_gaps == 0, "{}", report.markdown());
+    // 8 connections at 20 per second: the last one starts 7/20 s after the first.
+    assert!(report.connect_seconds >= 0.35, "ramp not applied: {}", report.connect_seconds);
+}

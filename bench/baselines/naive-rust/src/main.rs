@@ -60,8 +60,10 @@ async fn main() -> anyhow::Result<()> {
                 Ok((stream, _)) => { tokio::spawn(serve(stream, tx.subscribe())); }
                 Err(e) => eprintln!("naive-ws: accept: {e}"),
             },
-            _ = sigterm.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            // Exit here rather than return: tokio's stdin reads on a blocking thread that cannot
+            // be cancelled, so dropping the runtime would wait for the next line of the feed.
+            _ = sigterm.recv() => std::process::exit(0),
+            _ = tokio::signal::ctrl_c() => std::process::exit(0),
         }
     }
 }
@@ -204,20 +206,24 @@ fn request(subs: &mut Subs, text: &str) -> Value {
         Ok(v) => v,
         Err(_) => return json!({"op": "error", "code": "bad_request", "msg": "not JSON"}),
     };
-    let id = req.get("id").cloned().unwrap_or(Value::Null);
     let op = req.get("op").and_then(Value::as_str);
     let channels: Option<Vec<String>> =
         req.get("channels").and_then(|c| serde_json::from_value(c.clone()).ok());
-    match (op, channels) {
+    let mut reply = match (op, channels) {
         (Some(op @ ("subscribe" | "unsubscribe")), Some(channels)) => {
             match subs.apply(&channels, op == "subscribe") {
-                Ok(()) => json!({"op": format!("{op}d"), "id": id, "channels": channels}),
-                Err(msg) => json!({"op": "error", "id": id, "code": "unknown_channel", "msg": msg}),
+                Ok(()) => json!({"op": format!("{op}d"), "channels": channels}),
+                Err(msg) => json!({"op": "error", "code": "unknown_channel", "msg": msg}),
             }
         }
-        _ => json!({"op": "error", "id": id, "code": "bad_request",
+        _ => json!({"op": "error", "code": "bad_request",
                     "msg": "expected subscribe or unsubscribe with channels"}),
+    };
+    // Echo the request's id, if it had one, right after "op" (as tickfan does).
+    if let (Some(id), Some(obj)) = (req.get("id"), reply.as_object_mut()) {
+        obj.shift_insert(1, "id".to_owned(), id.clone());
     }
+    reply
 }
 
 #[cfg(test)]
@@ -234,8 +240,10 @@ mod tests {
         assert!(!subs.matches("quotes.ETH-USD") && !subs.matches("book.BTC-USD"));
         assert!(subs.apply(&["nope.X".to_owned()], true).is_err());
         let reply = request(&mut subs, r#"{"op":"unsubscribe","id":4,"channels":["trades.*"]}"#);
-        assert_eq!(reply["op"], "unsubscribed");
+        assert_eq!(reply.to_string(), r#"{"op":"unsubscribed","id":4,"channels":["trades.*"]}"#);
         assert!(!subs.matches("trades.ETH-USD"));
         assert_eq!(request(&mut subs, "{")["code"], "bad_request");
+        let reply = request(&mut subs, r#"{"op":"subscribe","channels":["x.Y"]}"#);
+        assert!(reply.get("id").is_none() && reply["code"] == "unknown_channel");
     }
 }
