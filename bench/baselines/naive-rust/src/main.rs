@@ -193,7 +193,13 @@ async fn serve(stream: TcpStream, mut rx: broadcast::Receiver<Tick>) {
                         return;
                     }
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(Message::Close(_))) => {
+                    // Sends the close reply tungstenite queued. (The inherent `ws.close(None)`
+                    // would fail here with SendAfterClosing instead.)
+                    let _ = SinkExt::close(&mut ws).await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },
         }
