@@ -50,9 +50,11 @@ function readTicks(onTick) {
         process.stderr.write(`skipping a line that is not JSON: ${e.message}\n`);
         continue;
       }
-      const ch = obj.ch;
-      if (typeof ch !== 'string') continue;
-      onTick(obj, ch.slice(0, ch.indexOf('.')));
+      // A line of `null` or `42` parses too; only objects with a `kind.X` channel are ticks.
+      const ch = obj?.ch;
+      const dot = typeof ch === 'string' ? ch.indexOf('.') : -1;
+      if (dot <= 0) continue;
+      onTick(obj, ch.slice(0, dot));
     }
   });
   // End of the feed: keep serving the clients that are connected.
@@ -62,8 +64,9 @@ function readTicks(onTick) {
 /** Listens, then prints the one line on stdout that tells where. */
 function listen(server, { host, port }) {
   server.listen(port, host, () => {
-    const addr = server.address();
-    process.stdout.write(`listening on http://${addr.address}:${addr.port}\n`);
+    const { address, family, port: bound } = server.address();
+    const host = family === 'IPv6' ? `[${address}]` : address;
+    process.stdout.write(`listening on http://${host}:${bound}\n`);
   });
 }
 

@@ -6,7 +6,7 @@
 // subscribe / unsubscribe ops, `kind.SYMBOL` and `kind.*` channels.
 
 const http = require('node:http');
-const { WebSocketServer } = require('ws');
+const { WebSocket, WebSocketServer } = require('ws');
 const { parseArgs, parseSpec, readTicks, listen } = require('./common');
 
 const opts = parseArgs(process.argv.slice(2));
@@ -48,11 +48,14 @@ const wss = new WebSocketServer({ noServer: true });
 server.on('upgrade', (req, socket, head) => {
   const url = new URL(req.url, 'http://localhost');
   if (url.pathname !== '/ws') {
-    socket.end('HTTP/1.1 404 Not Found\r\n\r\n');
+    socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
     return;
   }
   wss.handleUpgrade(req, socket, head, (ws) => {
     ws.specs = new Set();
+    // As in ws's own examples: without a listener, one malformed frame from any client is an
+    // uncaught 'error' that takes the whole process down.
+    ws.on('error', (e) => process.stderr.write(`client error: ${e.message}\n`));
     const streams = url.searchParams.get('streams');
     if (streams) {
       const channels = streams.split(',').filter((s) => s.length > 0);
@@ -63,7 +66,8 @@ server.on('upgrade', (req, socket, head) => {
     ws.on('message', (data, isBinary) => {
       let req;
       try {
-        req = JSON.parse(isBinary ? '' : data.toString());
+        if (isBinary) throw new Error('binary');
+        req = JSON.parse(data.toString());
       } catch {
         return reply(ws, { op: 'error', code: 'bad_request', msg: 'not a JSON text message' });
       }
@@ -84,9 +88,15 @@ readTicks((obj, kind) => {
   const some = exact.get(obj.ch);
   if (!all && !some) return;
   const text = JSON.stringify(obj);
-  if (all) for (const ws of all) ws.send(text);
+  // The readyState check is the one in ws's broadcast example: a closing socket stays
+  // subscribed until its 'close' event.
+  if (all) for (const ws of all) if (ws.readyState === WebSocket.OPEN) ws.send(text);
   // A socket on both `trades.*` and `trades.X` gets the tick once.
-  if (some) for (const ws of some) if (!all || !all.has(ws)) ws.send(text);
+  if (some) {
+    for (const ws of some) {
+      if (ws.readyState === WebSocket.OPEN && !all?.has(ws)) ws.send(text);
+    }
+  }
 });
 
 listen(server, opts);
