@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -44,8 +44,17 @@ fn route(ctx: Rc<WorkerCtx>, mut req: Request<Incoming>) -> Response<Full<Bytes>
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(ctx, &mut req),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => {
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let (body, content_type) = crate::metrics::exposition(&ctx.stats, accept);
+            let mut resp = text(StatusCode::OK, &body);
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            resp
+        }
         (&Method::GET, "/") => index(&ctx),
-        (_, "/ws" | "/healthz" | "/") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+        (_, "/ws" | "/healthz" | "/metrics" | "/") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found; see / for what this server offers\n"),
     }
 }
@@ -77,7 +86,8 @@ fn index(ctx: &WorkerCtx) -> Response<Full<Bytes>> {
     let body = format!(
         "tickfan market-data gateway (protocol v{})\n\n\
          GET /ws       WebSocket: {{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}\n\
-         GET /healthz  liveness\n\n\
+         GET /healthz  liveness\n\
+         GET /metrics  Prometheus metrics (OpenMetrics when asked for, else text 0.0.4)\n\n\
          {} symbols; channels trades.<SYM>, quotes.<SYM>, book.<SYM>, and <kind>.*\n",
         tickfan_proto::PROTOCOL_VERSION,
         ctx.symbols.len()

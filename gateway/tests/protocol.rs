@@ -235,18 +235,7 @@ async fn streams_query_subscribes_on_connect_and_reports_bad_names() {
 async fn http_endpoints_answer_on_the_same_port() {
     let gw = start_gateway();
     let addr = gw.local_addr();
-    let get = |path: &'static str| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    };
+    let get = |path: &'static str| support::http_get(addr, path);
     let health = get("/healthz").await;
     assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
     assert!(get("/ws").await.starts_with("HTTP/1.1 426"), "plain GET /ws asks for an upgrade");

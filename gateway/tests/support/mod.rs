@@ -14,6 +14,22 @@ use serde_json::Value;
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A gateway with a fast feed, few symbols and two workers, on a free port.
+/// `GET path` over a fresh connection; the whole response, head and body, as text.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    http_get_with(addr, path, "").await
+}
+
+/// [`http_get`] with extra header lines (each ending in `\r\n`).
+pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 pub fn start_gateway() -> Gateway {
     start_gateway_with(|_| {})
 }

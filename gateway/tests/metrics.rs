@@ -1,0 +1,192 @@
+//! `GET /metrics` on a live gateway: the classic text format checked by Prometheus's own
+//! `promtool` (where it is installed; `.ci/run` installs it and sets TICKFAN_REQUIRE_TOOLS=1
+//! so that CI cannot skip the check), OpenMetrics for scrapers that ask for it, and counters
+//! that move as clients connect and receive.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{http_get, http_get_with, start_gateway, Client};
+
+/// The samples of a scrape: name (with labels) → value.
+fn samples(body: &str) -> HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> (String, HashMap<String, f64>) {
+    let resp = http_get(addr, "/metrics").await;
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"));
+    (body.to_owned(), samples(body))
+}
+
+#[tokio::test]
+async fn prometheus_gets_openmetrics_when_it_asks() {
+    let gw = start_gateway();
+    // The Accept header Prometheus 2.x sends.
+    let accept = "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                  version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+    let resp = http_get_with(gw.local_addr(), "/metrics", accept).await;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"));
+    assert!(body.contains("# TYPE tickfan_frames_out counter\n"), "{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+}
+
+#[tokio::test]
+async fn counters_move_as_clients_subscribe_and_receive() {
+    let gw = start_gateway();
+    let addr = gw.local_addr();
+    let (_, before) = scrape(addr).await;
+    assert_eq!(before["tickfan_connections"], 0.0);
+    assert_eq!(before["tickfan_frames_out_total"], 0.0);
+
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(addr, "/ws?streams=trades.*").await;
+        assert_eq!(c.reply().await["op"], "subscribed");
+        clients.push(c);
+    }
+    for c in &mut clients {
+        for _ in 0..20 {
+            c.recv_json().await;
+        }
+    }
+    let mut bad = Client::connect(addr, "/ws").await;
+    assert_eq!(bad.request(serde_json::json!({"op": "nope"})).await["code"], "unknown_op");
+
+    let (body, after) = scrape(addr).await;
+    assert_eq!(after["tickfan_connections"], 3.0, "{body}");
+    assert!(after["tickfan_connections_opened_total"] >= 3.0, "{body}");
+    assert!(after["tickfan_frames_out_total"] >= 40.0, "{body}");
+    assert!(after["tickfan_bytes_out_total"] > after["tickfan_frames_out_total"] * 40.0);
+    assert!(after["tickfan_ticks_in_total"] > before["tickfan_ticks_in_total"]);
+    assert!(after["tickfan_requests_rejected_total"] >= 1.0, "{body}");
+
+    drop(clients);
+    drop(bad);
+    let mut open = f64::MAX;
+    for _ in 0..50 {
+        open = scrape(addr).await.1["tickfan_connections"];
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 0.0, "closed connections still counted as open");
+}
+
+/// Runs a Prometheus tool, or says it is not installed (`None`), which fails the test when
+/// TICKFAN_REQUIRE_TOOLS is set (CI).
+fn tool(program: &str, args: &[&str], stdin: &str) -> Option<std::process::Output> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = installed(program, child)?;
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    Some(child.wait_with_output().unwrap())
+}
+
+/// The started tool, or `None` if it is not installed and TICKFAN_REQUIRE_TOOLS is unset.
+fn installed(
+    program: &str,
+    spawned: std::io::Result<std::process::Child>,
+) -> Option<std::process::Child> {
+    match spawned {
+        Ok(child) => Some(child),
+        Err(_) if std::env::var_os("TICKFAN_REQUIRE_TOOLS").is_none() => {
+            eprintln!("SKIPPED: {program} not installed (apt-get install prometheus)");
+            None
+        }
+        Err(e) => panic!("{program} is required here (TICKFAN_REQUIRE_TOOLS): {e}"),
+    }
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_exposition() {
+    let gw = start_gateway();
+    let _c = Client::connect(gw.local_addr(), "/ws?streams=quotes.*").await;
+    let (body, _) = scrape(gw.local_addr()).await;
+    let Some(out) = tool("promtool", &["check", "metrics"], &body) else { return };
+    let report = output_text(&out);
+    assert!(out.status.success(), "promtool check metrics failed:\n{report}\n{body}");
+    // promtool also lints (naming, units); it must have nothing to say.
+    assert!(report.trim().is_empty(), "promtool lint:\n{report}");
+}
+
+#[test]
+fn the_shipped_prometheus_config_is_valid() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus.yml");
+    let Some(out) = tool("promtool", &["check", "config", config], "") else { return };
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
+/// A real Prometheus server scrapes a real gateway, and its query API returns tickfan's series.
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_gateway() {
+    let gw = start_gateway();
+    let mut c = Client::connect(gw.local_addr(), "/ws?streams=trades.*").await;
+    c.reply().await;
+    let dir = std::env::temp_dir().join(format!("tickfan-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: tickfan\n    \
+             static_configs: [{{targets: ['{}']}}]\n",
+            gw.local_addr()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Some(mut prometheus) = installed("prometheus", prometheus) else { return };
+    let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut last = String::new();
+    let mut found = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.try_recv(Duration::from_millis(1)).await; // keep the client's socket drained
+        if tokio::net::TcpStream::connect(api).await.is_err() {
+            continue;
+        }
+        last = http_get(api, "/api/v1/query?query=tickfan_frames_out_total").await;
+        // A sample with a value above zero: the scrape worked and frames went out.
+        if let Some(v) = last.split("\"value\":[").nth(1) {
+            let value = v.split('"').nth(1).and_then(|n| n.parse::<f64>().ok());
+            if value.is_some_and(|n| n > 0.0) {
+                found = true;
+                break;
+            }
+        }
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(found, "Prometheus never returned tickfan_frames_out_total > 0; last answer:\n{last}");
+}
