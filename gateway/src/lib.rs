@@ -71,7 +71,7 @@ impl Gateway {
         sim.validate().map_err(anyhow::Error::msg)?;
         let feed = Feed::new(sim);
         let symbols = Arc::new(feed.symbols().clone());
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::new(cfg.worker_count()));
         let socket = std::net::TcpListener::bind(cfg.listen).with_context(|| {
             format!("cannot listen on {}: is another tickfan running? choose another address with --listen", cfg.listen)
         })?;

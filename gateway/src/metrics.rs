@@ -1,14 +1,18 @@
 //! Gateway-wide counters. Hot-path code accumulates locally (per worker, per batch) and
 //! publishes here with relaxed atomic adds, never per message per subscriber. `GET /metrics`
-//! reads them at scrape time through a `prometheus-client` collector ([`render`]).
+//! reads them at scrape time through a `prometheus-client` collector ([`exposition`]).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
 
 use prometheus_client::collector::Collector;
+use prometheus_client::encoding::NoLabelSet;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// Counters shared by the producer, the workers and the HTTP side.
@@ -30,9 +34,55 @@ pub struct Stats {
     pub gaps_sent: AtomicU64,
     /// Client requests refused with an error reply.
     pub requests_rejected: AtomicU64,
+    /// Internal latency, one histogram per worker (each locked once per batch by its worker,
+    /// and by scrapes), merged when scraped.
+    pub internal_latency: Vec<Mutex<Histogram<u64>>>,
+}
+
+/// Bucket bounds of the exported internal-latency histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 16] = [
+    50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3,
+    1.0, 2.5, 5.0,
+];
+
+/// An empty internal-latency histogram: 1 µs to 60 s in microseconds, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
 }
 
 impl Stats {
+    /// Counters at zero, with one internal-latency histogram per worker.
+    pub fn new(workers: usize) -> Stats {
+        Stats {
+            internal_latency: (0..workers.max(1))
+                .map(|_| Mutex::new(latency_histogram()))
+                .collect(),
+            ..Stats::default()
+        }
+    }
+
+    /// Records a batch's latencies (µs) into worker `worker`'s histogram: one lock per batch.
+    pub fn record_latency(&self, worker: usize, micros: &[u64]) {
+        if micros.is_empty() || self.internal_latency.is_empty() {
+            return;
+        }
+        let shard = &self.internal_latency[worker % self.internal_latency.len()];
+        let mut h = shard.lock().unwrap_or_else(|e| e.into_inner());
+        for &us in micros {
+            h.saturating_record(us.max(1));
+        }
+    }
+
+    /// The workers' internal-latency histograms merged.
+    pub fn merged_latency(&self) -> Histogram<u64> {
+        let mut all = latency_histogram();
+        for shard in &self.internal_latency {
+            let h = shard.lock().unwrap_or_else(|e| e.into_inner());
+            all.add(&*h).expect("same bounds");
+        }
+        all
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         if n > 0 {
             counter.fetch_add(n, Ordering::Relaxed);
@@ -44,59 +94,29 @@ impl Stats {
     }
 }
 
-/// Content type of the OpenMetrics text format ([`render`]).
+/// Content type of the OpenMetrics text format.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Content type of the classic Prometheus text format ([`render_prometheus`]).
-pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of the classic Prometheus text format.
+pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// The exposition a scraper asked for with its `Accept` header, and its content type:
-/// OpenMetrics when asked (Prometheus itself asks), else the classic text format, which every
-/// other consumer (promtool, curl, older agents) reads.
+/// OpenMetrics when asked (Prometheus itself asks), else the classic text format 0.0.4, which
+/// every other consumer (promtool, curl, older agents) reads. Both come from the same
+/// registry through prometheus-client's own encoders.
 pub fn exposition(stats: &Arc<Stats>, accept: &str) -> (String, &'static str) {
-    if accept.contains("application/openmetrics-text") {
-        (render(stats), OPENMETRICS)
-    } else {
-        (render_prometheus(stats), PROMETHEUS_TEXT)
-    }
-}
-
-/// The metrics in the classic Prometheus text format (0.0.4). `prometheus-client` writes
-/// OpenMetrics only; the two differ in three ways that matter here: a counter's HELP and TYPE
-/// name the `_total` sample itself, there is no `# UNIT`, and no `# EOF`.
-pub fn render_prometheus(stats: &Arc<Stats>) -> String {
-    let open = render(stats);
-    let counters: Vec<&str> =
-        open.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
-    let mut out = String::with_capacity(open.len());
-    for line in open.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta =
-            ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
-        match meta {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let suffix = if counters.contains(&name) { "_total" } else { "" };
-                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
-/// The metrics in the OpenMetrics text format, read from `stats` now.
-pub fn render(stats: &Arc<Stats>) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StatsCollector(stats.clone())));
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry)
-        .expect("encoding into a String cannot fail");
-    out
+    let content_type = if accept.contains("application/openmetrics-text") {
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("encoding into a String cannot fail");
+        OPENMETRICS
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            .expect("encoding into a String cannot fail");
+        PROMETHEUS_TEXT
+    };
+    (out, content_type)
 }
 
 /// Reads [`Stats`] at scrape time: the hot path never touches the exporter.
@@ -140,6 +160,27 @@ impl Collector for StatsCollector {
                 counter.metric_type(),
             )?)?;
         }
+        let latency = s.merged_latency();
+        // prometheus-client takes each bucket's own count and makes them cumulative itself.
+        let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+        let mut below = 0;
+        for bound in LATENCY_BUCKETS {
+            // Samples are µs; a bucket holds everything at or below its bound.
+            let upto = latency.count_between(0, (bound * 1e6).round() as u64);
+            buckets.push((bound, upto - below));
+            below = upto;
+        }
+        buckets.push((f64::INFINITY, latency.len() - below));
+        let sum_seconds = latency.mean() * latency.len() as f64 / 1e6;
+        encoder
+            .encode_descriptor(
+                "tickfan_internal_latency_seconds",
+                "Time from a tick's ts (stamped when the feed publishes it) to the end of the \
+                 fan-out pass that handed its frame to every ready subscriber's socket.",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(sum_seconds, latency.len(), &buckets, None)?;
         let open = ConstGauge::new(s.connections.load(Ordering::Relaxed));
         open.encode(encoder.encode_descriptor(
             "tickfan_connections",
@@ -156,22 +197,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_current_values_in_openmetrics_text() {
+    fn renders_current_values_in_both_formats() {
         let stats = Arc::new(Stats::default());
         Stats::add(&stats.frames_out, 42);
         stats.connections.store(3, Ordering::Relaxed);
-        let text = render(&stats);
-        assert!(text.contains("# TYPE tickfan_frames_out counter\n"), "{text}");
-        assert!(text.contains("\ntickfan_frames_out_total 42\n"), "{text}");
-        assert!(text.contains("\ntickfan_connections 3\n"), "{text}");
-        assert!(text.ends_with("# EOF\n"), "{text}");
-        let classic = render_prometheus(&stats);
+        let (open, ct) = exposition(&stats, "application/openmetrics-text;version=1.0.0");
+        assert_eq!(ct, OPENMETRICS);
+        assert!(open.contains("# TYPE tickfan_frames_out counter\n"), "{open}");
+        assert!(open.contains("\ntickfan_frames_out_total 42\n"), "{open}");
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        let (classic, ct) = exposition(&stats, "*/*");
+        assert_eq!(ct, PROMETHEUS_TEXT);
         assert!(classic.contains("# TYPE tickfan_frames_out_total counter\n"), "{classic}");
-        assert!(classic.contains("# HELP tickfan_frames_out_total Data frames"), "{classic}");
-        assert!(classic.contains("# TYPE tickfan_connections gauge\n"), "{classic}");
         assert!(classic.contains("\ntickfan_frames_out_total 42\n"), "{classic}");
-        assert!(!classic.contains("# EOF"), "{classic}");
-        assert_eq!(exposition(&stats, "application/openmetrics-text;version=1.0.0").1, OPENMETRICS);
-        assert_eq!(exposition(&stats, "*/*").1, PROMETHEUS_TEXT);
+        assert!(classic.contains("\ntickfan_connections 3\n"), "{classic}");
+    }
+
+    #[test]
+    fn latency_histogram_buckets_are_cumulative() {
+        let stats = Arc::new(Stats::new(2));
+        stats.record_latency(0, &[80, 90]); // ≤ 100 µs
+        stats.record_latency(1, &[3_000]); // ≤ 5 ms
+        let (text, _) = exposition(&stats, "");
+        for line in [
+            "tickfan_internal_latency_seconds_bucket{le=\"5e-05\"} 0",
+            "tickfan_internal_latency_seconds_bucket{le=\"0.0001\"} 2",
+            "tickfan_internal_latency_seconds_bucket{le=\"0.0025\"} 2",
+            "tickfan_internal_latency_seconds_bucket{le=\"0.005\"} 3",
+            "tickfan_internal_latency_seconds_bucket{le=\"+Inf\"} 3",
+            "tickfan_internal_latency_seconds_count 3",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 }

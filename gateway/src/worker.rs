@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tickfan_proto::SymbolTable;
+use tickfan_proto::{unix_now_ns, SymbolTable};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::LocalSet;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +73,7 @@ async fn run(setup: WorkerSetup) {
         symbols,
         conn_limit,
     });
-    let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), ring, cancel.clone()));
+    let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), id, ring, cancel.clone()));
     loop {
         tokio::select! {
             biased;
@@ -98,7 +98,9 @@ async fn run(setup: WorkerSetup) {
 }
 
 /// Drains the ring into the shard in batches, flushing touched connections after each batch.
-async fn fan_out(ctx: Rc<WorkerCtx>, ring: Arc<Ring>, cancel: CancellationToken) {
+async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: CancellationToken) {
+    // Producer timestamps of the batch, then their latencies in µs once it is flushed.
+    let mut batch_ts: Vec<u64> = Vec::with_capacity(DRAIN_BATCH);
     loop {
         let stopping = tokio::select! {
             biased;
@@ -110,10 +112,17 @@ async fn fan_out(ctx: Rc<WorkerCtx>, ring: Arc<Ring>, cancel: CancellationToken)
                 let mut shard = ctx.shard.borrow_mut();
                 for _ in 0..DRAIN_BATCH {
                     let Some(frame) = ring.pop() else { break };
+                    batch_ts.push(frame.ts);
                     shard.deliver(&frame);
                 }
                 shard.flush_dirty();
             }
+            let now = unix_now_ns();
+            for ts in &mut batch_ts {
+                *ts = now.saturating_sub(*ts) / 1000;
+            }
+            ctx.stats.record_latency(id, &batch_ts);
+            batch_ts.clear();
             if ring.is_empty() {
                 break;
             }

@@ -73,6 +73,13 @@ async fn counters_move_as_clients_subscribe_and_receive() {
     assert!(after["tickfan_bytes_out_total"] > after["tickfan_frames_out_total"] * 40.0);
     assert!(after["tickfan_ticks_in_total"] > before["tickfan_ticks_in_total"]);
     assert!(after["tickfan_requests_rejected_total"] >= 1.0, "{body}");
+    // Internal latency: every fanned-out tick is a sample, and the values are in seconds (a
+    // unit slip, µs or ns recorded as s, would put them all beyond the 1 s bucket).
+    let count = after["tickfan_internal_latency_seconds_count"];
+    assert!(count >= 20.0, "{body}");
+    assert!(after["tickfan_internal_latency_seconds_sum"] > 0.0, "{body}");
+    assert!(after["tickfan_internal_latency_seconds_bucket{le=\"1\"}"] >= 0.9 * count, "{body}");
+    assert_eq!(after["tickfan_internal_latency_seconds_bucket{le=\"+Inf\"}"], count);
 
     drop(clients);
     drop(bad);
