@@ -139,6 +139,74 @@ async fn promtool_accepts_the_exposition() {
     assert!(report.trim().is_empty(), "promtool lint:\n{report}");
 }
 
+/// The PromQL of every panel of the shipped Grafana dashboard.
+fn dashboard_queries() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/dashboards/tickfan.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 6);
+    let mut queries = Vec::new();
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("no targets: {p}"));
+        assert!(!targets.is_empty(), "panel {} queries nothing", p["title"]);
+        assert_eq!(p["datasource"]["uid"], "tickfan-prometheus", "panel {}", p["title"]);
+        for t in targets {
+            queries.push(t["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    queries
+}
+
+/// The `tickfan_…` metric names a PromQL expression uses.
+fn metric_names(expr: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("tickfan_") {
+        let tail = &rest[i..];
+        let end =
+            tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        names.push(&tail[..end]);
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn every_grafana_panel_queries_metrics_the_gateway_exports() {
+    let gw = start_gateway();
+    let (body, samples) = scrape(gw.local_addr()).await;
+    let exported: std::collections::HashSet<&str> =
+        samples.keys().map(|k| k.split('{').next().unwrap()).collect();
+    let queries = dashboard_queries();
+    let mut used = 0;
+    for q in &queries {
+        for name in metric_names(q) {
+            assert!(exported.contains(name), "panel query {q:?} uses {name}, not in:\n{body}");
+            used += 1;
+        }
+    }
+    assert!(used >= queries.len(), "every query names a tickfan metric");
+    let provisioned = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/provisioning/datasources/prometheus.yml"
+    ))
+    .unwrap();
+    assert!(provisioned.contains("uid: tickfan-prometheus"), "datasource uid the panels use");
+}
+
+/// Percent-encodes a query-string value.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[test]
 fn the_shipped_prometheus_config_is_valid() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus.yml");
@@ -192,8 +260,19 @@ async fn a_real_prometheus_scrapes_the_gateway() {
             }
         }
     }
+    // Every query of the shipped Grafana dashboard is valid PromQL for this Prometheus.
+    let mut failures = Vec::new();
+    if found {
+        for q in dashboard_queries() {
+            let answer = http_get(api, &format!("/api/v1/query?query={}", url_encode(&q))).await;
+            if !answer.contains("\"status\":\"success\"") {
+                failures.push(format!("{q}\n{answer}"));
+            }
+        }
+    }
     let _ = prometheus.kill();
     let _ = prometheus.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(found, "Prometheus never returned tickfan_frames_out_total > 0; last answer:\n{last}");
+    assert!(failures.is_empty(), "dashboard queries Prometheus refused:\n{}", failures.join("\n"));
 }
