@@ -90,6 +90,9 @@ pub struct RunConfig {
     pub server_pids: Vec<u32>,
     /// Draw progress bars on stderr (only when it is a terminal).
     pub progress: bool,
+    /// The gateway's Prometheus endpoint (`http://HOST:PORT/metrics`), scraped when measuring
+    /// starts and ends to report its internal latency beside the end-to-end latency.
+    pub metrics_url: Option<String>,
 }
 
 impl RunConfig {
@@ -107,6 +110,7 @@ impl RunConfig {
             source_ips: 0,
             server_pids: Vec::new(),
             progress: false,
+            metrics_url: None,
         }
     }
 }
@@ -439,6 +443,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     tokio::time::sleep(cfg.warmup).await;
 
     let pids = &cfg.server_pids;
+    let metrics0 = match &cfg.metrics_url {
+        Some(url) => Some(crate::scrape::internal_latency(url).await?),
+        None => None,
+    };
     let (client_cpu0, server_cpu0) = (cpu_seconds(None), server_cpu(pids));
     shared.measuring.store(true, Ordering::Release);
     let measured_from = Instant::now();
@@ -461,6 +469,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         ));
     }
     let server_rss = rss_total(pids);
+    let server_latency = match (&cfg.metrics_url, &metrics0) {
+        (Some(url), Some(start)) => {
+            let end = crate::scrape::internal_latency(url).await?;
+            crate::scrape::ServerLatency::from_window(start, &end)
+        }
+        _ => None,
+    };
 
     let (mut failed, mut ended_early, mut first_error) = (0usize, 0usize, None);
     for a in attempts {
@@ -515,6 +530,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         server_cpu_cores: server_cpu.map(|c| c / secs),
         msgs_per_server_cpu_sec: server_cpu.filter(|&c| c > 0.0).map(|c| t.msgs as f64 / c),
         server_rss_bytes: server_rss,
+        server_internal_latency: server_latency,
     })
 }
 

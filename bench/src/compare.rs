@@ -509,6 +509,9 @@ fn measure(
         .args(["--duration", &cfg.duration.to_string(), "--warmup", &cfg.warmup.to_string()])
         .arg("--json")
         .arg(&json);
+    if server == Server::Tickfan {
+        client.args(["--metrics-url", &format!("http://{}/metrics", running.addr)]);
+    }
     if let Some(k) = cfg.random_symbols {
         client.args(["--random-symbols", &k.to_string()]);
     }

@@ -10,6 +10,7 @@ pub mod compare;
 pub mod plot;
 pub mod report;
 pub mod scan;
+pub mod scrape;
 pub mod seq;
 
 pub use client::{run, RunConfig};

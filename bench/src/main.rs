@@ -70,6 +70,10 @@ struct RunArgs {
     /// PID of a local server process, to report its CPU and memory (repeatable).
     #[arg(long)]
     server_pid: Vec<u32>,
+    /// The gateway's Prometheus endpoint, e.g. http://127.0.0.1:8080/metrics: its internal
+    /// latency over the measured window goes into the report beside the end-to-end latency.
+    #[arg(long)]
+    metrics_url: Option<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -185,6 +189,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         source_ips: args.source_ips,
         server_pids: args.server_pid,
         progress: true,
+        metrics_url: args.metrics_url,
     };
     let report = rt.block_on(bench::run(cfg))?;
     print!("{}", report.markdown());

@@ -105,6 +105,9 @@ pub struct Report {
     pub msgs_per_server_cpu_sec: Option<f64>,
     /// Resident memory of the server processes at the end of the measured window.
     pub server_rss_bytes: Option<u64>,
+    /// The gateway's internal latency over the measured window, from `--metrics-url`.
+    #[serde(default)]
+    pub server_internal_latency: Option<crate::scrape::ServerLatency>,
 }
 
 impl Report {
@@ -149,6 +152,14 @@ impl Report {
             "| e2e latency | p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs |",
             l.p50, l.p90, l.p99, l.p999, l.max
         );
+        if let Some(sl) = &self.server_internal_latency {
+            let _ = writeln!(
+                s,
+                "| gateway internal latency (from /metrics) | p50 {:.0} µs, p99 {:.0} µs, \
+                 p99.9 {:.0} µs, mean {:.0} µs over {} ticks |",
+                sl.p50_us, sl.p99_us, sl.p999_us, sl.mean_us, sl.samples
+            );
+        }
         let _ = writeln!(
             s,
             "| gaps | {} declared, {} undeclared ({} messages silently lost) |",

@@ -21,6 +21,7 @@ fn run_against_a_live_gateway_delivers_without_undeclared_gaps() {
             duration: Duration::from_secs(2),
             warmup: Duration::from_millis(300),
             server_pids: vec![std::process::id()],
+            metrics_url: Some(format!("http://{}/metrics", gw.local_addr())),
             ..RunConfig::new(format!("ws://{}/ws", gw.local_addr()))
         }))
         .unwrap();
@@ -39,6 +40,11 @@ fn run_against_a_live_gateway_delivers_without_undeclared_gaps() {
     assert!(report.wire_bytes_per_msg > 40.0, "{}", report.wire_bytes_per_msg);
     assert!(report.server_rss_bytes.is_some_and(|b| b > 1 << 20));
     assert!(!report.msgs_per_sec_series.is_empty());
+    // The gateway's own latency over the same window, scraped from /metrics.
+    let sl = report.server_internal_latency.as_ref().expect("--metrics-url was given");
+    assert!(sl.samples > 1000, "{sl:?}");
+    assert!(0.0 < sl.p50_us && sl.p50_us <= sl.p99_us && sl.p99_us <= sl.p999_us, "{sl:?}");
+    assert!(report.markdown().contains("gateway internal latency"));
 }
 
 #[test]
