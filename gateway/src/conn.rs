@@ -171,6 +171,12 @@ pub async fn run(
     }
     let end = session.read_loop(&mut reader, &signals).await;
     tracing::debug!(conn = key, ?end, "connection ending");
+    ctx.stats.closed(match &end {
+        End::CloseQueued => 0,
+        End::Gone => 1,
+        End::Stopped => 2,
+        End::Close(code, _) => crate::metrics::close_reason_for_code(*code),
+    });
     if let End::Close(code, reason) = &end {
         ctx.shard.borrow_mut().close(key, *code, reason);
     }
@@ -369,7 +375,7 @@ impl Session {
     }
 
     fn refuse(&self, rejection: Rejection) {
-        Stats::add(&self.ctx.stats.requests_rejected, 1);
+        self.ctx.stats.reject(rejection.code);
         self.ctx.shard.borrow_mut().send_json(self.key, &rejection.to_json());
     }
 

@@ -98,6 +98,7 @@ impl Gateway {
             rings.push(ring);
             inboxes.push(tx);
         }
+        stats.rings.set(rings.clone()).expect("set once, here");
         let listener = listener::Listener::new(socket, inboxes, cancel.clone()).spawn()?;
         let stop_feed = Arc::new(AtomicBool::new(false));
         let producer = {

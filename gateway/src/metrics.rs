@@ -3,7 +3,7 @@
 //! reads them at scrape time through a `prometheus-client` collector ([`exposition`]).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use hdrhistogram::Histogram;
 
@@ -14,6 +14,34 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use tickfan_proto::ErrorCode;
+
+use crate::ring::Ring;
+
+/// Why connections end, as the `reason` label of `tickfan_connections_closed_total`.
+pub const CLOSE_REASONS: [&str; 9] = [
+    "client_close",     // the client sent a close frame (echoed)
+    "peer_gone",        // EOF or reset without a close frame
+    "server_stopped",   // write error, slow-consumer close, or shutdown of the worker
+    "going_away",       // 1001: the gateway is shutting down
+    "protocol_error",   // 1002
+    "invalid_utf8",     // 1007
+    "policy_violation", // 1008: request flood, unread replies
+    "message_too_big",  // 1009
+    "other",
+];
+
+/// Index in [`CLOSE_REASONS`] of a close with RFC 6455 `code`.
+pub fn close_reason_for_code(code: u16) -> usize {
+    match code {
+        1001 => 3,
+        1002 => 4,
+        1007 => 5,
+        1008 => 6,
+        1009 => 7,
+        _ => 8,
+    }
+}
 
 /// Counters shared by the producer, the workers and the HTTP side.
 #[derive(Debug, Default)]
@@ -32,8 +60,12 @@ pub struct Stats {
     pub slow_consumer_drops: AtomicU64,
     /// `gap` notices sent.
     pub gaps_sent: AtomicU64,
-    /// Client requests refused with an error reply.
-    pub requests_rejected: AtomicU64,
+    /// Client requests refused with an error reply, by code (index in [`ErrorCode::ALL`]).
+    pub requests_rejected: [AtomicU64; ErrorCode::ALL.len()],
+    /// Connections ended, by reason (index in [`CLOSE_REASONS`]).
+    pub connections_closed: [AtomicU64; CLOSE_REASONS.len()],
+    /// The workers' rings, for occupancy and drops at scrape time (set once at start).
+    pub rings: OnceLock<Vec<Arc<Ring>>>,
     /// Internal latency, one histogram per worker (each locked once per batch by its worker,
     /// and by scrapes), merged when scraped.
     pub internal_latency: Vec<Mutex<Histogram<u64>>>,
@@ -83,6 +115,17 @@ impl Stats {
         all
     }
 
+    /// Counts a request refused with `code`.
+    pub fn reject(&self, code: ErrorCode) {
+        let i = ErrorCode::ALL.iter().position(|&c| c == code).expect("ALL lists every code");
+        Stats::add(&self.requests_rejected[i], 1);
+    }
+
+    /// Counts a connection ended for reason `CLOSE_REASONS[reason]`.
+    pub fn closed(&self, reason: usize) {
+        Stats::add(&self.connections_closed[reason.min(CLOSE_REASONS.len() - 1)], 1);
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         if n > 0 {
             counter.fetch_add(n, Ordering::Relaxed);
@@ -126,7 +169,7 @@ struct StatsCollector(Arc<Stats>);
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let counters: [(&str, &str, &AtomicU64); 7] = [
+        let counters: [(&str, &str, &AtomicU64); 6] = [
             ("tickfan_ticks_in", "Ticks encoded by the feed into frames.", &s.ticks_in),
             (
                 "tickfan_frames_out",
@@ -145,11 +188,6 @@ impl Collector for StatsCollector {
                 &s.slow_consumer_drops,
             ),
             ("tickfan_gaps_sent", "Gap notices sent to clients.", &s.gaps_sent),
-            (
-                "tickfan_requests_rejected",
-                "Client requests answered with an error.",
-                &s.requests_rejected,
-            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(Stats::get(value));
@@ -159,6 +197,50 @@ impl Collector for StatsCollector {
                 None,
                 counter.metric_type(),
             )?)?;
+        }
+        labelled_counters(
+            &mut encoder,
+            "tickfan_requests_rejected",
+            "Client requests answered with an error, by error code.",
+            "code",
+            ErrorCode::ALL.iter().map(|c| c.as_str()).zip(&s.requests_rejected),
+        )?;
+        labelled_counters(
+            &mut encoder,
+            "tickfan_connections_closed",
+            "WebSocket connections ended, by reason.",
+            "reason",
+            CLOSE_REASONS.iter().copied().zip(&s.connections_closed),
+        )?;
+        if let Some(rings) = s.rings.get() {
+            let gauge = ConstGauge::new(0i64);
+            let mut family = encoder.encode_descriptor(
+                "tickfan_ring_frames",
+                "Frames waiting in a worker's ring (its capacity is tickfan_ring_capacity).",
+                None,
+                gauge.metric_type(),
+            )?;
+            for (i, ring) in rings.iter().enumerate() {
+                let worker = i.to_string();
+                let labels = [("worker", worker.as_str())];
+                ConstGauge::new(ring.len() as i64).encode(family.encode_family(&labels)?)?;
+            }
+            let capacity = ConstGauge::new(rings.first().map_or(0, |r| r.capacity()) as i64);
+            capacity.encode(encoder.encode_descriptor(
+                "tickfan_ring_capacity",
+                "Capacity of each worker's ring, in frames.",
+                None,
+                capacity.metric_type(),
+            )?)?;
+            let workers: Vec<String> = (0..rings.len()).map(|i| i.to_string()).collect();
+            labelled_counters(
+                &mut encoder,
+                "tickfan_ring_dropped",
+                "Frames dropped because a worker's ring was full (declared to its subscribers as \
+                 ring_overflow gaps).",
+                "worker",
+                workers.iter().map(String::as_str).zip(rings.iter().map(|r| r.dropped_counter())),
+            )?;
         }
         let latency = s.merged_latency();
         // prometheus-client takes each bucket's own count and makes them cumulative itself.
@@ -190,6 +272,23 @@ impl Collector for StatsCollector {
         )?)?;
         Ok(())
     }
+}
+
+/// One counter family with one label, a sample per `(label value, counter)`.
+fn labelled_counters<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'a str, &'a AtomicU64)>,
+) -> Result<(), std::fmt::Error> {
+    let kind = ConstCounter::new(0u64).metric_type();
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (value, counter) in values {
+        let labels = [(label, value)];
+        ConstCounter::new(Stats::get(counter)).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

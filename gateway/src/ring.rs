@@ -59,6 +59,15 @@ impl Ring {
         self.queue.is_empty()
     }
 
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
+    /// The counter behind [`dropped`](Self::dropped), for the metrics exporter.
+    pub fn dropped_counter(&self) -> &AtomicU64 {
+        &self.dropped
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

@@ -72,7 +72,11 @@ async fn counters_move_as_clients_subscribe_and_receive() {
     assert!(after["tickfan_frames_out_total"] >= 40.0, "{body}");
     assert!(after["tickfan_bytes_out_total"] > after["tickfan_frames_out_total"] * 40.0);
     assert!(after["tickfan_ticks_in_total"] > before["tickfan_ticks_in_total"]);
-    assert!(after["tickfan_requests_rejected_total"] >= 1.0, "{body}");
+    assert_eq!(after["tickfan_requests_rejected_total{code=\"unknown_op\"}"], 1.0, "{body}");
+    assert_eq!(after["tickfan_requests_rejected_total{code=\"malformed_json\"}"], 0.0);
+    assert!(after["tickfan_ring_capacity"] > 0.0, "{body}");
+    assert!(after.contains_key("tickfan_ring_frames{worker=\"0\"}"), "{body}");
+    assert_eq!(after["tickfan_ring_dropped_total{worker=\"0\"}"], 0.0, "{body}");
     // Internal latency: every fanned-out tick is a sample, and the values are in seconds (a
     // unit slip, µs or ns recorded as s, would put them all beyond the 1 s bucket).
     let count = after["tickfan_internal_latency_seconds_count"];
@@ -81,6 +85,19 @@ async fn counters_move_as_clients_subscribe_and_receive() {
     assert!(after["tickfan_internal_latency_seconds_bucket{le=\"1\"}"] >= 0.9 * count, "{body}");
     assert_eq!(after["tickfan_internal_latency_seconds_bucket{le=\"+Inf\"}"], count);
 
+    // One client closes with a close frame; two just disappear. The polite one stays open
+    // until the gateway has counted its close: dropping a socket with unread data resets it,
+    // and a reset may overtake the close frame.
+    let mut polite = clients.pop().unwrap();
+    polite.send_frame(fastwebsockets::Frame::close(1000, b"bye")).await;
+    let client_close = "tickfan_connections_closed_total{reason=\"client_close\"}";
+    for _ in 0..100 {
+        if scrape(addr).await.1[client_close] == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(polite);
     drop(clients);
     drop(bad);
     let mut open = f64::MAX;
@@ -92,6 +109,9 @@ async fn counters_move_as_clients_subscribe_and_receive() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(open, 0.0, "closed connections still counted as open");
+    let (body, closed) = scrape(addr).await;
+    let reason = |r: &str| closed[&format!("tickfan_connections_closed_total{{reason=\"{r}\"}}")];
+    assert_eq!((reason("client_close"), reason("peer_gone")), (1.0, 2.0), "{body}");
 }
 
 /// Runs a Prometheus tool, or says it is not installed (`None`), which fails the test when
