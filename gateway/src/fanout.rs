@@ -134,6 +134,7 @@ impl Shard {
         let conn = self.conns.try_remove(key)?;
         for spec in conn.subs.specs() {
             self.index.remove(spec, key);
+            self.stats.subscription(spec, -1);
         }
         self.dirty.retain(|&k| k != key);
         Some(conn)
@@ -146,6 +147,7 @@ impl Shard {
         for &spec in specs {
             if conn.subs.insert(spec) {
                 self.index.add(spec, key);
+                self.stats.subscription(spec, 1);
                 added += 1;
             }
         }
@@ -157,6 +159,7 @@ impl Shard {
         for &spec in specs {
             if conn.subs.remove(spec) {
                 self.index.remove(spec, key);
+                self.stats.subscription(spec, -1);
             }
         }
     }

@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tickfan_proto::ErrorCode;
+use tickfan_proto::{ChannelSpec, ErrorCode, Kind};
 
 use crate::ring::Ring;
 
@@ -64,6 +64,8 @@ pub struct Stats {
     pub requests_rejected: [AtomicU64; ErrorCode::ALL.len()],
     /// Connections ended, by reason (index in [`CLOSE_REASONS`]).
     pub connections_closed: [AtomicU64; CLOSE_REASONS.len()],
+    /// Subscriptions held now, by kind (index of [`Kind::ALL`]) and type (0 exact, 1 wildcard).
+    pub subscriptions: [[AtomicI64; 2]; Kind::ALL.len()],
     /// The workers' rings, for occupancy and drops at scrape time (set once at start).
     pub rings: OnceLock<Vec<Arc<Ring>>>,
     /// Internal latency, one histogram per worker (each locked once per batch by its worker,
@@ -119,6 +121,15 @@ impl Stats {
     pub fn reject(&self, code: ErrorCode) {
         let i = ErrorCode::ALL.iter().position(|&c| c == code).expect("ALL lists every code");
         Stats::add(&self.requests_rejected[i], 1);
+    }
+
+    /// Counts a subscription taken (`delta` 1) or dropped (−1).
+    pub fn subscription(&self, spec: ChannelSpec, delta: i64) {
+        let (kind, wildcard) = match spec {
+            ChannelSpec::Exact(ch) => (ch.kind(), 0),
+            ChannelSpec::Wildcard(kind) => (kind, 1),
+        };
+        self.subscriptions[kind as usize][wildcard].fetch_add(delta, Ordering::Relaxed);
     }
 
     /// Counts a connection ended for reason `CLOSE_REASONS[reason]`.
@@ -212,6 +223,20 @@ impl Collector for StatsCollector {
             "reason",
             CLOSE_REASONS.iter().copied().zip(&s.connections_closed),
         )?;
+        let gauge = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "tickfan_subscriptions",
+            "Subscriptions held now, by channel kind and type (exact channel or kind.* wildcard).",
+            None,
+            gauge.metric_type(),
+        )?;
+        for kind in Kind::ALL {
+            for (i, kind_of_spec) in ["exact", "wildcard"].into_iter().enumerate() {
+                let n = s.subscriptions[kind as usize][i].load(Ordering::Relaxed);
+                let labels = [("kind", kind.as_str()), ("type", kind_of_spec)];
+                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
         if let Some(rings) = s.rings.get() {
             let gauge = ConstGauge::new(0i64);
             let mut family = encoder.encode_descriptor(

@@ -75,6 +75,9 @@ async fn counters_move_as_clients_subscribe_and_receive() {
     assert_eq!(after["tickfan_requests_rejected_total{code=\"unknown_op\"}"], 1.0, "{body}");
     assert_eq!(after["tickfan_requests_rejected_total{code=\"malformed_json\"}"], 0.0);
     assert!(after["tickfan_ring_capacity"] > 0.0, "{body}");
+    let trades_wild = "tickfan_subscriptions{kind=\"trades\",type=\"wildcard\"}";
+    assert_eq!(after[trades_wild], 2.0, "{body}");
+    assert_eq!(after["tickfan_subscriptions{kind=\"book\",type=\"exact\"}"], 0.0, "{body}");
     assert!(after.contains_key("tickfan_ring_frames{worker=\"0\"}"), "{body}");
     assert_eq!(after["tickfan_ring_dropped_total{worker=\"0\"}"], 0.0, "{body}");
     // Internal latency: every fanned-out tick is a sample, and the values are in seconds (a
@@ -112,6 +115,7 @@ async fn counters_move_as_clients_subscribe_and_receive() {
     let (body, closed) = scrape(addr).await;
     let reason = |r: &str| closed[&format!("tickfan_connections_closed_total{{reason=\"{r}\"}}")];
     assert_eq!((reason("client_close"), reason("peer_gone")), (1.0, 2.0), "{body}");
+    assert_eq!(closed[trades_wild], 0.0, "subscriptions of closed connections still counted");
 }
 
 /// Runs a Prometheus tool, or says it is not installed (`None`), which fails the test when
