@@ -134,6 +134,17 @@ impl Outbound {
         }
     }
 
+    /// Queues a frame of an ephemeral channel (`sys.stats`) if it fits under the limit:
+    /// `false` means it was not queued, and the caller does not advance that channel's seq,
+    /// so nothing is lost from the client's point of view (the next message supersedes it).
+    pub fn offer_ephemeral(&mut self, bytes: Bytes) -> bool {
+        if self.closing || self.queued_bytes + bytes.len() > self.limit {
+            return false;
+        }
+        self.push(bytes);
+        true
+    }
+
     /// Queues a gap notice that applies to everything already queued (e.g. frames lost in the
     /// ring before reaching this connection). Counts against the control slack.
     pub fn push_notice(&mut self, notice: Bytes) -> bool {

@@ -19,7 +19,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use crate::channels::ConnKey;
-use crate::fanout::{Conn, ConnSignals, FlushState};
+use crate::fanout::{Conn, ConnSignals, FlushState, SYS_STATS};
 use crate::frame::{self, Opcode};
 use crate::metrics::Stats;
 use crate::protocol::{self, Op, Rejection, Request};
@@ -385,6 +385,7 @@ impl Session {
         let Request { id, op } = req;
         let reply = match op {
             Op::Subscribe { channels } => {
+                let (stats, channels) = take_sys_stats(channels);
                 let specs = match resolve(&symbols, &channels, &id) {
                     Ok(specs) => specs,
                     Err(rejection) => return self.refuse(rejection),
@@ -402,22 +403,44 @@ impl Session {
                     ));
                 }
                 shard.subscribe(self.key, &specs);
-                let names: Vec<String> = specs.iter().map(|&s| symbols.spec_name(s)).collect();
+                if let Some(conn) = shard.conns.get_mut(self.key) {
+                    if stats && conn.stats_seq.is_none() {
+                        conn.stats_seq = Some(1);
+                    }
+                }
+                let mut names: Vec<String> = specs.iter().map(|&s| symbols.spec_name(s)).collect();
+                if stats {
+                    names.push(SYS_STATS.to_owned());
+                }
                 protocol::reply("subscribed", &id, json!({ "channels": names }))
             }
             Op::Unsubscribe { channels } => {
+                let (stats, channels) = take_sys_stats(channels);
                 let specs = match resolve(&symbols, &channels, &id) {
                     Ok(specs) => specs,
                     Err(rejection) => return self.refuse(rejection),
                 };
-                self.ctx.shard.borrow_mut().unsubscribe(self.key, &specs);
-                let names: Vec<String> = specs.iter().map(|&s| symbols.spec_name(s)).collect();
+                let mut shard = self.ctx.shard.borrow_mut();
+                shard.unsubscribe(self.key, &specs);
+                if let Some(conn) = shard.conns.get_mut(self.key).filter(|_| stats) {
+                    conn.stats_seq = None;
+                }
+                drop(shard);
+                let mut names: Vec<String> = specs.iter().map(|&s| symbols.spec_name(s)).collect();
+                if stats {
+                    names.push(SYS_STATS.to_owned());
+                }
                 protocol::reply("unsubscribed", &id, json!({ "channels": names }))
             }
             Op::List => {
                 let shard = self.ctx.shard.borrow();
-                let names =
-                    shard.conns.get(self.key).map(|c| c.subs.names(&symbols)).unwrap_or_default();
+                let names = shard.conns.get(self.key).map_or_else(Vec::new, |c| {
+                    let mut names = c.subs.names(&symbols);
+                    if c.stats_seq.is_some() {
+                        names.push(SYS_STATS.to_owned());
+                    }
+                    names
+                });
                 protocol::reply("list", &id, json!({ "channels": names }))
             }
             Op::Symbols => {
@@ -428,6 +451,13 @@ impl Session {
         };
         self.ctx.shard.borrow_mut().send_json(self.key, &reply);
     }
+}
+
+/// Splits `sys.stats` (which is not a market channel) out of a request's channel list.
+fn take_sys_stats(channels: Vec<String>) -> (bool, Vec<String>) {
+    let before = channels.len();
+    let rest: Vec<String> = channels.into_iter().filter(|c| c != SYS_STATS).collect();
+    (rest.len() < before, rest)
 }
 
 /// Resolves channel names (all or nothing), dropping duplicates but keeping order.

@@ -17,6 +17,9 @@ use tickfan_proto::{ChannelId, ChannelSpec, SymbolTable};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+/// The gateway's own statistics channel (`docs/protocol.md`), sent once a second.
+pub const SYS_STATS: &str = "sys.stats";
+
 use crate::backpressure::{Flushed, Offer, Outbound};
 use crate::channels::{ConnKey, ConnSubscriptions, SubscriptionIndex};
 use crate::frame::{self, Frame, Opcode};
@@ -50,6 +53,8 @@ pub struct Conn {
     blocked: bool,
     /// A write failed: the connection is finished, nothing more is queued or written.
     dead: bool,
+    /// Subscribed to `sys.stats`: the seq its next stats message gets.
+    pub stats_seq: Option<u64>,
 }
 
 impl Conn {
@@ -57,6 +62,7 @@ impl Conn {
         Conn {
             out: Outbound::new(queue_bytes),
             subs: ConnSubscriptions::default(),
+            stats_seq: None,
             sock,
             signals,
             dirty: false,
@@ -269,6 +275,29 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Whether any connection of this shard subscribes to `sys.stats`.
+    pub fn has_stats_subscribers(&self) -> bool {
+        self.conns.iter().any(|(_, c)| c.stats_seq.is_some())
+    }
+
+    /// Sends a `sys.stats` message (`{"ch":"sys.stats","seq":N,"ts":ts,` + `body`) to every
+    /// subscriber whose queue has room, then flushes them.
+    pub fn publish_stats(&mut self, ts: u64, body: &str) {
+        let Shard { conns, dirty, .. } = self;
+        for (key, conn) in conns.iter_mut() {
+            let Some(seq) = conn.stats_seq else { continue };
+            let json = format!("{{\"ch\":\"{SYS_STATS}\",\"seq\":{seq},\"ts\":{ts},{body}}}");
+            if conn.out.offer_ephemeral(frame::build(Opcode::Text, json.as_bytes())) {
+                conn.stats_seq = Some(seq + 1);
+                if !conn.dirty {
+                    conn.dirty = true;
+                    dirty.push(key);
+                }
+            }
+        }
+        self.flush_dirty();
     }
 
     /// Queues a reply or control frame and flushes it at once (unless the socket is blocked).

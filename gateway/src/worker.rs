@@ -74,6 +74,7 @@ async fn run(setup: WorkerSetup) {
         conn_limit,
     });
     let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), id, ring, cancel.clone()));
+    let stats_task = tokio::task::spawn_local(publish_stats(ctx.clone(), cancel.clone()));
     loop {
         tokio::select! {
             biased;
@@ -87,6 +88,7 @@ async fn run(setup: WorkerSetup) {
     // Shutdown: deliver what the ring still holds, then close everyone with 1001 after their
     // queued data, and give them a bounded time to flush.
     let _ = fanout.await;
+    stats_task.abort();
     ctx.shard.borrow_mut().close_all(1001, "server shutting down");
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while !ctx.shard.borrow().conns.is_empty() {
@@ -95,6 +97,87 @@ async fn run(setup: WorkerSetup) {
     })
     .await;
     tracing::debug!(worker = id, "worker stopped");
+}
+
+/// How often `sys.stats` is published.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The gateway-wide counters at one instant, to turn into rates.
+struct Snapshot {
+    at: std::time::Instant,
+    ticks_in: u64,
+    frames_out: u64,
+    bytes_out: u64,
+    slow_drops: u64,
+    gaps: u64,
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Snapshot {
+    fn take(stats: &Stats) -> Snapshot {
+        Snapshot {
+            at: std::time::Instant::now(),
+            ticks_in: Stats::get(&stats.ticks_in),
+            frames_out: Stats::get(&stats.frames_out),
+            bytes_out: Stats::get(&stats.bytes_out),
+            slow_drops: Stats::get(&stats.slow_consumer_drops),
+            gaps: Stats::get(&stats.gaps_sent),
+            latency: stats.merged_latency(),
+        }
+    }
+
+    /// The body of a `sys.stats` message for the interval from `prev` to `self` (everything
+    /// after `"ch","seq","ts"`; see docs/protocol.md).
+    fn body(&self, prev: &Snapshot, stats: &Stats) -> String {
+        let secs = (self.at - prev.at).as_secs_f64().max(1e-3);
+        let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / secs;
+        let mut window = self.latency.clone();
+        if window.subtract(&prev.latency).is_err() {
+            window = self.latency.clone();
+        }
+        let q = |q: f64| if window.is_empty() { 0 } else { window.value_at_quantile(q) };
+        format!(
+            "\"interval_ms\":{},\"connections\":{},\"ticks_in_per_s\":{:.1},\
+             \"frames_out_per_s\":{:.1},\"bytes_out_per_s\":{:.1},\
+             \"slow_consumer_drops_per_s\":{:.1},\"gaps_sent_per_s\":{:.1},\
+             \"latency_us\":{{\"samples\":{},\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}",
+            (secs * 1000.0).round(),
+            stats.connections.load(std::sync::atomic::Ordering::Relaxed),
+            rate(self.ticks_in, prev.ticks_in),
+            rate(self.frames_out, prev.frames_out),
+            rate(self.bytes_out, prev.bytes_out),
+            rate(self.slow_drops, prev.slow_drops),
+            rate(self.gaps, prev.gaps),
+            window.len(),
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            if window.is_empty() { 0 } else { window.max() },
+        )
+    }
+}
+
+/// Publishes `sys.stats` to this worker's subscribers once a second: rates over the last
+/// interval and the internal latency of the ticks fanned out in it (all workers together).
+async fn publish_stats(ctx: Rc<WorkerCtx>, cancel: CancellationToken) {
+    let mut prev = Snapshot::take(&ctx.stats);
+    let mut tick = tokio::time::interval(STATS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !ctx.shard.borrow().has_stats_subscribers() {
+            prev = Snapshot::take(&ctx.stats);
+            continue;
+        }
+        let now = Snapshot::take(&ctx.stats);
+        let body = now.body(&prev, &ctx.stats);
+        ctx.shard.borrow_mut().publish_stats(unix_now_ns(), &body);
+        prev = now;
+    }
 }
 
 /// Drains the ring into the shard in batches, flushing touched connections after each batch.

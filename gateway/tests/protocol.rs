@@ -255,3 +255,48 @@ async fn a_connection_that_never_finishes_its_request_is_closed() {
         assert!(closed.is_ok(), "a stalled request ({partial:?}) was still open after 5 s");
     }
 }
+
+#[tokio::test]
+async fn sys_stats_reports_the_gateway_once_a_second() {
+    let gw = start_gateway();
+    let addr = gw.local_addr();
+    let mut c = Client::connect(addr, "/ws?streams=sys.stats,trades.*").await;
+    let reply = c.reply().await;
+    assert_eq!(reply["channels"], json!(["trades.*", "sys.stats"]), "{reply}");
+    let list = c.request(json!({"op": "list", "id": 1})).await;
+    assert!(list["channels"].as_array().unwrap().contains(&json!("sys.stats")), "{list}");
+    let mut stats = Vec::new();
+    while stats.len() < 3 {
+        let m = c.recv_json().await;
+        if m["ch"] == "sys.stats" {
+            stats.push(m);
+        }
+    }
+    for (i, s) in stats.iter().enumerate() {
+        assert_eq!(s["seq"], json!(i as u64 + 1), "{s}");
+        assert!(s["ts"].as_u64().unwrap() > 1_700_000_000_000_000_000, "{s}");
+        assert_eq!(s["connections"], 1, "{s}");
+        assert!((900..=1500).contains(&s["interval_ms"].as_u64().unwrap()), "{s}");
+    }
+    // By the second report the trades fan-out has been running for a whole interval.
+    let last = &stats[2];
+    assert!(last["ticks_in_per_s"].as_f64().unwrap() > 0.0, "{last}");
+    assert!(last["frames_out_per_s"].as_f64().unwrap() > 0.0, "{last}");
+    let lat = &last["latency_us"];
+    assert!(lat["samples"].as_u64().unwrap() > 0, "{last}");
+    let (p50, p99, max) = (lat["p50"].as_u64(), lat["p99"].as_u64(), lat["max"].as_u64());
+    assert!(p50 <= p99 && p99 <= max && p50 > Some(0), "{last}");
+
+    let reply = c.request(json!({"op": "unsubscribe", "id": 2, "channels": ["sys.stats"]})).await;
+    assert_eq!(reply["op"], "unsubscribed", "{reply}");
+    // Nothing of sys.stats after the reply, though trades keep coming.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    let mut trades = 0;
+    while tokio::time::Instant::now() < until {
+        if let Some(Msg::Text(m, _)) = c.try_recv(Duration::from_millis(200)).await {
+            assert_ne!(m["ch"], "sys.stats", "stats after unsubscribing: {m}");
+            trades += 1;
+        }
+    }
+    assert!(trades > 0);
+}
