@@ -44,6 +44,16 @@ fn route(ctx: Rc<WorkerCtx>, mut req: Request<Incoming>) -> Response<Full<Bytes>
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(ctx, &mut req),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/dashboard" | "/dashboard/") => {
+            asset(DASHBOARD, "text/html; charset=utf-8")
+        }
+        (&Method::GET, "/dashboard/uPlot.iife.min.js") => {
+            asset(UPLOT_JS, "text/javascript; charset=utf-8")
+        }
+        (&Method::GET, "/dashboard/uPlot.min.css") => asset(UPLOT_CSS, "text/css; charset=utf-8"),
+        (&Method::GET, "/dashboard/uPlot.LICENSE") => {
+            asset(UPLOT_LICENSE, "text/plain; charset=utf-8")
+        }
         (&Method::GET, "/metrics") => {
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
             let (body, content_type) = crate::metrics::exposition(&ctx.stats, accept);
@@ -87,12 +97,26 @@ fn index(ctx: &WorkerCtx) -> Response<Full<Bytes>> {
         "tickfan market-data gateway (protocol v{})\n\n\
          GET /ws       WebSocket: {{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}\n\
          GET /healthz  liveness\n\
+         GET /dashboard  live dashboard (open it in a browser)\n\
          GET /metrics  Prometheus metrics (OpenMetrics when asked for, else text 0.0.4)\n\n\
          {} symbols; channels trades.<SYM>, quotes.<SYM>, book.<SYM>, and <kind>.*\n",
         tickfan_proto::PROTOCOL_VERSION,
         ctx.symbols.len()
     );
     text(StatusCode::OK, &body)
+}
+
+/// The live dashboard: one page, its script inline, uPlot vendored (MIT, licence served beside
+/// it), all compiled into the binary so it works offline.
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+const UPLOT_JS: &str = include_str!("../assets/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../assets/vendor/uPlot.min.css");
+const UPLOT_LICENSE: &str = include_str!("../assets/vendor/uPlot.LICENSE");
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         "  try        npx wscat -c ws://{addr}/ws -x '{{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}' -w 5"
     );
     println!("  or         npx wscat -c 'ws://{addr}/ws?streams=trades.BTC-USD,quotes.BTC-USD'");
+    println!("  dashboard  http://{addr}/dashboard      (open in a browser)");
     println!("  metrics    http://{addr}/metrics        (Prometheus)");
     println!("  health     http://{addr}/healthz        stop with Ctrl-C");
 

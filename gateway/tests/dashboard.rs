@@ -1,0 +1,260 @@
+//! The built-in dashboard in a real browser: headless Chromium (Debian's `chromium`; `.ci/run`
+//! installs it) opens `/dashboard` on a real `tickfan` process and is driven over the Chrome
+//! DevTools Protocol by our own WebSocket client. The page must show live figures and draw its
+//! charts, a screenshot is saved, and after the gateway is stopped (its clients get 1001) and
+//! started again on the same port the page must reconnect by itself and keep updating.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use fastwebsockets::{Frame, OpCode, Payload};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+/// Starts the gateway binary on `port`, waiting until it answers.
+async fn tickfan(port: u16) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_tickfan"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--symbols", "10", "--rate", "5000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tickfan starts");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("tickfan did not listen on {addr}");
+}
+
+/// A Chrome DevTools Protocol session with one page.
+struct Cdp {
+    ws: bench::client::ClientSocket,
+    next_id: u64,
+}
+
+impl Cdp {
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = json!({"id": id, "method": method, "params": params}).to_string();
+        self.ws.write_frame(Frame::text(Payload::Owned(msg.into_bytes()))).await.unwrap();
+        loop {
+            let mut text = Vec::new();
+            loop {
+                let frame = tokio::time::timeout(Duration::from_secs(20), self.ws.read_frame())
+                    .await
+                    .expect("DevTools answers")
+                    .expect("DevTools connection open");
+                match frame.opcode {
+                    OpCode::Text | OpCode::Continuation => text.extend_from_slice(&frame.payload),
+                    _ => continue,
+                }
+                if frame.fin {
+                    break;
+                }
+            }
+            let v: Value = serde_json::from_slice(&text).unwrap();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates a JavaScript expression in the page and returns its JSON value.
+    async fn eval(&mut self, expr: &str) -> Value {
+        let r = self.call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true}));
+        r.await["result"]["value"].clone()
+    }
+}
+
+/// What the page shows now.
+const READ_PAGE: &str = "JSON.stringify({status: document.getElementById('status').textContent, \
+    connections: document.getElementById('connections').textContent, \
+    frames: document.getElementById('frames-out').textContent, \
+    seq: Number(document.getElementById('stats-seq').textContent) || 0, \
+    reconnects: Number(document.getElementById('reconnects').textContent), \
+    canvases: document.querySelectorAll('#chart-throughput canvas, #chart-latency canvas').length, \
+    trades: document.querySelectorAll('#trades tr').length})";
+
+async fn read_page(cdp: &mut Cdp) -> Value {
+    serde_json::from_str(cdp.eval(READ_PAGE).await.as_str().unwrap_or("{}")).unwrap()
+}
+
+/// Polls the page until `ok` holds, for up to 20 s.
+async fn wait_for(cdp: &mut Cdp, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let mut page = Value::Null;
+    for _ in 0..80 {
+        page = read_page(cdp).await;
+        if ok(&page) {
+            return page;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the dashboard never showed {what}; it shows {page}");
+}
+
+/// GET on Chromium's DevTools HTTP endpoint, which answers HTTP/1.1 only and keeps the
+/// connection open: the body is read by its Content-Length.
+async fn devtools_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("DevTools HTTP did not answer {path}"))
+            .unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_owned)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if n == 0 || len.is_some_and(|len| body.len() >= len) {
+                return body.to_owned();
+            }
+        } else if n == 0 {
+            return String::new();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts headless Chromium on `url` with DevTools on a port it picks (written to
+/// DevToolsActivePort in its profile). `None` if Chromium is not installed.
+async fn chromium(url: &str, profile: &Path) -> Option<(Child, u16)> {
+    let spawned = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .args(["--window-size=1400,1000", "--remote-debugging-port=0"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let child = match spawned {
+        Ok(child) => child,
+        Err(_) if std::env::var_os("TICKFAN_REQUIRE_TOOLS").is_none() => {
+            eprintln!("SKIPPED: chromium not installed (apt-get install chromium)");
+            return None;
+        }
+        Err(e) => panic!("chromium is required here (TICKFAN_REQUIRE_TOOLS): {e}"),
+    };
+    let port_file = profile.join("DevToolsActivePort");
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(&port_file) {
+            if let Some(port) = text.lines().next().and_then(|l| l.trim().parse().ok()) {
+                return Some((child, port));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("chromium did not open its DevTools port");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_live_figures_and_reconnects_after_a_restart() {
+    let port = free_port();
+    let mut gateway = tickfan(port).await;
+    // Some load beside the page: three clients on every trade, read as fast as they come.
+    let gw_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        let mut ws = bench::client::connect(gw_addr, "/ws?streams=trades.*", None).await.unwrap();
+        load.push(tokio::spawn(async move { while ws.read_frame().await.is_ok() {} }));
+    }
+    let profile = std::env::temp_dir().join(format!("tickfan-chromium-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&profile);
+    let url = format!("http://127.0.0.1:{port}/dashboard");
+    let Some((mut browser, devtools)) = chromium(&url, &profile).await else { return };
+
+    // Find the page and attach to it.
+    let devtools_addr: SocketAddr = format!("127.0.0.1:{devtools}").parse().unwrap();
+    let mut page_ws = None;
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        let body = devtools_get(devtools_addr, "/json/list").await;
+        let targets: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        page_ws = targets.as_array().and_then(|t| {
+            let page = |t: &&Value| {
+                t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.contains("/dashboard"))
+            };
+            t.iter().find(page).and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned))
+        });
+        seen = targets;
+        if page_ws.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page_ws = page_ws.unwrap_or_else(|| panic!("no dashboard page among {seen}"));
+    let path = &page_ws[page_ws.find("/devtools").unwrap()..];
+    let ws = bench::client::connect(devtools_addr, path, None).await.unwrap();
+    let mut cdp = Cdp { ws, next_id: 0 };
+
+    // Live figures from sys.stats, both charts drawn, trades of BTC-USD listed.
+    let live = wait_for(&mut cdp, "live figures", |p| {
+        p["status"] == "connected"
+            && p["connections"].as_str().and_then(|c| c.parse::<u64>().ok()).is_some_and(|c| c >= 4)
+            && p["frames"].as_str().is_some_and(|f| f != "–" && f != "0")
+            && p["seq"].as_u64().is_some_and(|s| s >= 3)
+            && p["canvases"].as_u64().is_some_and(|c| c >= 2)
+            && p["trades"].as_u64().is_some_and(|t| t > 0)
+    })
+    .await;
+    eprintln!("dashboard: {live}");
+
+    let shot = cdp.call("Page.captureScreenshot", json!({"format": "png"})).await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().expect("screenshot data"))
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&out, &png).unwrap();
+    eprintln!("screenshot: {}", out.display());
+
+    // Stop the gateway (its clients get 1001), start a new one on the same port: the page must
+    // notice, reconnect by itself and keep updating.
+    let pid = gateway.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let _ = gateway.wait().await;
+    wait_for(&mut cdp, "the disconnection", |p| {
+        p["status"].as_str().is_some_and(|s| s.starts_with("disconnected"))
+    })
+    .await;
+    let _gateway = tickfan(port).await;
+    wait_for(&mut cdp, "a reconnection", |p| {
+        p["status"] == "connected" && p["reconnects"].as_u64() >= Some(1)
+    })
+    .await;
+    // The page clears the stats seq on reconnecting and a new connection's sys.stats starts at
+    // seq 1: seeing 2 means reports flow on the new connection.
+    let back = wait_for(&mut cdp, "updates after reconnecting", |p| {
+        p["status"] == "connected" && p["seq"].as_u64().is_some_and(|s| s >= 2)
+    })
+    .await;
+    eprintln!("after restart: {back}");
+
+    let _ = browser.kill().await;
+    let _ = std::fs::remove_dir_all(&profile);
+}
