@@ -277,6 +277,14 @@ impl Shard {
         }
     }
 
+    /// Bytes queued over all connections, the largest queue, and how many sockets are blocked.
+    pub fn queue_sample(&self) -> (u64, u64, u64) {
+        self.conns.iter().fold((0, 0, 0), |(total, max, blocked), (_, c)| {
+            let q = c.out.queued_bytes() as u64;
+            (total + q, max.max(q), blocked + u64::from(c.blocked))
+        })
+    }
+
     /// Whether any connection of this shard subscribes to `sys.stats`.
     pub fn has_stats_subscribers(&self) -> bool {
         self.conns.iter().any(|(_, c)| c.stats_seq.is_some())

@@ -66,12 +66,26 @@ pub struct Stats {
     pub connections_closed: [AtomicU64; CLOSE_REASONS.len()],
     /// Subscriptions held now, by kind (index of [`Kind::ALL`]) and type (0 exact, 1 wildcard).
     pub subscriptions: [[AtomicI64; 2]; Kind::ALL.len()],
+    /// Per worker, sampled once a second: bytes queued over its connections, the largest
+    /// queue, and connections whose socket would block.
+    pub queues: Vec<QueueSample>,
     /// The workers' rings, for occupancy and drops at scrape time (set once at start).
     pub rings: OnceLock<Vec<Arc<Ring>>>,
     /// Internal latency, one histogram per worker (each locked once per batch by its worker,
     /// and by scrapes), merged when scraped.
     pub internal_latency: Vec<Mutex<Histogram<u64>>>,
 }
+
+/// One worker's per-connection queues, as last sampled.
+#[derive(Debug, Default)]
+pub struct QueueSample {
+    pub total_bytes: AtomicU64,
+    pub max_bytes: AtomicU64,
+    pub blocked: AtomicU64,
+}
+
+/// Picks one gauge of a [`QueueSample`].
+type QueueField = fn(&QueueSample) -> &AtomicU64;
 
 /// Bucket bounds of the exported internal-latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -91,6 +105,7 @@ impl Stats {
             internal_latency: (0..workers.max(1))
                 .map(|_| Mutex::new(latency_histogram()))
                 .collect(),
+            queues: (0..workers.max(1)).map(|_| QueueSample::default()).collect(),
             ..Stats::default()
         }
     }
@@ -237,8 +252,33 @@ impl Collector for StatsCollector {
                 ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
+        let queue_gauges: [(&str, &str, QueueField); 3] = [
+            (
+                "tickfan_queued_bytes",
+                "Bytes waiting in a worker's per-connection queues (sampled every second).",
+                |q| &q.total_bytes,
+            ),
+            (
+                "tickfan_queue_max_bytes",
+                "The largest per-connection queue of a worker, in bytes (limit: --queue-bytes).",
+                |q| &q.max_bytes,
+            ),
+            (
+                "tickfan_blocked_connections",
+                "Connections of a worker whose socket is full (the client reads slower than sent).",
+                |q| &q.blocked,
+            ),
+        ];
+        for (name, help, field) in queue_gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for (i, q) in s.queues.iter().enumerate() {
+                let worker = i.to_string();
+                let labels = [("worker", worker.as_str())];
+                let v = i64::try_from(Stats::get(field(q))).unwrap_or(i64::MAX);
+                ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+            }
+        }
         if let Some(rings) = s.rings.get() {
-            let gauge = ConstGauge::new(0i64);
             let mut family = encoder.encode_descriptor(
                 "tickfan_ring_frames",
                 "Frames waiting in a worker's ring (its capacity is tickfan_ring_capacity).",

@@ -74,7 +74,7 @@ async fn run(setup: WorkerSetup) {
         conn_limit,
     });
     let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), id, ring, cancel.clone()));
-    let stats_task = tokio::task::spawn_local(publish_stats(ctx.clone(), cancel.clone()));
+    let stats_task = tokio::task::spawn_local(publish_stats(ctx.clone(), id, cancel.clone()));
     loop {
         tokio::select! {
             biased;
@@ -159,7 +159,7 @@ impl Snapshot {
 
 /// Publishes `sys.stats` to this worker's subscribers once a second: rates over the last
 /// interval and the internal latency of the ticks fanned out in it (all workers together).
-async fn publish_stats(ctx: Rc<WorkerCtx>, cancel: CancellationToken) {
+async fn publish_stats(ctx: Rc<WorkerCtx>, id: usize, cancel: CancellationToken) {
     let mut prev = Snapshot::take(&ctx.stats);
     let mut tick = tokio::time::interval(STATS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -168,6 +168,13 @@ async fn publish_stats(ctx: Rc<WorkerCtx>, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        // The queue-depth gauges of /metrics, sampled here rather than on the fan-out path.
+        if let Some(q) = ctx.stats.queues.get(id) {
+            let (total, max, blocked) = ctx.shard.borrow().queue_sample();
+            q.total_bytes.store(total, std::sync::atomic::Ordering::Relaxed);
+            q.max_bytes.store(max, std::sync::atomic::Ordering::Relaxed);
+            q.blocked.store(blocked, std::sync::atomic::Ordering::Relaxed);
         }
         if !ctx.shard.borrow().has_stats_subscribers() {
             prev = Snapshot::take(&ctx.stats);
