@@ -267,6 +267,10 @@ impl Session {
                 Ok(frame) => frame,
                 Err(e) => return self.classify(e),
             };
+            // RFC 6455 §5.1: a server must close the connection on an unmasked client frame.
+            if !is_masked(&mut frame) {
+                return protocol_error("client frames must be masked (RFC 6455 section 5.1)");
+            }
             let max_frame = self.ctx.cfg.max_frame_bytes;
             let end = match frame.opcode {
                 OpCode::Close => return End::CloseQueued,
@@ -481,6 +485,15 @@ fn resolve(
         }
     }
     Ok(specs)
+}
+
+/// Whether a received frame carried a mask. fastwebsockets keeps the mask but has no getter;
+/// formatting the frame's header (what it would send) shows the mask bit without touching the
+/// payload. Client frames are few (requests), so the 14-byte format costs nothing that matters.
+fn is_masked(frame: &mut fastwebsockets::Frame<'_>) -> bool {
+    let mut head = [0u8; 14];
+    frame.fmt_head(&mut head);
+    head[1] & 0x80 != 0
 }
 
 fn protocol_error(reason: &str) -> End {

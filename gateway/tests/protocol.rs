@@ -300,3 +300,34 @@ async fn sys_stats_reports_the_gateway_once_a_second() {
     }
     assert!(trades > 0);
 }
+
+#[tokio::test]
+async fn an_unmasked_client_frame_closes_with_1002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start_gateway();
+    let mut s = tokio::net::TcpStream::connect(gw.local_addr()).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    // A text frame without the mask bit: what no browser or conforming client sends.
+    let ping = br#"{"op":"ping"}"#;
+    s.write_all(&[0x81, ping.len() as u8]).await.unwrap();
+    s.write_all(ping).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    // The server's frames: no pong, and a close frame (opcode 8) with code 1002.
+    assert!(!String::from_utf8_lossy(&rest).contains("pong"), "answered an unmasked frame");
+    let close = rest.windows(4).position(|w| w[0] == 0x88 && w[2..4] == [0x03, 0xEA]);
+    assert!(close.is_some(), "no 1002 close in {rest:?}");
+}
