@@ -216,11 +216,13 @@ fn preflight(cfg: &CompareConfig) -> anyhow::Result<()> {
         bail!("every rate must be positive");
     }
     let build_hint = "build them with `cargo build --release -p gateway -p feed-sim -p naive-ws`";
-    for (server, bin) in
-        [(Server::Tickfan, "tickfan"), (Server::Naive, "naive-ws"), (Server::Ws, "feed-sim")]
-    {
-        let needed = cfg.servers.contains(&server)
-            || (bin == "feed-sim" && cfg.servers.iter().any(|s| *s != Server::Tickfan));
+    let needed = [
+        ("tickfan", cfg.servers.contains(&Server::Tickfan)),
+        ("naive-ws", cfg.servers.contains(&Server::Naive)),
+        // Every baseline is fed by feed-sim through a pipe.
+        ("feed-sim", cfg.servers.iter().any(|s| *s != Server::Tickfan)),
+    ];
+    for (bin, needed) in needed {
         if needed && !cfg.bin_dir.join(bin).is_file() {
             bail!(
                 "{} not found; {build_hint} (or pass --bin-dir)",
@@ -727,29 +729,32 @@ impl Comparison {
         s.push('\n');
         let base = servers.first().copied().unwrap_or(Server::Tickfan);
         let base_label = base.label();
+        // (row label, higher is better, value per server, format). The first three rows are
+        // at each server's own limit; the rest at the reference rate, which their label says.
         type Metric<'a> =
-            (&'a str, bool, Box<dyn Fn(Server) -> Option<f64> + 'a>, fn(f64) -> String);
+            (String, bool, Box<dyn Fn(Server) -> Option<f64> + 'a>, fn(f64) -> String);
+        let at_reference = |label: &str| format!("{label} at {} ticks/s", plot::human(reference));
         let metrics: Vec<Metric<'_>> = vec![
             (
-                "highest rate held (ticks/s)",
+                "highest rate held (ticks/s)".to_owned(),
                 true,
                 Box::new(|sv| self.saturation(sv).map(|st| st.rate)),
                 plot::human,
             ),
             (
-                "delivered msgs/s at that rate",
+                "delivered msgs/s at that rate".to_owned(),
                 true,
                 Box::new(|sv| self.saturation(sv)?.report.as_ref().map(|r| r.msgs_per_sec)),
                 plot::human,
             ),
             (
-                "server CPU-s per million msgs at that rate",
+                "server CPU-s per million msgs at that rate".to_owned(),
                 false,
                 Box::new(|sv| self.saturation(sv)?.cpu_per_million()),
                 |v| format!("{v:.3}"),
             ),
             (
-                "p99 latency (ms)",
+                at_reference("p99 latency (ms)"),
                 false,
                 Box::new(|sv| {
                     Some(self.at(sv, reference)?.report.as_ref()?.latency_us.p99 as f64 / 1000.0)
@@ -757,35 +762,30 @@ impl Comparison {
                 |v| format!("{v:.2}"),
             ),
             (
-                "server CPU-s per million msgs",
+                at_reference("server CPU-s per million msgs"),
                 false,
                 Box::new(|sv| self.at(sv, reference)?.cpu_per_million()),
                 |v| format!("{v:.3}"),
             ),
             (
-                "server RSS per connection (KiB)",
+                at_reference("server RSS per connection (KiB)"),
                 false,
                 Box::new(|sv| self.at(sv, reference)?.rss_per_conn().map(|b| b / 1024.0)),
                 |v| format!("{v:.1}"),
             ),
             (
-                "wire bytes per tick",
+                at_reference("wire bytes per tick"),
                 false,
                 Box::new(|sv| Some(self.at(sv, reference)?.report.as_ref()?.wire_bytes_per_msg)),
                 |v| format!("{v:.1}"),
             ),
         ];
-        for (name, higher_is_better, value, fmt) in &metrics {
-            let name = if name.starts_with("highest") || name.ends_with("at that rate") {
-                (*name).to_owned()
-            } else {
-                format!("{name} at {} ticks/s", plot::human(reference))
-            };
+        for (row, (name, higher_is_better, value, fmt)) in metrics.iter().enumerate() {
             let _ = write!(s, "| {name} |");
             let ours = value(base);
-            let first_row = name.starts_with("highest");
             for &sv in servers {
-                let limited = first_row && self.limited_by_client(sv);
+                // The highest rate held is a lower bound when the client saturated first.
+                let limited = row == 0 && self.limited_by_client(sv);
                 let show = |v: f64| {
                     if limited {
                         format!("≥ {} (client-bound)", fmt(v))

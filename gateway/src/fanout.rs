@@ -71,6 +71,15 @@ impl Conn {
         }
     }
 
+    /// Puts the connection on the shard's dirty list (once per batch) so `flush_dirty` writes
+    /// what it queued.
+    fn mark_dirty(&mut self, key: ConnKey, dirty: &mut Vec<ConnKey>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(key);
+        }
+    }
+
     pub fn is_dead(&self) -> bool {
         self.dead
     }
@@ -207,10 +216,7 @@ impl Shard {
             let conn = &mut self.conns[key];
             if conn.out.push_notice(notice.clone()) {
                 self.tally.gaps += 1;
-                if !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(key);
-                }
+                conn.mark_dirty(key, &mut self.dirty);
             }
         }
     }
@@ -299,10 +305,7 @@ impl Shard {
             let json = format!("{{\"ch\":\"{SYS_STATS}\",\"seq\":{seq},\"ts\":{ts},{body}}}");
             if conn.out.offer_ephemeral(frame::build(Opcode::Text, json.as_bytes())) {
                 conn.stats_seq = Some(seq + 1);
-                if !conn.dirty {
-                    conn.dirty = true;
-                    dirty.push(key);
-                }
+                conn.mark_dirty(key, dirty);
             }
         }
         self.flush_dirty();
@@ -364,10 +367,7 @@ fn offer(
     match conn.out.offer(frame, symbols) {
         Offer::Queued => {
             tally.frames_out += 1;
-            if !conn.dirty {
-                conn.dirty = true;
-                dirty.push(key);
-            }
+            conn.mark_dirty(key, dirty);
         }
         Offer::Dropped => tally.drops += 1,
         Offer::Closed => {}

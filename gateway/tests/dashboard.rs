@@ -152,14 +152,7 @@ async fn chromium(url: &str, profile: &Path) -> Option<(Child, u16)> {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn();
-    let child = match spawned {
-        Ok(child) => child,
-        Err(_) if std::env::var_os("TICKFAN_REQUIRE_TOOLS").is_none() => {
-            eprintln!("SKIPPED: chromium not installed (apt-get install chromium)");
-            return None;
-        }
-        Err(e) => panic!("chromium is required here (TICKFAN_REQUIRE_TOOLS): {e}"),
-    };
+    let child = support::installed("chromium", "chromium", spawned)?;
     let port_file = profile.join("DevToolsActivePort");
     for _ in 0..200 {
         if let Ok(text) = std::fs::read_to_string(&port_file) {

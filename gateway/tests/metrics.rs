@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{http_get, http_get_with, start_gateway, Client};
+use support::{http_get, http_get_with, installed, start_gateway, Client};
 
 /// The samples of a scrape: name (with labels) → value.
 fn samples(body: &str) -> HashMap<String, f64> {
@@ -130,24 +130,9 @@ fn tool(program: &str, args: &[&str], stdin: &str) -> Option<std::process::Outpu
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn();
-    let mut child = installed(program, child)?;
+    let mut child = installed(program, "prometheus", child)?;
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     Some(child.wait_with_output().unwrap())
-}
-
-/// The started tool, or `None` if it is not installed and TICKFAN_REQUIRE_TOOLS is unset.
-fn installed(
-    program: &str,
-    spawned: std::io::Result<std::process::Child>,
-) -> Option<std::process::Child> {
-    match spawned {
-        Ok(child) => Some(child),
-        Err(_) if std::env::var_os("TICKFAN_REQUIRE_TOOLS").is_none() => {
-            eprintln!("SKIPPED: {program} not installed (apt-get install prometheus)");
-            None
-        }
-        Err(e) => panic!("{program} is required here (TICKFAN_REQUIRE_TOOLS): {e}"),
-    }
 }
 
 fn output_text(out: &std::process::Output) -> String {
@@ -267,7 +252,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
-    let Some(mut prometheus) = installed("prometheus", prometheus) else { return };
+    let Some(mut prometheus) = installed("prometheus", "prometheus", prometheus) else { return };
     let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut last = String::new();
     let mut found = false;

@@ -14,6 +14,20 @@ use serde_json::Value;
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A gateway with a fast feed, few symbols and two workers, on a free port.
+/// A spawned external tool, or `None` when it is not installed and TICKFAN_REQUIRE_TOOLS is
+/// unset (a developer machine: the test says SKIPPED). With it set (`.ci/run`), a missing
+/// tool fails the test. `package` is the Debian package that provides it.
+pub fn installed<C>(program: &str, package: &str, spawned: std::io::Result<C>) -> Option<C> {
+    match spawned {
+        Ok(child) => Some(child),
+        Err(_) if std::env::var_os("TICKFAN_REQUIRE_TOOLS").is_none() => {
+            eprintln!("SKIPPED: {program} not installed (apt-get install {package})");
+            None
+        }
+        Err(e) => panic!("{program} is required here (TICKFAN_REQUIRE_TOOLS): {e}"),
+    }
+}
+
 /// `GET path` over a fresh connection; the whole response, head and body, as text.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     http_get_with(addr, path, "").await
