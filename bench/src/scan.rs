@@ -8,6 +8,8 @@
 pub enum Scanned<'a> {
     /// A data message of channel `ch`.
     Data { ch: &'a [u8], seq: u64, ts: u64 },
+    /// A book snapshot of `ch` as of `seq`: the channel's stream (re)starts there.
+    Snapshot { ch: &'a [u8], seq: u64 },
     /// A gap notice: seqs `from..=to` of `ch` will not come.
     Gap { ch: &'a [u8], from: u64, to: u64 },
     /// Any other reply (`subscribed`, `error`, …).
@@ -22,11 +24,18 @@ pub fn scan(msg: &[u8]) -> Scanned<'_> {
         let rest = &rest[end..];
         // Fast path: tickfan's encoder writes `","seq":N,"ts":N` right after the channel.
         if let Some((seq, after)) = number_at(rest, b"\",\"seq\":") {
-            if let Some((ts, _)) = number_at(after, b",\"ts\":") {
+            if let Some((ts, after)) = number_at(after, b",\"ts\":") {
+                if after.starts_with(b",\"type\":\"snapshot\"") {
+                    return Scanned::Snapshot { ch, seq };
+                }
                 return Scanned::Data { ch, seq, ts };
             }
         }
-        match (number_after(rest, b"\"seq\":"), number_after(rest, b"\"ts\":")) {
+        let seq = number_after(rest, b"\"seq\":");
+        if string_after(rest, b"\"type\":\"") == Some(&b"snapshot"[..]) {
+            return seq.map_or(Scanned::Other, |seq| Scanned::Snapshot { ch, seq });
+        }
+        match (seq, number_after(rest, b"\"ts\":")) {
             (Some(seq), Some(ts)) => Scanned::Data { ch, seq, ts },
             _ => Scanned::Other,
         }
@@ -86,6 +95,13 @@ mod tests {
         let g = br#"{"op":"gap","ch":"book.ETH-USD","from":5,"to":9,"reason":"slow_consumer"}"#;
         assert_eq!(scan(g), Scanned::Gap { ch: b"book.ETH-USD", from: 5, to: 9 });
         assert_eq!(scan(br#"{"op":"subscribed","channels":[]}"#), Scanned::Other);
+        let snap =
+            br#"{"ch":"book.X","seq":7,"ts":5,"type":"snapshot","bids":[],"asks":[],"crc":0}"#;
+        assert_eq!(scan(snap), Scanned::Snapshot { ch: b"book.X", seq: 7 });
+        let reordered = br#"{"type":"snapshot","ch":"book.X","seq":7,"ts":5}"#;
+        assert_eq!(scan(reordered), Scanned::Other, "not a data message: no leading ch");
+        let slow = br#"{"ch":"book.X","ts":5,"seq":7,"type":"snapshot"}"#;
+        assert_eq!(scan(slow), Scanned::Snapshot { ch: b"book.X", seq: 7 });
         assert_eq!(scan(br#"{"ch":"x","seq":"nope"}"#), Scanned::Other);
         assert_eq!(scan(b""), Scanned::Other);
         // Another field order (a baseline's JSON.stringify may differ) takes the slow path.

@@ -16,6 +16,8 @@ pub struct SeqTracker {
     pub messages: u64,
     /// Gap notices seen.
     pub declared_gaps: u64,
+    /// Book snapshots seen (each restarts its channel's sequence).
+    pub snapshots: u64,
     /// Seq jumps (or repeats) without a gap notice.
     pub undeclared_gaps: u64,
     /// Messages skipped by undeclared forward jumps: data silently lost.
@@ -45,6 +47,10 @@ impl SeqTracker {
             Scanned::Gap { ch, to, .. } => {
                 self.declared_gaps += 1;
                 self.next.insert(ch.into(), to + 1);
+            }
+            Scanned::Snapshot { ch, seq } => {
+                self.snapshots += 1;
+                self.next.insert(ch.into(), seq + 1);
             }
             Scanned::Other => {}
         }

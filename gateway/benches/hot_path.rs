@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use feed_sim::{Feed, SimConfig};
-use gateway::backpressure::{Outbound, TryWrite};
+use gateway::backpressure::{Budget, Outbound, TryWrite};
+use gateway::config::Policy;
 use gateway::frame::Frame;
+use gateway::market::{Market, ResumeWindow};
 use gateway::ring::Ring;
 use gateway::source::Encoder;
 use simd_json::prelude::*;
@@ -18,10 +20,17 @@ fn feed() -> Feed {
     Feed::new(SimConfig { symbols: 50, burst_every_s: 0.0, ..SimConfig::default() })
 }
 
+/// The gateway's market state for `feed`'s symbols, with the default resume window.
+fn market(feed: &Feed) -> Arc<Market> {
+    let window = ResumeWindow { frames: 2048, max_age_ns: 10_000_000_000 };
+    Arc::new(Market::new(Arc::new(feed.symbols().clone()), window))
+}
+
 fn encode(c: &mut Criterion) {
     let mut feed = feed();
     let ticks: Vec<_> = (0..4096).map(|_| feed.next_tick_virtual()).collect();
-    let mut enc = Encoder::new(Arc::new(feed.symbols().clone()));
+    // Includes what the producer does besides encoding: book upkeep, checksum, resume history.
+    let mut enc = Encoder::new(market(&feed));
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Elements(ticks.len() as u64));
     g.bench_function("tick_to_frame_x4096", |b| {
@@ -36,7 +45,7 @@ fn encode(c: &mut Criterion) {
 
 fn frames(n: usize) -> Vec<Frame> {
     let mut feed = feed();
-    let mut enc = Encoder::new(Arc::new(feed.symbols().clone()));
+    let mut enc = Encoder::new(market(&feed));
     (0..n).map(|_| enc.encode(&feed.next_tick_virtual())).collect()
 }
 
@@ -93,18 +102,19 @@ impl TryWrite for NullSink {
 }
 
 fn fanout(c: &mut Criterion) {
-    let feed = feed();
-    let symbols = feed.symbols().clone();
+    let market = market(&feed());
     let batch = frames(64);
     let mut g = c.benchmark_group("fanout_64_frames");
     for k in [10usize, 100, 1000] {
-        let mut queues: Vec<Outbound> = (0..k).map(|_| Outbound::new(4 << 20)).collect();
+        let budget = Budget::new(usize::MAX);
+        let mut queues: Vec<Outbound> =
+            (0..k).map(|_| Outbound::new(4 << 20, budget.clone())).collect();
         g.throughput(Throughput::Elements((k * batch.len()) as u64));
         g.bench_with_input(BenchmarkId::new("to_k_queues_then_flush", k), &k, |b, _| {
             b.iter(|| {
                 for f in &batch {
                     for q in queues.iter_mut() {
-                        q.offer(f, &symbols);
+                        q.offer(f, Policy::Gap, &market);
                     }
                 }
                 for q in queues.iter_mut() {

@@ -1,19 +1,35 @@
-//! A connection's outbound queue: shared frames waiting for the socket, bounded in bytes.
+//! A connection's outbound queue: shared frames waiting for the socket, bounded in bytes, and
+//! what the connection owes each channel when it falls behind.
 //!
-//! When a client reads too slowly and its queue is full, data frames are dropped and the
-//! dropped range is remembered per channel; the client then gets an explicit
-//! `{"op":"gap","ch":…,"from":…,"to":…,"reason":"slow_consumer"}` before the next frame of that
-//! channel (or as soon as the queue drains), so loss is always declared. The fuller policies
-//! (`conflate`, `disconnect`) are issue #4.
+//! When a client reads too slowly and its queue is full, the frame's channel kind decides
+//! (`--slow-consumer`, `docs/protocol.md` "Slow consumers"):
+//! - `gap`: the frame is dropped and the dropped range remembered; the client gets
+//!   `{"op":"gap",…,"reason":"slow_consumer"}` before the next frame of that channel (or as
+//!   soon as the queue drains), so loss is always declared;
+//! - `conflate`: quotes keep only the newest frame, sent when there is room again after a
+//!   `gap` with reason `conflated`; books drop updates and get a fresh snapshot instead;
+//! - `disconnect`: the connection is closed with 1008.
+//!
+//! The same per-channel state also carries *floors*: after a snapshot or a replay as of seq
+//! X, live frames up to X (still in the worker's ring) are skipped.
+//!
+//! Memory: each queue is bounded by `--queue-bytes`; all queues of a worker together by its
+//! share of `--max-queued-bytes` ([`Budget`]), beyond which only queues under
+//! [`FAIR_SHARE`] take more.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::rc::Rc;
 
 use bytes::{Buf, Bytes};
+use rustc_hash::FxHashMap;
 use tickfan_proto::encode::write_gap_json;
-use tickfan_proto::{ChannelId, SymbolTable};
+use tickfan_proto::{ChannelId, Kind};
 
+use crate::config::Policy;
 use crate::frame::{self, Frame, Opcode};
+use crate::market::Market;
 
 /// Frames gathered into one `writev` at most (Linux's IOV_MAX is 1024; 64 already amortises
 /// the syscall over many messages).
@@ -38,12 +54,19 @@ impl TryWrite for tokio::net::tcp::OwnedWriteHalf {
 /// Result of offering a data frame to a queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offer {
-    /// Queued (possibly after a pending gap notice for its channel).
+    /// Queued.
     Queued,
-    /// Dropped: the queue is full; the range will be declared by a gap notice.
+    /// Queued right after the gap notice its channel was owed.
+    QueuedAfterNotice,
+    /// Not queued: the queue is full, and the channel's policy declares it later (gap notice,
+    /// newer quote, fresh snapshot).
     Dropped,
+    /// Not queued because the client already has it (a snapshot or replay covered it).
+    Skipped,
     /// Ignored: the connection is closing.
     Closed,
+    /// The queue is full and the policy is `disconnect`: the caller closes with 1008.
+    Disconnect,
 }
 
 /// State of a queue after a write attempt.
@@ -55,37 +78,78 @@ pub enum Flushed {
     Blocked,
 }
 
-/// A range of seqs dropped on one channel, not yet declared to the client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct PendingGap {
-    ch: ChannelId,
-    from: u64,
-    to: u64,
+/// A queue under this many bytes always takes a frame that fits its own bound, whatever the
+/// worker's total: a reader that keeps up is never punished for the backlogs of others.
+pub const FAIR_SHARE: usize = 64 << 10;
+
+/// Bytes queued over all connections of one worker, and their bound.
+#[derive(Debug)]
+pub struct Budget {
+    used: Cell<usize>,
+    limit: usize,
 }
 
-/// Bounded queue of frames for one connection.
+impl Budget {
+    pub fn new(limit: usize) -> Rc<Budget> {
+        Rc::new(Budget { used: Cell::new(0), limit })
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.get()
+    }
+}
+
+/// What a connection owes one channel beyond its plain stream.
+#[derive(Clone, Debug)]
+enum Pending {
+    /// The client has this channel up to this seq (snapshot or replay): skip live frames up to it.
+    Floor(u64),
+    /// Seqs `from..=to` were dropped: declare them before the next frame.
+    Gap { from: u64, to: u64 },
+    /// Quotes conflated: `frame` is the newest, seqs from `from` up to it were superseded.
+    Latest { from: u64, frame: Frame },
+    /// Book: updates are dropped until a fresh snapshot goes out.
+    Snapshot,
+}
+
+impl Pending {
+    fn is_behind(&self) -> bool {
+        !matches!(self, Pending::Floor(_))
+    }
+}
+
+/// A connection's outbound queue.
 #[derive(Debug)]
 pub struct Outbound {
-    /// Frames in send order; the front one may be partly written already.
     queue: VecDeque<Bytes>,
-    /// Sum of the lengths of `queue`.
     queued_bytes: usize,
-    /// Bound on `queued_bytes` for data frames.
+    /// Bound on data bytes (`--queue-bytes`).
     limit: usize,
-    /// Dropped ranges still to be declared, at most one per channel.
-    gaps: Vec<PendingGap>,
-    /// A close frame is queued: nothing may follow it.
+    /// Per-channel state, only for channels that have some: the hot path looks at it only
+    /// when it is not empty.
+    pending: FxHashMap<ChannelId, Pending>,
+    /// Entries of `pending` that are not floors: something to send when there is room.
+    behind: usize,
     closing: bool,
+    budget: Rc<Budget>,
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        self.budget.used.set(self.budget.used.get() - self.queued_bytes);
+    }
 }
 
 impl Outbound {
-    pub fn new(limit: usize) -> Outbound {
+    pub fn new(limit: usize, budget: Rc<Budget>) -> Outbound {
         Outbound {
             queue: VecDeque::new(),
             queued_bytes: 0,
             limit,
-            gaps: Vec::new(),
+            pending: FxHashMap::default(),
+            behind: 0,
             closing: false,
+            budget,
         }
     }
 
@@ -101,36 +165,197 @@ impl Outbound {
         self.closing
     }
 
+    /// Whether some channel waits for room (a notice, a newer quote, a snapshot).
+    pub fn is_behind(&self) -> bool {
+        self.behind > 0
+    }
+
     fn push(&mut self, bytes: Bytes) {
         self.queued_bytes += bytes.len();
+        self.budget.used.set(self.budget.used.get() + bytes.len());
         self.queue.push_back(bytes);
     }
 
-    /// Offers a shared data frame. Hot path: a reference-count increment and a deque push;
-    /// the gap bookkeeping is only looked at when some gap is pending.
-    pub fn offer(&mut self, frame: &Frame, symbols: &SymbolTable) -> Offer {
+    /// Whether `len` more data bytes may be queued: under this queue's bound, and under the
+    /// worker's budget unless this queue is small.
+    fn fits(&self, len: usize) -> bool {
+        let after = self.queued_bytes + len;
+        after <= self.limit
+            && (after <= FAIR_SHARE || self.budget.used.get() + len <= self.budget.limit)
+    }
+
+    /// Whether there is room to catch up: half the bound free, and the budget not exceeded.
+    fn has_room_to_catch_up(&self) -> bool {
+        self.queued_bytes <= self.limit / 2
+            && (self.queued_bytes <= FAIR_SHARE / 2 || self.budget.used.get() <= self.budget.limit)
+    }
+
+    fn set_pending(&mut self, ch: ChannelId, p: Pending) {
+        let behind = p.is_behind();
+        if let Some(old) = self.pending.insert(ch, p) {
+            self.behind -= usize::from(old.is_behind());
+        }
+        self.behind += usize::from(behind);
+    }
+
+    fn take_pending(&mut self, ch: ChannelId) -> Option<Pending> {
+        let old = self.pending.remove(&ch)?;
+        self.behind -= usize::from(old.is_behind());
+        Some(old)
+    }
+
+    /// Offers a shared data frame, applying `policy` (that of the frame's kind) if the queue is
+    /// full. Hot path: a reference-count increment and a deque push; the per-channel state is
+    /// only looked at when some channel has one.
+    pub fn offer(&mut self, frame: &Frame, policy: Policy, market: &Market) -> Offer {
         if self.closing {
             return Offer::Closed;
         }
-        if !self.gaps.is_empty() {
-            if let Some(i) = self.gaps.iter().position(|g| g.ch == frame.ch) {
-                let notice = gap_notice(&self.gaps[i], symbols);
-                if self.queued_bytes + notice.len() + frame.bytes.len() <= self.limit {
-                    self.gaps.swap_remove(i);
-                    self.push(notice);
-                    self.push(frame.bytes.clone());
-                    return Offer::Queued;
+        if !self.pending.is_empty() {
+            match self.pending.get(&frame.ch) {
+                None => {}
+                Some(Pending::Floor(floor)) => {
+                    if frame.seq <= *floor {
+                        return Offer::Skipped;
+                    }
+                    self.take_pending(frame.ch);
                 }
-                self.gaps[i].to = frame.seq;
-                return Offer::Dropped;
+                Some(Pending::Snapshot) => return Offer::Dropped,
+                Some(Pending::Gap { .. } | Pending::Latest { .. }) => {
+                    return self.offer_behind(frame, market)
+                }
             }
         }
-        if self.queued_bytes + frame.bytes.len() <= self.limit {
+        if self.fits(frame.bytes.len()) {
             self.push(frame.bytes.clone());
-            Offer::Queued
-        } else {
-            self.gaps.push(PendingGap { ch: frame.ch, from: frame.seq, to: frame.seq });
-            Offer::Dropped
+            return Offer::Queued;
+        }
+        let pending = match policy {
+            Policy::Disconnect => return Offer::Disconnect,
+            Policy::Gap => Pending::Gap { from: frame.seq, to: frame.seq },
+            Policy::Conflate if frame.ch.kind() == Kind::Book => Pending::Snapshot,
+            Policy::Conflate => Pending::Latest { from: frame.seq, frame: frame.clone() },
+        };
+        self.set_pending(frame.ch, pending);
+        Offer::Dropped
+    }
+
+    /// A frame of a channel that fell behind: catch the channel up now if the notice and the
+    /// frame fit, else record the frame as dropped (or as the newest, when conflating).
+    fn offer_behind(&mut self, frame: &Frame, market: &Market) -> Offer {
+        let (from, reason) = match self.pending.get(&frame.ch) {
+            Some(Pending::Gap { from, .. }) => (*from, "slow_consumer"),
+            Some(Pending::Latest { from, .. }) => (*from, "conflated"),
+            _ => unreachable!("offer_behind is only called for gaps and conflated quotes"),
+        };
+        let notice = gap_notice(market, frame.ch, from, frame.seq - 1, reason);
+        if self.fits(notice.len() + frame.bytes.len()) {
+            self.take_pending(frame.ch);
+            self.push(notice);
+            self.push(frame.bytes.clone());
+            return Offer::QueuedAfterNotice;
+        }
+        match self.pending.get_mut(&frame.ch) {
+            Some(Pending::Gap { to, .. }) => *to = frame.seq,
+            Some(Pending::Latest { frame: newest, .. }) => *newest = frame.clone(),
+            _ => {}
+        }
+        Offer::Dropped
+    }
+
+    /// Sends what channels that fell behind are owed, while there is room: gap notices, the
+    /// newest conflated quote, fresh book snapshots (each then followed by a floor at its seq).
+    pub fn catch_up(&mut self, market: &Market) -> CaughtUp {
+        let mut done = CaughtUp::default();
+        if self.behind == 0 || self.closing {
+            return done;
+        }
+        let owed: Vec<ChannelId> =
+            self.pending.iter().filter(|(_, p)| p.is_behind()).map(|(ch, _)| *ch).collect();
+        for ch in owed {
+            if !self.has_room_to_catch_up() {
+                break;
+            }
+            match self.take_pending(ch) {
+                Some(Pending::Gap { from, to }) => {
+                    self.push(gap_notice(market, ch, from, to, "slow_consumer"));
+                    done.notices += 1;
+                }
+                Some(Pending::Latest { from, frame }) => {
+                    if frame.seq > from {
+                        self.push(gap_notice(market, ch, from, frame.seq - 1, "conflated"));
+                        done.notices += 1;
+                    }
+                    self.push(frame.bytes);
+                    done.frames += 1;
+                }
+                Some(Pending::Snapshot) => {
+                    let (snapshot, seq) = market.snapshot(ch);
+                    self.push(snapshot);
+                    self.set_pending(ch, Pending::Floor(seq));
+                    done.snapshots += 1;
+                }
+                Some(floor @ Pending::Floor(_)) => self.set_pending(ch, floor),
+                None => {}
+            }
+        }
+        done
+    }
+
+    /// Book channel `ch` needs a (fresh) snapshot: updates are dropped until it is sent.
+    pub fn want_snapshot(&mut self, ch: ChannelId) {
+        if !self.closing {
+            self.set_pending(ch, Pending::Snapshot);
+        }
+    }
+
+    /// Queues frames replayed for a resume, then skips live frames up to `last`. Replays are
+    /// bounded by the resume window and the caller's budget, not by the queue's bound.
+    pub fn replay(&mut self, ch: ChannelId, frames: Vec<Frame>, last: u64) {
+        if self.closing {
+            return;
+        }
+        for f in frames {
+            self.push(f.bytes);
+        }
+        self.set_pending(ch, Pending::Floor(last));
+    }
+
+    /// Frames `from..=to` of `ch` were lost before reaching this connection (the worker's ring
+    /// overflowed). Returns a notice to queue, if one is due: none when a floor, a pending
+    /// snapshot or a pending gap already covers them; book channels get a fresh snapshot
+    /// rather than a notice.
+    pub fn lost(&mut self, ch: ChannelId, from: u64, to: u64) -> Option<(u64, u64)> {
+        if self.closing {
+            return None;
+        }
+        let from = match self.pending.get_mut(&ch) {
+            Some(Pending::Floor(floor)) if *floor >= to => return None,
+            Some(Pending::Floor(floor)) => from.max(*floor + 1),
+            Some(Pending::Snapshot | Pending::Latest { .. }) => return None,
+            Some(Pending::Gap { from: f, to: t }) => {
+                *f = (*f).min(from);
+                *t = (*t).max(to);
+                return None;
+            }
+            None => from,
+        };
+        if ch.kind() == Kind::Book {
+            self.set_pending(ch, Pending::Snapshot);
+            return None;
+        }
+        if matches!(self.pending.get(&ch), Some(Pending::Floor(_))) {
+            self.take_pending(ch);
+        }
+        Some((from, to))
+    }
+
+    /// Forgets the state of channels the connection no longer subscribes to.
+    pub fn forget(&mut self, still_subscribed: impl Fn(ChannelId) -> bool) {
+        let gone: Vec<ChannelId> =
+            self.pending.keys().copied().filter(|&ch| !still_subscribed(ch)).collect();
+        for ch in gone {
+            self.take_pending(ch);
         }
     }
 
@@ -138,17 +363,11 @@ impl Outbound {
     /// `false` means it was not queued, and the caller does not advance that channel's seq,
     /// so nothing is lost from the client's point of view (the next message supersedes it).
     pub fn offer_ephemeral(&mut self, bytes: Bytes) -> bool {
-        if self.closing || self.queued_bytes + bytes.len() > self.limit {
+        if self.closing || !self.fits(bytes.len()) {
             return false;
         }
         self.push(bytes);
         true
-    }
-
-    /// Queues a gap notice that applies to everything already queued (e.g. frames lost in the
-    /// ring before reaching this connection). Counts against the control slack.
-    pub fn push_notice(&mut self, notice: Bytes) -> bool {
-        self.push_control(notice)
     }
 
     /// Queues a reply or control frame. `false` when even the control slack is exhausted:
@@ -164,28 +383,27 @@ impl Outbound {
         true
     }
 
-    /// Queues a close frame; nothing is queued after it. Pending gaps are dropped with it.
+    /// Queues a control frame (a ping) ahead of queued data: right behind the frame being
+    /// written, so that a client with a backlog still sees it soon. Control frames may be
+    /// interleaved between data frames (RFC 6455 §5.4).
+    pub fn push_urgent(&mut self, bytes: Bytes) {
+        if self.closing {
+            return;
+        }
+        self.queued_bytes += bytes.len();
+        self.budget.used.set(self.budget.used.get() + bytes.len());
+        let at = self.queue.len().min(1);
+        self.queue.insert(at, bytes);
+    }
+
+    /// Queues a close frame; nothing is queued after it. Pending state is dropped with it.
     pub fn push_close(&mut self, close: Bytes) {
         if !self.closing {
             self.closing = true;
-            self.gaps.clear();
+            self.pending.clear();
+            self.behind = 0;
             self.push(close);
         }
-    }
-
-    /// Declares pending gaps once the queue has room again. Returns how many were declared.
-    pub fn declare_gaps(&mut self, symbols: &SymbolTable) -> usize {
-        let mut n = 0;
-        while let Some(g) = self.gaps.last().copied() {
-            let notice = gap_notice(&g, symbols);
-            if self.queued_bytes + notice.len() > self.limit / 2 {
-                break;
-            }
-            self.gaps.pop();
-            self.push(notice);
-            n += 1;
-        }
-        n
     }
 
     /// Writes as much as the socket takes, many frames per syscall. Returns the bytes written
@@ -194,6 +412,10 @@ impl Outbound {
         let mut total = 0;
         loop {
             if self.queue.is_empty() {
+                // A backlog once grew the deque; give the memory back.
+                if self.queue.capacity() > 4096 {
+                    self.queue.shrink_to(256);
+                }
                 return Ok((total, Flushed::Drained));
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -218,6 +440,7 @@ impl Outbound {
 
     fn consume(&mut self, mut written: usize) {
         self.queued_bytes -= written;
+        self.budget.used.set(self.budget.used.get() - written);
         while written > 0 {
             let front = self.queue.front_mut().expect("wrote more than was queued");
             if written >= front.len() {
@@ -231,23 +454,54 @@ impl Outbound {
     }
 }
 
-fn gap_notice(g: &PendingGap, symbols: &SymbolTable) -> Bytes {
+/// What [`Outbound::catch_up`] queued.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaughtUp {
+    pub notices: usize,
+    pub frames: usize,
+    pub snapshots: usize,
+}
+
+impl CaughtUp {
+    pub fn any(&self) -> bool {
+        self.notices + self.frames + self.snapshots > 0
+    }
+}
+
+/// A `gap` notice for seqs `from..=to` of `ch`.
+pub fn gap_notice(market: &Market, ch: ChannelId, from: u64, to: u64, reason: &str) -> Bytes {
     let mut json = Vec::with_capacity(128);
-    write_gap_json(&mut json, &symbols.channel_name(g.ch), g.from, g.to, "slow_consumer");
+    write_gap_json(&mut json, &market.symbols().channel_name(ch), from, to, reason);
     frame::build(Opcode::Text, &json)
 }
 
 #[cfg(test)]
 mod tests {
     use std::cell::{Cell, RefCell};
+    use std::sync::Arc;
 
     use super::*;
-    use tickfan_proto::{Kind, Symbol};
+    use crate::market::ResumeWindow;
+    use tickfan_proto::{BookDelta, Level, Symbol, SymbolTable, Tick, TickBody};
 
     /// A socket that accepts at most `room` bytes, then would block.
     struct Sink {
         room: Cell<usize>,
         got: RefCell<Vec<u8>>,
+    }
+
+    impl Sink {
+        fn new(room: usize) -> Sink {
+            Sink { room: Cell::new(room), got: RefCell::new(Vec::new()) }
+        }
+
+        /// What was written so far, as JSON values (everything we send here is JSON text).
+        fn json(&self) -> Vec<serde_json::Value> {
+            payloads(&self.got.borrow())
+                .iter()
+                .map(|p| serde_json::from_slice(p).unwrap_or(serde_json::Value::Null))
+                .collect()
+        }
     }
 
     impl TryWrite for Sink {
@@ -266,20 +520,29 @@ mod tests {
         }
     }
 
-    fn symbols() -> SymbolTable {
-        SymbolTable::new(vec![Symbol { name: "BTC-USD".into(), px_scale: 2, qty_scale: 4 }])
+    fn market() -> Market {
+        let syms =
+            SymbolTable::new(vec![Symbol { name: "BTC-USD".into(), px_scale: 2, qty_scale: 4 }]);
+        Market::new(Arc::new(syms), ResumeWindow { frames: 100, max_age_ns: u64::MAX })
+    }
+
+    fn queue(limit: usize) -> Outbound {
+        Outbound::new(limit, Budget::new(usize::MAX))
+    }
+
+    /// A data frame of `kind` whose JSON payload is exactly `len` bytes (at least 20).
+    fn on(kind: Kind, seq: u64, len: usize) -> Frame {
+        let head = format!("{{\"seq\":{seq},\"pad\":\"");
+        let json = format!("{head}{}\"}}", "x".repeat(len - head.len() - 2));
+        let bytes = frame::build(Opcode::Text, json.as_bytes());
+        Frame { ch: ChannelId::new(kind, 0), seq, ts: 0, bytes }
     }
 
     fn data(seq: u64, len: usize) -> Frame {
-        Frame {
-            ch: ChannelId::new(Kind::Trades, 0),
-            seq,
-            ts: 0,
-            bytes: frame::build(Opcode::Text, &vec![b'x'; len]),
-        }
+        on(Kind::Trades, seq, len)
     }
 
-    /// Splits what a sink received into text payloads.
+    /// Splits what a sink received into payloads.
     fn payloads(mut wire: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         while !wire.is_empty() {
@@ -293,49 +556,156 @@ mod tests {
         out
     }
 
-    #[test]
-    fn full_queue_drops_then_declares_the_exact_gap() {
-        let syms = symbols();
-        let mut q = Outbound::new(1000);
-        let mut offers = Vec::new();
-        for seq in 1..=20 {
-            offers.push(q.offer(&data(seq, 98), &syms)); // 100 bytes each
-        }
-        assert_eq!(offers.iter().filter(|o| **o == Offer::Queued).count(), 10);
-        assert_eq!(q.queued_bytes(), 1000);
-        let sink = Sink { room: Cell::new(usize::MAX), got: RefCell::new(Vec::new()) };
-        assert_eq!(q.write_to(&sink).unwrap(), (1000, Flushed::Drained));
-        assert_eq!(q.offer(&data(21, 98), &syms), Offer::Queued);
-        q.write_to(&sink).unwrap();
-        let got = payloads(&sink.got.borrow());
-        assert_eq!(got.len(), 12, "10 frames, one gap notice, frame 21");
-        let gap: serde_json::Value = serde_json::from_slice(&got[10]).unwrap();
-        assert_eq!(
-            gap,
-            serde_json::json!({"op":"gap","ch":"trades.BTC-USD","from":11,"to":20,"reason":"slow_consumer"})
-        );
+    fn seqs(values: &[serde_json::Value]) -> Vec<u64> {
+        values.iter().filter_map(|v| v["seq"].as_u64()).collect()
     }
 
     #[test]
-    fn partial_writes_resume_mid_frame_and_keep_order() {
-        let syms = symbols();
-        let mut q = Outbound::new(10_000);
-        for seq in 0..10u8 {
-            let mut f = data(u64::from(seq), 0);
-            f.bytes = frame::build(Opcode::Text, &[seq; 50]);
-            q.offer(&f, &syms);
+    fn full_queue_drops_then_declares_the_exact_gap() {
+        let m = market();
+        let mut q = queue(1000);
+        let offers: Vec<Offer> =
+            (1..=20).map(|seq| q.offer(&data(seq, 98), Policy::Gap, &m)).collect();
+        assert_eq!(offers.iter().filter(|o| **o == Offer::Queued).count(), 10);
+        assert_eq!(q.queued_bytes(), 1000);
+        let sink = Sink::new(usize::MAX);
+        assert_eq!(q.write_to(&sink).unwrap(), (1000, Flushed::Drained));
+        assert_eq!(q.offer(&data(21, 98), Policy::Gap, &m), Offer::QueuedAfterNotice);
+        q.write_to(&sink).unwrap();
+        let got = sink.json();
+        assert_eq!(got.len(), 12, "10 frames, one gap notice, frame 21");
+        assert_eq!(
+            got[10],
+            serde_json::json!({"op":"gap","ch":"trades.BTC-USD","from":11,"to":20,"reason":"slow_consumer"})
+        );
+        assert_eq!(got[11]["seq"], 21);
+    }
+
+    #[test]
+    fn catch_up_declares_a_gap_as_soon_as_there_is_room() {
+        let m = market();
+        let mut q = queue(1000);
+        for seq in 1..=15 {
+            q.offer(&data(seq, 98), Policy::Gap, &m);
         }
-        let sink = Sink { room: Cell::new(130), got: RefCell::new(Vec::new()) };
+        let sink = Sink::new(usize::MAX);
+        q.write_to(&sink).unwrap();
+        assert!(q.is_behind());
+        assert_eq!(q.catch_up(&m), CaughtUp { notices: 1, frames: 0, snapshots: 0 });
+        q.write_to(&sink).unwrap();
+        assert_eq!(sink.json()[10]["to"], 15);
+        assert!(!q.is_behind());
+    }
+
+    #[test]
+    fn conflated_quotes_deliver_only_the_newest_after_a_notice() {
+        let m = market();
+        let mut q = queue(1000);
+        for seq in 1..=30 {
+            q.offer(&on(Kind::Quotes, seq, 98), Policy::Conflate, &m);
+        }
+        let sink = Sink::new(usize::MAX);
+        q.write_to(&sink).unwrap();
+        assert_eq!(q.catch_up(&m), CaughtUp { notices: 1, frames: 1, snapshots: 0 });
+        q.write_to(&sink).unwrap();
+        let got = sink.json();
+        assert_eq!(seqs(&got), [(1..=10).collect::<Vec<_>>(), vec![30]].concat());
+        assert_eq!(got[10]["reason"], "conflated");
+        assert_eq!((got[10]["from"].as_u64(), got[10]["to"].as_u64()), (Some(11), Some(29)));
+    }
+
+    #[test]
+    fn a_conflated_book_gets_a_snapshot_and_skips_what_it_covers() {
+        let m = market();
+        let mut json = Vec::new();
+        let book = |seq, px| Tick {
+            sym: 0,
+            seq,
+            ts: seq,
+            body: TickBody::Book(BookDelta { bids: vec![Level { px, qty: 1 }], asks: vec![] }),
+        };
+        let frames: Vec<Frame> =
+            (1..=40).map(|seq| m.publish(&book(seq, 1000 + seq as i64), &mut json)).collect();
+        let mut q = queue(64 << 10);
+        // The worker is at seq 20 while the producer already published 40.
+        for f in &frames[..20] {
+            assert_eq!(q.offer(f, Policy::Conflate, &m), Offer::Queued);
+        }
+        q.want_snapshot(frames[0].ch);
+        assert_eq!(q.offer(&frames[20], Policy::Conflate, &m), Offer::Dropped);
+        assert_eq!(q.catch_up(&m).snapshots, 1);
+        for f in &frames[21..] {
+            assert_eq!(q.offer(f, Policy::Conflate, &m), Offer::Skipped, "seq {} <= 40", f.seq);
+        }
+        let next = m.publish(&book(41, 5000), &mut json);
+        assert_eq!(q.offer(&next, Policy::Conflate, &m), Offer::Queued);
+        let sink = Sink::new(usize::MAX);
+        q.write_to(&sink).unwrap();
+        let got = sink.json();
+        assert_eq!(got[20]["type"], "snapshot");
+        assert_eq!(got[20]["seq"], 40);
+        assert_eq!(got[20]["bids"].as_array().unwrap().len(), 40);
+        assert_eq!(got[21]["seq"], 41);
+    }
+
+    #[test]
+    fn disconnect_policy_asks_the_caller_to_close() {
+        let m = market();
+        let mut q = queue(1000);
+        for seq in 1..=10 {
+            assert_eq!(q.offer(&data(seq, 98), Policy::Disconnect, &m), Offer::Queued);
+        }
+        assert_eq!(q.offer(&data(11, 98), Policy::Disconnect, &m), Offer::Disconnect);
+    }
+
+    #[test]
+    fn the_budget_stops_big_backlogs_but_not_small_queues() {
+        let m = market();
+        let budget = Budget::new(200 << 10);
+        let mut big = Outbound::new(4 << 20, budget.clone());
+        let mut small = Outbound::new(4 << 20, budget.clone());
+        let mut seq = 0;
+        while big.offer(&data(seq + 1, 1000), Policy::Gap, &m) == Offer::Queued {
+            seq += 1;
+        }
+        assert!(big.queued_bytes() <= 200 << 10 && big.queued_bytes() > 190 << 10);
+        // Over budget now, but a queue under the fair share still takes frames.
+        for s in 1..=10 {
+            assert_eq!(small.offer(&data(s, 1000), Policy::Gap, &m), Offer::Queued);
+        }
+        assert_eq!(budget.used(), big.queued_bytes() + small.queued_bytes());
+        drop(big);
+        assert_eq!(budget.used(), small.queued_bytes(), "a closed queue gives its bytes back");
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame_and_keep_order_with_urgent_pings() {
+        let m = market();
+        let mut q = queue(10_000);
+        for seq in 0..10 {
+            q.offer(&data(seq, 50), Policy::Gap, &m);
+        }
+        let sink = Sink::new(130);
         assert_eq!(q.write_to(&sink).unwrap(), (130, Flushed::Blocked));
+        // A ping goes right behind the partly written frame, ahead of the backlog.
+        q.push_urgent(frame::build(Opcode::Ping, b"p"));
         sink.room.set(usize::MAX);
-        assert_eq!(q.write_to(&sink).unwrap(), (390, Flushed::Drained));
+        q.write_to(&sink).unwrap();
         let got = payloads(&sink.got.borrow());
-        assert_eq!(got, (0..10u8).map(|s| vec![s; 50]).collect::<Vec<_>>());
+        assert_eq!(got.len(), 11);
+        assert_eq!(got[3], b"p");
+        let data_seqs: Vec<u64> = got
+            .iter()
+            .filter_map(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .filter_map(|v| v["seq"].as_u64())
+            .collect();
+        assert_eq!(data_seqs, (0..10).collect::<Vec<_>>());
     }
 
     #[test]
     fn control_frames_have_bounded_slack_and_close_is_last() {
-        let mut q = Outbound::new(1000);
+        let m = market();
+        let mut q = queue(1000);
         let reply = frame::build(Opcode::Text, &[b'r'; 1000]);
         let mut accepted = 0;
         while q.push_control(reply.clone()) {
@@ -344,6 +714,6 @@ mod tests {
         assert_eq!(accepted, (1000 + CONTROL_SLACK) / 1002);
         q.push_close(frame::close(1001, "bye"));
         assert!(q.is_closing());
-        assert_eq!(q.offer(&data(1, 10), &symbols()), Offer::Closed);
+        assert_eq!(q.offer(&data(1, 30), Policy::Gap, &m), Offer::Closed);
     }
 }

@@ -3,6 +3,70 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use tickfan_proto::Kind;
+
+/// What to do with a client that cannot keep up, for one channel kind (`docs/protocol.md`,
+/// "Slow consumers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Drop, and declare the dropped seqs with a `gap` notice.
+    Gap,
+    /// Keep only the newest state: quotes send the latest quote, books a fresh snapshot.
+    Conflate,
+    /// Close the connection with 1008.
+    Disconnect,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Gap => "gap",
+            Policy::Conflate => "conflate",
+            Policy::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// The slow-consumer policy of each channel kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policies([Policy; Kind::COUNT as usize]);
+
+impl Policies {
+    pub fn get(&self, kind: Kind) -> Policy {
+        self.0[kind as usize]
+    }
+}
+
+impl Default for Policies {
+    fn default() -> Policies {
+        Policies([Policy::Gap, Policy::Conflate, Policy::Conflate])
+    }
+}
+
+/// Parses `trades=gap,quotes=conflate,book=disconnect` (any subset, any order).
+pub fn parse_policies(s: &str) -> Result<Policies, String> {
+    let mut p = Policies::default();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (kind, policy) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?}: expected KIND=POLICY, e.g. quotes=conflate"))?;
+        let kind = Kind::from_prefix(kind.trim())
+            .ok_or_else(|| format!("unknown channel kind {kind:?}: trades, quotes or book"))?;
+        let policy = match policy.trim() {
+            "gap" => Policy::Gap,
+            "conflate" if kind == Kind::Trades => {
+                return Err("trades cannot be conflated (every trade matters): use gap or \
+                            disconnect"
+                    .into())
+            }
+            "conflate" => Policy::Conflate,
+            "disconnect" => Policy::Disconnect,
+            other => return Err(format!("unknown policy {other:?}: gap, conflate or disconnect")),
+        };
+        p.0[kind as usize] = policy;
+    }
+    Ok(p)
+}
 
 /// Every tunable of the gateway. Defaults run a complete demo on `127.0.0.1:8080`.
 #[derive(Clone, Debug, Parser)]
@@ -77,6 +141,48 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
     pub handshake_timeout: f64,
 
+    /// Price levels per side of each order book (`book.<SYM>` snapshots carry them all).
+    #[arg(long, env = "TICKFAN_BOOK_DEPTH", default_value_t = 25)]
+    pub book_depth: usize,
+
+    /// Frames kept per channel for `resume` (0 disables resume).
+    #[arg(long, env = "TICKFAN_RESUME_FRAMES", default_value_t = 2048)]
+    pub resume_frames: usize,
+
+    /// Seconds of history kept per channel for `resume` (whichever of this and
+    /// --resume-frames is smaller bounds the window).
+    #[arg(long, env = "TICKFAN_RESUME_SECS", default_value_t = 10.0)]
+    pub resume_secs: f64,
+
+    /// What happens to a client whose queue is full, per channel kind: `gap` (drop and send a
+    /// gap notice), `conflate` (quotes: only the newest; book: a fresh snapshot when it
+    /// catches up) or `disconnect` (close 1008). Unlisted kinds keep their default.
+    #[arg(
+        long,
+        env = "TICKFAN_SLOW_CONSUMER",
+        default_value = "trades=gap,quotes=conflate,book=conflate",
+        value_parser = parse_policies
+    )]
+    pub slow_consumer: Policies,
+
+    /// Bound, in bytes, on all connections' queues together. Beyond it, only connections with
+    /// less than 64 KiB queued get more; the others get their slow-consumer policy.
+    #[arg(long, env = "TICKFAN_MAX_QUEUED_BYTES", default_value_t = 256 << 20)]
+    pub max_queued_bytes: usize,
+
+    /// Seconds between WebSocket pings to each client (0 disables pings).
+    #[arg(long, env = "TICKFAN_PING_INTERVAL", default_value_t = 15.0)]
+    pub ping_interval: f64,
+
+    /// Pings in a row a client may leave unanswered (no pong, no frame at all) before it is
+    /// considered dead and disconnected.
+    #[arg(long, env = "TICKFAN_PING_MISSES", default_value_t = 2)]
+    pub ping_misses: u32,
+
+    /// Seconds a connection may stay without any subscription before it is closed (0: never).
+    #[arg(long, env = "TICKFAN_IDLE_TIMEOUT", default_value_t = 120.0)]
+    pub idle_timeout: f64,
+
     /// Log filter, e.g. `info` or `info,gateway=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -112,6 +218,22 @@ impl Config {
         if !(self.handshake_timeout.is_finite() && self.handshake_timeout > 0.0) {
             return Err("--handshake-timeout must be a positive number of seconds".into());
         }
+        if self.book_depth == 0 || self.book_depth > 1000 {
+            return Err(format!("--book-depth must be 1..=1000, got {}", self.book_depth));
+        }
+        if !(self.resume_secs.is_finite() && self.resume_secs >= 0.0) {
+            return Err("--resume-secs must be a number of seconds >= 0".into());
+        }
+        let seconds = |x: f64| x.is_finite() && x >= 0.0;
+        if !seconds(self.ping_interval) || !seconds(self.idle_timeout) {
+            return Err("--ping-interval and --idle-timeout must be seconds >= 0".into());
+        }
+        if self.ping_misses == 0 {
+            return Err("--ping-misses must be at least 1".into());
+        }
+        if self.max_queued_bytes < self.queue_bytes {
+            return Err("--max-queued-bytes must be at least --queue-bytes".into());
+        }
         if self.max_channels == 0 || self.max_requests_per_sec == 0 || self.max_connections == 0 {
             return Err(
                 "--max-channels, --max-requests-per-sec and --max-connections must be > 0".into()
@@ -123,5 +245,22 @@ impl Config {
     /// A configuration for tests and embedding: listens on `127.0.0.1:0`, defaults otherwise.
     pub fn for_tests() -> Config {
         Config::parse_from(["tickfan", "--listen", "127.0.0.1:0"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_with_defaults_and_clear_errors() {
+        let p = parse_policies("book=disconnect").unwrap();
+        assert_eq!(p.get(Kind::Book), Policy::Disconnect);
+        assert_eq!(p.get(Kind::Quotes), Policy::Conflate);
+        assert_eq!(p.get(Kind::Trades), Policy::Gap);
+        assert!(parse_policies("trades=conflate").unwrap_err().contains("cannot be conflated"));
+        assert!(parse_policies("ticker=gap").unwrap_err().contains("unknown channel kind"));
+        assert!(parse_policies("quotes=drop").unwrap_err().contains("unknown policy"));
+        assert!(parse_policies("quotes").unwrap_err().contains("KIND=POLICY"));
     }
 }

@@ -13,16 +13,18 @@ use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{OpCode, Role, WebSocketError};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tickfan_proto::{unix_now_ns, ChannelSpec, ErrorCode, ParseChannelError, SymbolTable};
+use tickfan_proto::{
+    unix_now_ns, ChannelId, ChannelSpec, ErrorCode, ParseChannelError, SymbolTable,
+};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use crate::channels::ConnKey;
-use crate::fanout::{Conn, ConnSignals, FlushState, SYS_STATS};
+use crate::fanout::{Conn, ConnSignals, FlushState, Subscribed, SYS_STATS};
 use crate::frame::{self, Opcode};
-use crate::metrics::Stats;
-use crate::protocol::{self, Op, Rejection, Request};
+use crate::metrics::{CloseReason, Stats};
+use crate::protocol::{self, Op, Rejection, Request, Resume};
 use crate::worker::WorkerCtx;
 
 /// How long a closing connection may take to flush its close frame.
@@ -149,11 +151,11 @@ pub async fn run(
     let mut reader = std::io::Cursor::new(parts.read_buf).chain(rd);
     let sock = Rc::new(wr);
     let signals = Rc::new(ConnSignals::default());
-    let key = ctx.shard.borrow_mut().insert(Conn::new(
-        sock.clone(),
-        signals.clone(),
-        ctx.cfg.queue_bytes,
-    ));
+    let key = {
+        let mut shard = ctx.shard.borrow_mut();
+        let out = shard.outbound(ctx.cfg.queue_bytes);
+        shard.insert(Conn::new(sock.clone(), signals.clone(), out))
+    };
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     Stats::add(&ctx.stats.connections_opened, 1);
     let writer =
@@ -167,15 +169,16 @@ pub async fn run(
     };
     if let Some(streams) = streams {
         let channels = streams.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
-        session.apply(Request { id: None, op: Op::Subscribe { channels } });
+        session.apply(Request { id: None, op: Op::Subscribe { channels, resume: None } });
     }
     let end = session.read_loop(&mut reader, &signals).await;
     tracing::debug!(conn = key, ?end, "connection ending");
+    let closed_for = ctx.shard.borrow().conns.get(key).and_then(|c| c.closed_for);
     ctx.stats.closed(match &end {
-        End::CloseQueued => 0,
-        End::Gone => 1,
-        End::Stopped => 2,
-        End::Close(code, _) => crate::metrics::close_reason_for_code(*code),
+        End::CloseQueued => CloseReason::ClientClose,
+        End::Gone => CloseReason::PeerGone,
+        End::Stopped => closed_for.unwrap_or(CloseReason::ServerStopped),
+        End::Close(code, _) => CloseReason::for_code(*code),
     });
     if let End::Close(code, reason) = &end {
         ctx.shard.borrow_mut().close(key, *code, reason);
@@ -270,6 +273,10 @@ impl Session {
             // RFC 6455 §5.1: a server must close the connection on an unmasked client frame.
             if !is_masked(&mut frame) {
                 return protocol_error("client frames must be masked (RFC 6455 section 5.1)");
+            }
+            // Any frame (a pong above all) shows the peer is alive.
+            if let Some(conn) = self.ctx.shard.borrow_mut().conns.get_mut(self.key) {
+                conn.unanswered_pings = 0;
             }
             let max_frame = self.ctx.cfg.max_frame_bytes;
             let end = match frame.opcode {
@@ -388,10 +395,14 @@ impl Session {
         let symbols = self.ctx.symbols.clone();
         let Request { id, op } = req;
         let reply = match op {
-            Op::Subscribe { channels } => {
+            Op::Subscribe { channels, resume } => {
                 let (stats, channels) = take_sys_stats(channels);
                 let specs = match resolve(&symbols, &channels, &id) {
                     Ok(specs) => specs,
+                    Err(rejection) => return self.refuse(rejection),
+                };
+                let resume = match resolve_resume(&symbols, &specs, resume, &id) {
+                    Ok(resume) => resume,
                     Err(rejection) => return self.refuse(rejection),
                 };
                 let mut shard = self.ctx.shard.borrow_mut();
@@ -406,17 +417,40 @@ impl Session {
                         format!("at most {max} channels per connection; unsubscribe some first"),
                     ));
                 }
-                shard.subscribe(self.key, &specs);
                 if let Some(conn) = shard.conns.get_mut(self.key) {
                     if stats && conn.stats_seq.is_none() {
                         conn.stats_seq = Some(1);
+                        conn.idle_since = None;
                     }
                 }
                 let mut names: Vec<String> = specs.iter().map(|&s| symbols.spec_name(s)).collect();
                 if stats {
                     names.push(SYS_STATS.to_owned());
                 }
-                protocol::reply("subscribed", &id, json!({ "channels": names }))
+                let epoch = shard.market().epoch().to_owned();
+                // Seqs of another epoch mean nothing here: none of them resumes.
+                let same_epoch = resume.epoch.as_ref().is_none_or(|e| *e == epoch);
+                let (to_resume, refused): (Vec<_>, Vec<_>) =
+                    resume.seqs.iter().partition(|_| same_epoch);
+                let asked = resume.asked;
+                let reply = |done: &Subscribed| {
+                    let mut fields = json!({ "channels": names, "epoch": epoch });
+                    if asked {
+                        let resumed: serde_json::Map<String, serde_json::Value> = done
+                            .resumed
+                            .iter()
+                            .map(|&(ch, ok)| (ch, ok))
+                            .chain(refused.iter().map(|&&(ch, _)| (ch, false)))
+                            .map(|(ch, ok)| (symbols.channel_name(ch), ok.into()))
+                            .collect();
+                        fields["resumed"] = resumed.into();
+                    }
+                    protocol::reply("subscribed", &id, fields)
+                };
+                let to_resume: Vec<(ChannelId, u64)> = to_resume.into_iter().copied().collect();
+                let limit = self.ctx.cfg.queue_bytes;
+                shard.subscribe(self.key, &specs, &to_resume, reply, limit);
+                return;
             }
             Op::Unsubscribe { channels } => {
                 let (stats, channels) = take_sys_stats(channels);
@@ -462,6 +496,66 @@ fn take_sys_stats(channels: Vec<String>) -> (bool, Vec<String>) {
     let before = channels.len();
     let rest: Vec<String> = channels.into_iter().filter(|c| c != SYS_STATS).collect();
     (rest.len() < before, rest)
+}
+
+/// A subscribe's resume request, resolved: the channels and their last seqs.
+#[derive(Debug, Default)]
+struct ResolvedResume {
+    /// The request had a `resume` field (the reply then says what resumed).
+    asked: bool,
+    epoch: Option<String>,
+    seqs: Vec<(ChannelId, u64)>,
+}
+
+/// Checks that every channel of `resume` is a concrete channel the request subscribes to.
+fn resolve_resume(
+    symbols: &SymbolTable,
+    specs: &[ChannelSpec],
+    resume: Option<Resume>,
+    id: &Option<serde_json::Value>,
+) -> Result<ResolvedResume, Rejection> {
+    let Some(resume) = resume else { return Ok(ResolvedResume::default()) };
+    let asked = !resume.seqs.is_empty();
+    let mut seqs = Vec::with_capacity(resume.seqs.len());
+    for (name, seq) in resume.seqs {
+        let shown: String = name.chars().take(64).collect();
+        let ch = match symbols.parse_channel(&name) {
+            Ok(ChannelSpec::Exact(ch)) => ch,
+            Ok(ChannelSpec::Wildcard(_)) => {
+                return Err(Rejection::new(
+                    id.clone(),
+                    ErrorCode::BadRequest,
+                    format!("resume names channels, not wildcards: {shown}"),
+                ))
+            }
+            Err(_) => {
+                return Err(Rejection::new(
+                    id.clone(),
+                    ErrorCode::UnknownChannel,
+                    format!("no such channel in resume: {shown}"),
+                ))
+            }
+        };
+        let requested = specs.iter().any(|s| match *s {
+            ChannelSpec::Exact(c) => c == ch,
+            ChannelSpec::Wildcard(kind) => kind == ch.kind(),
+        });
+        if !requested {
+            return Err(Rejection::new(
+                id.clone(),
+                ErrorCode::BadRequest,
+                format!("{shown} is in resume but not in channels"),
+            ));
+        }
+        seqs.push((ch, seq));
+    }
+    Ok(ResolvedResume { asked, epoch: resume.epoch, seqs })
+}
+
+/// The payload of the server's pings: the send time, Unix ns, big-endian (clients echo it
+/// in their pong, which makes a round-trip time measurable).
+pub fn ping_payload() -> [u8; 8] {
+    unix_now_ns().to_be_bytes()
 }
 
 /// Resolves channel names (all or nothing), dropping duplicates but keeping order.

@@ -9,21 +9,23 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use slab::Slab;
-use tickfan_proto::encode::write_gap_json;
-use tickfan_proto::{ChannelId, ChannelSpec, SymbolTable};
+use tickfan_proto::{ChannelId, ChannelSpec, Kind, SymbolTable};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 /// The gateway's own statistics channel (`docs/protocol.md`), sent once a second.
 pub const SYS_STATS: &str = "sys.stats";
 
-use crate::backpressure::{Flushed, Offer, Outbound};
+use crate::backpressure::{gap_notice, Budget, Flushed, Offer, Outbound};
 use crate::channels::{ConnKey, ConnSubscriptions, SubscriptionIndex};
+use crate::config::{Policies, Policy};
 use crate::frame::{self, Frame, Opcode};
-use crate::metrics::Stats;
+use crate::market::{Market, Replay};
+use crate::metrics::{CloseReason, Stats};
 
 /// Wake-ups of one connection's tasks.
 #[derive(Debug, Default)]
@@ -55,20 +57,34 @@ pub struct Conn {
     dead: bool,
     /// Subscribed to `sys.stats`: the seq its next stats message gets.
     pub stats_seq: Option<u64>,
+    /// Pings sent since the client last showed it is alive (a pong or any frame).
+    pub unanswered_pings: u32,
+    /// Since when the connection holds no subscription (for `--idle-timeout`).
+    pub idle_since: Option<Instant>,
+    /// Why the shard closed it, when it did (slow consumer, dead peer, idle, shutdown).
+    pub closed_for: Option<CloseReason>,
 }
 
 impl Conn {
-    pub fn new(sock: Rc<OwnedWriteHalf>, signals: Rc<ConnSignals>, queue_bytes: usize) -> Conn {
+    pub fn new(sock: Rc<OwnedWriteHalf>, signals: Rc<ConnSignals>, out: Outbound) -> Conn {
         Conn {
-            out: Outbound::new(queue_bytes),
+            out,
             subs: ConnSubscriptions::default(),
             stats_seq: None,
+            unanswered_pings: 0,
+            idle_since: Some(Instant::now()),
+            closed_for: None,
             sock,
             signals,
             dirty: false,
             blocked: false,
             dead: false,
         }
+    }
+
+    /// Whether the connection receives `ch` (by name or through its kind's wildcard).
+    pub fn covers(&self, ch: ChannelId) -> bool {
+        self.subs.has_wildcard(ch.kind()) || self.subs.contains(ChannelSpec::Exact(ch))
     }
 
     /// Puts the connection on the shard's dirty list (once per batch) so `flush_dirty` writes
@@ -106,8 +122,14 @@ pub struct Shard {
     expected: Vec<u64>,
     /// Connections that queued data in the current batch.
     dirty: Vec<ConnKey>,
-    /// Symbol names, for notices.
-    symbols: Arc<SymbolTable>,
+    /// Books, resume history and symbol names.
+    market: Arc<Market>,
+    /// Slow-consumer policy per channel kind.
+    policies: Policies,
+    /// Bytes queued over this shard's connections, and their bound.
+    budget: Rc<Budget>,
+    /// Connections to close with 1008 after the batch (their policy is `disconnect`).
+    slow: Vec<ConnKey>,
     /// Gateway-wide counters.
     stats: Arc<Stats>,
     /// Per-batch tallies, published to `stats` by `flush_dirty`.
@@ -118,26 +140,53 @@ pub struct Shard {
 struct Tally {
     frames_out: u64,
     bytes_out: u64,
-    drops: u64,
+    /// Frames dropped for slow consumers, by policy (gap, conflate).
+    drops: [u64; 2],
     gaps: u64,
+    snapshots: u64,
+}
+
+/// What a `subscribe` did, for its reply.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    /// The outcome of each requested resume: `true` if the channel continues from the seq
+    /// given (replayed from the window), `false` if it starts again (with a snapshot, for books).
+    pub resumed: Vec<(ChannelId, bool)>,
 }
 
 impl Shard {
-    pub fn new(symbols: Arc<SymbolTable>, stats: Arc<Stats>) -> Shard {
-        let n = symbols.channel_count();
+    pub fn new(
+        market: Arc<Market>,
+        stats: Arc<Stats>,
+        policies: Policies,
+        budget: Rc<Budget>,
+    ) -> Shard {
+        let n = market.symbols().channel_count();
         Shard {
             conns: Slab::new(),
             index: SubscriptionIndex::new(n),
             expected: vec![0; n],
             dirty: Vec::new(),
-            symbols,
+            market,
+            policies,
+            budget,
+            slow: Vec::new(),
             stats,
             tally: Tally::default(),
         }
     }
 
     pub fn symbols(&self) -> &Arc<SymbolTable> {
-        &self.symbols
+        self.market.symbols()
+    }
+
+    pub fn market(&self) -> &Arc<Market> {
+        &self.market
+    }
+
+    /// A new connection's outbound queue, bounded by `limit` and this shard's budget.
+    pub fn outbound(&self, limit: usize) -> Outbound {
+        Outbound::new(limit, self.budget.clone())
     }
 
     pub fn insert(&mut self, conn: Conn) -> ConnKey {
@@ -155,18 +204,81 @@ impl Shard {
         Some(conn)
     }
 
-    /// Adds subscriptions (already validated and within limits). Returns how many were new.
-    pub fn subscribe(&mut self, key: ConnKey, specs: &[ChannelSpec]) -> usize {
-        let Some(conn) = self.conns.get_mut(key) else { return 0 };
-        let mut added = 0;
+    /// Adds subscriptions (already validated and within limits) and starts their streams:
+    /// `reply` (given the resume outcomes) is queued first, then frames replayed for the
+    /// `resume` requests (channel, last seq the client has) that the window still covers, then
+    /// a snapshot of every book channel newly covered and not resumed. Live frames follow.
+    /// Replays are bounded in total by the connection's queue bound; channels beyond it are
+    /// not resumed.
+    pub fn subscribe(
+        &mut self,
+        key: ConnKey,
+        specs: &[ChannelSpec],
+        resume: &[(ChannelId, u64)],
+        reply: impl FnOnce(&Subscribed) -> Vec<u8>,
+        queue_limit: usize,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        // Book channels that start streaming with this request.
+        let mut new_books: Vec<ChannelId> = Vec::new();
+        for &spec in specs {
+            match spec {
+                ChannelSpec::Exact(ch) if ch.kind() == Kind::Book && !conn.covers(ch) => {
+                    new_books.push(ch);
+                }
+                ChannelSpec::Wildcard(Kind::Book) if !conn.subs.has_wildcard(Kind::Book) => {
+                    let n = self.market.symbols().len() as u32;
+                    new_books.extend(
+                        (0..n)
+                            .map(|sym| ChannelId::new(Kind::Book, sym))
+                            .filter(|&ch| !conn.subs.contains(ChannelSpec::Exact(ch))),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let mut outcome = Subscribed::default();
+        let mut replays = Vec::new();
+        let mut replay_bytes = 0;
+        for &(ch, seq) in resume {
+            let replay = if conn.covers(ch) {
+                None // already streaming: nothing to resume
+            } else {
+                match self.market.replay(ch, seq) {
+                    Replay::Frames { frames, last } => {
+                        replay_bytes += frames.iter().map(|f| f.bytes.len()).sum::<usize>();
+                        (replay_bytes <= queue_limit).then_some((ch, frames, last))
+                    }
+                    Replay::Unavailable => None,
+                }
+            };
+            outcome.resumed.push((ch, replay.is_some()));
+            replays.extend(replay);
+        }
         for &spec in specs {
             if conn.subs.insert(spec) {
                 self.index.add(spec, key);
                 self.stats.subscription(spec, 1);
-                added += 1;
             }
         }
-        added
+        if !conn.subs.is_empty() {
+            conn.idle_since = None;
+        }
+        self.stats.resumes(&outcome.resumed);
+        let reply = reply(&outcome);
+        if !conn.out.push_control(frame::build(Opcode::Text, &reply)) {
+            return self.close_for(key, CloseReason::UnreadReplies);
+        }
+        for (ch, frames, last) in replays {
+            new_books.retain(|&b| b != ch);
+            conn.out.replay(ch, frames, last);
+        }
+        for ch in new_books {
+            conn.out.want_snapshot(ch);
+        }
+        if !conn.blocked {
+            self.flush(key);
+        }
     }
 
     pub fn unsubscribe(&mut self, key: ConnKey, specs: &[ChannelSpec]) {
@@ -177,6 +289,11 @@ impl Shard {
                 self.stats.subscription(spec, -1);
             }
         }
+        let Conn { out, subs, .. } = conn;
+        out.forget(|ch| subs.has_wildcard(ch.kind()) || subs.contains(ChannelSpec::Exact(ch)));
+        if conn.subs.is_empty() && conn.stats_seq.is_none() && conn.idle_since.is_none() {
+            conn.idle_since = Some(Instant::now());
+        }
     }
 
     /// Routes one frame to this shard's subscribers of its channel.
@@ -186,44 +303,58 @@ impl Shard {
         if expected != 0 && frame.seq > expected {
             self.declare_ring_loss(ch, expected, frame.seq - 1);
         }
-        let Shard { conns, index, dirty, symbols, tally, .. } = self;
-        let (wild, exact) = index.subscribers(ch);
         let kind = ch.kind();
+        let mut d = Delivery {
+            frame,
+            policy: self.policies.get(kind),
+            market: &self.market,
+            dirty: &mut self.dirty,
+            tally: &mut self.tally,
+            slow: &mut self.slow,
+        };
+        let (wild, exact) = self.index.subscribers(ch);
         for &key in wild {
-            offer(&mut conns[key], key, frame, symbols, dirty, tally);
+            d.offer(&mut self.conns[key], key);
         }
         for &key in exact {
-            let conn = &mut conns[key];
+            let conn = &mut self.conns[key];
             // A connection holding `kind.*` too was served through the wildcard list.
             if !conn.subs.has_wildcard(kind) {
-                offer(conn, key, frame, symbols, dirty, tally);
+                d.offer(conn, key);
             }
         }
     }
 
     /// Frames of `ch` numbered `from..=to` were dropped in this worker's ring (the producer
-    /// outran the worker): one notice, encoded once, goes to every subscriber of `ch` here.
+    /// outran the worker): subscribers get a gap notice (reason `ring_overflow`), or, for
+    /// books, a fresh snapshot; not for what a snapshot or replay already covered.
     fn declare_ring_loss(&mut self, ch: ChannelId, from: u64, to: u64) {
         if !self.index.has_subscribers(ch) {
             return;
         }
-        let mut json = Vec::with_capacity(128);
-        write_gap_json(&mut json, &self.symbols.channel_name(ch), from, to, "ring_overflow");
-        let notice = frame::build(Opcode::Text, &json);
         let (wild, exact) = self.index.subscribers(ch);
         let keys: Vec<ConnKey> = wild.iter().chain(exact).copied().collect();
         for key in keys {
             let conn = &mut self.conns[key];
-            if conn.out.push_notice(notice.clone()) {
-                self.tally.gaps += 1;
-                conn.mark_dirty(key, &mut self.dirty);
+            if let Some((from, to)) = conn.out.lost(ch, from, to) {
+                let notice = gap_notice(&self.market, ch, from, to, "ring_overflow");
+                if conn.out.push_control(notice) {
+                    self.tally.gaps += 1;
+                }
             }
+            conn.mark_dirty(key, &mut self.dirty);
         }
     }
 
     /// Flushes every connection that queued something since the last call, then publishes
     /// the batch's counters.
     pub fn flush_dirty(&mut self) {
+        for key in std::mem::take(&mut self.slow) {
+            let limit = self.conns.get(key).map_or(0, |c| c.out.queued_bytes());
+            let reason = format!("slow consumer: more than {limit} bytes queued");
+            self.close_with(key, 1008, &reason, CloseReason::SlowConsumer);
+            Stats::add(&self.stats.slow_consumer_actions[2], 1);
+        }
         let mut dirty = std::mem::take(&mut self.dirty);
         for key in dirty.drain(..) {
             if let Some(conn) = self.conns.get_mut(key) {
@@ -237,8 +368,11 @@ impl Shard {
         let t = std::mem::take(&mut self.tally);
         Stats::add(&self.stats.frames_out, t.frames_out);
         Stats::add(&self.stats.bytes_out, t.bytes_out);
-        Stats::add(&self.stats.slow_consumer_drops, t.drops);
+        Stats::add(&self.stats.slow_consumer_drops, t.drops[0] + t.drops[1]);
+        Stats::add(&self.stats.slow_consumer_actions[0], t.drops[0]);
+        Stats::add(&self.stats.slow_consumer_actions[1], t.drops[1]);
         Stats::add(&self.stats.gaps_sent, t.gaps);
+        Stats::add(&self.stats.snapshots_sent, t.snapshots);
     }
 
     /// Writes what the socket takes now. On `WouldBlock` the connection's writer task is woken
@@ -253,11 +387,15 @@ impl Shard {
                 Ok((n, Flushed::Drained)) => {
                     self.tally.bytes_out += n as u64;
                     conn.blocked = false;
-                    // Room again: declare what was dropped while the client lagged.
-                    let declared = conn.out.declare_gaps(&self.symbols);
-                    self.tally.gaps += declared as u64;
-                    if declared > 0 {
-                        continue;
+                    // Room again: send what channels that fell behind are owed.
+                    if conn.out.is_behind() {
+                        let done = conn.out.catch_up(&self.market);
+                        self.tally.gaps += done.notices as u64;
+                        self.tally.frames_out += done.frames as u64;
+                        self.tally.snapshots += done.snapshots as u64;
+                        if done.any() {
+                            continue;
+                        }
                     }
                     if conn.out.is_closing() {
                         conn.signals.drained.notify_one();
@@ -316,8 +454,7 @@ impl Shard {
     pub fn send_control(&mut self, key: ConnKey, bytes: Bytes) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if !conn.out.push_control(bytes) {
-            self.close(key, 1008, "too many unread replies: read your socket");
-            return;
+            return self.close_for(key, CloseReason::UnreadReplies);
         }
         if !conn.blocked {
             self.flush(key);
@@ -327,6 +464,20 @@ impl Shard {
     /// Queues a JSON reply as a text frame.
     pub fn send_json(&mut self, key: ConnKey, json: &[u8]) {
         self.send_control(key, frame::build(Opcode::Text, json));
+    }
+
+    /// Closes for one of the shard's own reasons, with its code and text.
+    pub fn close_for(&mut self, key: ConnKey, why: CloseReason) {
+        let (code, text) = why.close_frame();
+        self.close_with(key, code, text, why);
+    }
+
+    /// [`close`](Self::close), recording why for the metrics (the driver counts it).
+    pub fn close_with(&mut self, key: ConnKey, code: u16, reason: &str, why: CloseReason) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.closed_for.get_or_insert(why);
+        }
+        self.close(key, code, reason);
     }
 
     /// Starts a server-initiated close: what is queued is still sent, then the close frame;
@@ -344,7 +495,53 @@ impl Shard {
     pub fn close_all(&mut self, code: u16, reason: &str) {
         let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.close(key, code, reason);
+            self.close_with(key, code, reason, CloseReason::GoingAway);
+        }
+    }
+
+    /// Liveness round (every `--ping-interval`): closes connections that left `misses` pings
+    /// in a row unanswered, or held no subscription for longer than `idle` (if set), and
+    /// pings the others.
+    pub fn check_liveness(&mut self, misses: u32, idle: Option<std::time::Duration>, now: Instant) {
+        let ping = frame::build(Opcode::Ping, &crate::conn::ping_payload());
+        self.round(misses, idle, now, Some(ping));
+    }
+
+    /// [`check_liveness`](Self::check_liveness) without pings: idle connections only.
+    pub fn check_idle(&mut self, idle: Option<std::time::Duration>, now: Instant) {
+        self.round(u32::MAX, idle, now, None);
+    }
+
+    fn round(
+        &mut self,
+        misses: u32,
+        idle: Option<std::time::Duration>,
+        now: Instant,
+        ping: Option<Bytes>,
+    ) {
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let conn = &mut self.conns[key];
+            if conn.out.is_closing() || conn.dead {
+                continue;
+            }
+            if conn.unanswered_pings >= misses {
+                self.close_for(key, CloseReason::PingTimeout);
+                continue;
+            }
+            if let (Some(limit), Some(since)) = (idle, conn.idle_since) {
+                if now.saturating_duration_since(since) >= limit {
+                    self.close_for(key, CloseReason::Idle);
+                    continue;
+                }
+            }
+            if let Some(ping) = &ping {
+                conn.unanswered_pings += 1;
+                conn.out.push_urgent(ping.clone());
+                if !conn.blocked {
+                    self.flush(key);
+                }
+            }
         }
     }
 
@@ -354,22 +551,37 @@ impl Shard {
     }
 }
 
-/// Offers `frame` to one connection and marks it dirty if it queued.
-#[inline]
-fn offer(
-    conn: &mut Conn,
-    key: ConnKey,
-    frame: &Frame,
-    symbols: &SymbolTable,
-    dirty: &mut Vec<ConnKey>,
-    tally: &mut Tally,
-) {
-    match conn.out.offer(frame, symbols) {
-        Offer::Queued => {
-            tally.frames_out += 1;
-            conn.mark_dirty(key, dirty);
+/// One frame on its way to this shard's subscribers of its channel.
+struct Delivery<'a> {
+    frame: &'a Frame,
+    policy: Policy,
+    market: &'a Market,
+    dirty: &'a mut Vec<ConnKey>,
+    tally: &'a mut Tally,
+    slow: &'a mut Vec<ConnKey>,
+}
+
+impl Delivery<'_> {
+    /// Offers the frame to one connection and marks it dirty if it queued.
+    #[inline]
+    fn offer(&mut self, conn: &mut Conn, key: ConnKey) {
+        match conn.out.offer(self.frame, self.policy, self.market) {
+            Offer::Queued => {
+                self.tally.frames_out += 1;
+                conn.mark_dirty(key, self.dirty);
+            }
+            Offer::QueuedAfterNotice => {
+                self.tally.frames_out += 1;
+                self.tally.gaps += 1;
+                conn.mark_dirty(key, self.dirty);
+            }
+            Offer::Dropped => {
+                self.tally.drops[usize::from(self.policy == Policy::Conflate)] += 1;
+                // A book channel now owes a snapshot: have the flush look at it.
+                conn.mark_dirty(key, self.dirty);
+            }
+            Offer::Disconnect => self.slow.push(key),
+            Offer::Skipped | Offer::Closed => {}
         }
-        Offer::Dropped => tally.drops += 1,
-        Offer::Closed => {}
     }
 }

@@ -65,33 +65,6 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     build(Opcode::Close, &payload)
 }
 
-/// Encodes data frames into large shared arenas so that a tick costs one memcpy of its
-/// payload and, amortised, a fraction of an allocation: each frame is split off the arena as a
-/// `Bytes` that keeps the arena block alive until its last subscriber has written it.
-#[derive(Debug)]
-pub struct FrameArena {
-    buf: BytesMut,
-    block: usize,
-}
-
-impl FrameArena {
-    pub fn new(block: usize) -> FrameArena {
-        FrameArena { buf: BytesMut::with_capacity(block), block }
-    }
-
-    /// Wraps a JSON text payload into a complete text frame.
-    pub fn text_frame(&mut self, payload: &[u8]) -> Bytes {
-        let need = MAX_HEADER_LEN + payload.len();
-        if self.buf.capacity() - self.buf.len() < need {
-            // The old block stays alive while frames split from it are queued somewhere.
-            self.buf = BytesMut::with_capacity(self.block.max(need));
-        }
-        put_header(&mut self.buf, Opcode::Text, payload.len());
-        self.buf.extend_from_slice(payload);
-        self.buf.split().freeze()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,15 +91,5 @@ mod tests {
         assert!(len <= 125);
         assert_eq!(u16::from_be_bytes([f[2], f[3]]), 1008);
         assert!(std::str::from_utf8(&f[4..]).is_ok());
-    }
-
-    #[test]
-    fn arena_frames_are_independent_and_complete() {
-        let mut arena = FrameArena::new(64);
-        let a = arena.text_frame(b"{\"a\":1}");
-        let b = arena.text_frame(&[b'y'; 100]); // forces a new block
-        assert_eq!(&a[2..], b"{\"a\":1}");
-        assert_eq!(b.len(), 102);
-        assert_eq!(&b[2..], &[b'y'; 100][..]);
     }
 }

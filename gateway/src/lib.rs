@@ -22,6 +22,7 @@ pub mod fanout;
 pub mod frame;
 pub mod http;
 pub mod listener;
+pub mod market;
 pub mod metrics;
 pub mod protocol;
 pub mod ring;
@@ -66,11 +67,17 @@ impl Gateway {
             rate: cfg.rate,
             seed: cfg.seed,
             burst_every_s: cfg.burst_every,
+            book_depth: cfg.book_depth,
             ..SimConfig::default()
         };
         sim.validate().map_err(anyhow::Error::msg)?;
         let feed = Feed::new(sim);
         let symbols = Arc::new(feed.symbols().clone());
+        let window = market::ResumeWindow {
+            frames: cfg.resume_frames,
+            max_age_ns: (cfg.resume_secs * 1e9) as u64,
+        };
+        let market = Arc::new(market::Market::new(symbols.clone(), window));
         let stats = Arc::new(Stats::new(cfg.worker_count()));
         let socket = std::net::TcpListener::bind(cfg.listen).with_context(|| {
             format!("cannot listen on {}: is another tickfan running? choose another address with --listen", cfg.listen)
@@ -91,7 +98,7 @@ impl Gateway {
                 inbox,
                 cfg: cfg.clone(),
                 stats: stats.clone(),
-                symbols: symbols.clone(),
+                market: market.clone(),
                 conn_limit: conn_limit.clone(),
                 cancel: cancel.clone(),
             })?);
@@ -102,14 +109,14 @@ impl Gateway {
         let listener = listener::Listener::new(socket, inboxes, cancel.clone()).spawn()?;
         let stop_feed = Arc::new(AtomicBool::new(false));
         let producer = {
-            let (symbols, stats, stop) = (symbols.clone(), stats.clone(), stop_feed.clone());
+            let (market, stats, stop) = (market.clone(), stats.clone(), stop_feed.clone());
             let pace = PaceOptions {
                 min_batch_interval: std::time::Duration::from_micros(cfg.feed_batch_us),
                 ..PaceOptions::default()
             };
             std::thread::Builder::new()
                 .name("tickfan-feed".into())
-                .spawn(move || source::run_embedded(feed, symbols, rings, stats, pace, &stop))?
+                .spawn(move || source::run_embedded(feed, market, rings, stats, pace, &stop))?
         };
         Ok(Gateway {
             addr,

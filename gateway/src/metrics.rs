@@ -18,30 +18,98 @@ use tickfan_proto::{ChannelSpec, ErrorCode, Kind};
 
 use crate::ring::Ring;
 
-/// Why connections end, as the `reason` label of `tickfan_connections_closed_total`.
-pub const CLOSE_REASONS: [&str; 9] = [
-    "client_close",     // the client sent a close frame (echoed)
-    "peer_gone",        // EOF or reset without a close frame
-    "server_stopped",   // write error, slow-consumer close, or shutdown of the worker
-    "going_away",       // 1001: the gateway is shutting down
-    "protocol_error",   // 1002
-    "invalid_utf8",     // 1007
-    "policy_violation", // 1008: request flood, unread replies
-    "message_too_big",  // 1009
-    "other",
-];
+/// Why connections end: the `reason` label of `tickfan_connections_closed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close frame (echoed).
+    ClientClose,
+    /// EOF or reset without a close frame.
+    PeerGone,
+    /// A write failed, or the worker stopped.
+    ServerStopped,
+    /// 1001: the gateway is shutting down.
+    GoingAway,
+    /// 1002.
+    ProtocolError,
+    /// 1007.
+    InvalidUtf8,
+    /// 1008: request flood.
+    PolicyViolation,
+    /// 1008: replies left unread beyond the queue's slack.
+    UnreadReplies,
+    /// 1009.
+    MessageTooBig,
+    /// 1008: the queue was full and the channel's policy is `disconnect`.
+    SlowConsumer,
+    /// 1008: pings left unanswered (`--ping-interval`, `--ping-misses`).
+    PingTimeout,
+    /// 1008: no subscription for `--idle-timeout`.
+    Idle,
+    Other,
+}
 
-/// Index in [`CLOSE_REASONS`] of a close with RFC 6455 `code`.
-pub fn close_reason_for_code(code: u16) -> usize {
-    match code {
-        1001 => 3,
-        1002 => 4,
-        1007 => 5,
-        1008 => 6,
-        1009 => 7,
-        _ => 8,
+impl CloseReason {
+    pub const ALL: [CloseReason; 13] = [
+        CloseReason::ClientClose,
+        CloseReason::PeerGone,
+        CloseReason::ServerStopped,
+        CloseReason::GoingAway,
+        CloseReason::ProtocolError,
+        CloseReason::InvalidUtf8,
+        CloseReason::PolicyViolation,
+        CloseReason::UnreadReplies,
+        CloseReason::MessageTooBig,
+        CloseReason::SlowConsumer,
+        CloseReason::PingTimeout,
+        CloseReason::Idle,
+        CloseReason::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client_close",
+            CloseReason::PeerGone => "peer_gone",
+            CloseReason::ServerStopped => "server_stopped",
+            CloseReason::GoingAway => "going_away",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::PolicyViolation => "policy_violation",
+            CloseReason::UnreadReplies => "unread_replies",
+            CloseReason::MessageTooBig => "message_too_big",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::Idle => "idle",
+            CloseReason::Other => "other",
+        }
+    }
+
+    /// The reason of a close with RFC 6455 `code` sent for a client's fault.
+    pub fn for_code(code: u16) -> CloseReason {
+        match code {
+            1001 => CloseReason::GoingAway,
+            1002 => CloseReason::ProtocolError,
+            1007 => CloseReason::InvalidUtf8,
+            1008 => CloseReason::PolicyViolation,
+            1009 => CloseReason::MessageTooBig,
+            _ => CloseReason::Other,
+        }
+    }
+
+    /// The close frame the shard sends for its own reasons.
+    pub fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            CloseReason::GoingAway => (1001, "server shutting down"),
+            CloseReason::UnreadReplies => (1008, "too many unread replies: read your socket"),
+            CloseReason::SlowConsumer => (1008, "slow consumer"),
+            CloseReason::PingTimeout => (1008, "no pong to the server's pings: presumed dead"),
+            CloseReason::Idle => (1008, "idle: no subscription"),
+            _ => (1011, "server error"),
+        }
     }
 }
+
+/// Slow-consumer actions, the `policy` label of `tickfan_slow_consumer_actions_total`.
+pub const POLICY_ACTIONS: [&str; 3] = ["gap", "conflate", "disconnect"];
 
 /// Counters shared by the producer, the workers and the HTTP side.
 #[derive(Debug, Default)]
@@ -62,8 +130,15 @@ pub struct Stats {
     pub gaps_sent: AtomicU64,
     /// Client requests refused with an error reply, by code (index in [`ErrorCode::ALL`]).
     pub requests_rejected: [AtomicU64; ErrorCode::ALL.len()],
-    /// Connections ended, by reason (index in [`CLOSE_REASONS`]).
-    pub connections_closed: [AtomicU64; CLOSE_REASONS.len()],
+    /// Connections ended, by reason (index in [`CloseReason::ALL`]).
+    pub connections_closed: [AtomicU64; CloseReason::ALL.len()],
+    /// Slow-consumer actions by policy (index in [`POLICY_ACTIONS`]): frames dropped and
+    /// declared by a gap, frames superseded by conflation, connections closed.
+    pub slow_consumer_actions: [AtomicU64; 3],
+    /// Book snapshots sent (on subscribe, after conflation or a failed resume).
+    pub snapshots_sent: AtomicU64,
+    /// Channels asked to resume: 0 resumed from the window, 1 not.
+    pub resumes: [AtomicU64; 2],
     /// Subscriptions held now, by kind (index of [`Kind::ALL`]) and type (0 exact, 1 wildcard).
     pub subscriptions: [[AtomicI64; 2]; Kind::ALL.len()],
     /// Per worker, sampled once a second: bytes queued over its connections, the largest
@@ -147,9 +222,17 @@ impl Stats {
         self.subscriptions[kind as usize][wildcard].fetch_add(delta, Ordering::Relaxed);
     }
 
-    /// Counts a connection ended for reason `CLOSE_REASONS[reason]`.
-    pub fn closed(&self, reason: usize) {
-        Stats::add(&self.connections_closed[reason.min(CLOSE_REASONS.len() - 1)], 1);
+    /// Counts resume outcomes.
+    pub fn resumes(&self, outcomes: &[(tickfan_proto::ChannelId, bool)]) {
+        for &(_, ok) in outcomes {
+            Stats::add(&self.resumes[usize::from(!ok)], 1);
+        }
+    }
+
+    /// Counts a connection ended for `reason`.
+    pub fn closed(&self, reason: CloseReason) {
+        let i = CloseReason::ALL.iter().position(|&r| r == reason).expect("ALL lists every reason");
+        Stats::add(&self.connections_closed[i], 1);
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -195,7 +278,7 @@ struct StatsCollector(Arc<Stats>);
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let counters: [(&str, &str, &AtomicU64); 6] = [
+        let counters: [(&str, &str, &AtomicU64); 7] = [
             ("tickfan_ticks_in", "Ticks encoded by the feed into frames.", &s.ticks_in),
             (
                 "tickfan_frames_out",
@@ -214,6 +297,11 @@ impl Collector for StatsCollector {
                 &s.slow_consumer_drops,
             ),
             ("tickfan_gaps_sent", "Gap notices sent to clients.", &s.gaps_sent),
+            (
+                "tickfan_snapshots_sent",
+                "Book snapshots sent (subscribe, conflation, failed resume, ring overflow).",
+                &s.snapshots_sent,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(Stats::get(value));
@@ -236,7 +324,22 @@ impl Collector for StatsCollector {
             "tickfan_connections_closed",
             "WebSocket connections ended, by reason.",
             "reason",
-            CLOSE_REASONS.iter().copied().zip(&s.connections_closed),
+            CloseReason::ALL.iter().map(|r| r.as_str()).zip(&s.connections_closed),
+        )?;
+        labelled_counters(
+            &mut encoder,
+            "tickfan_slow_consumer_actions",
+            "Slow-consumer actions by policy: frames dropped and declared by a gap notice, \
+             frames superseded by conflation, connections closed.",
+            "policy",
+            POLICY_ACTIONS.iter().copied().zip(&s.slow_consumer_actions),
+        )?;
+        labelled_counters(
+            &mut encoder,
+            "tickfan_resumes",
+            "Channels whose subscribe asked to resume, by result.",
+            "result",
+            ["resumed", "not_resumed"].into_iter().zip(&s.resumes),
         )?;
         let gauge = ConstGauge::new(0i64);
         let mut family = encoder.encode_descriptor(

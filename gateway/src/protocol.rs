@@ -12,12 +12,23 @@ const MAX_ID_LEN: usize = 128;
 /// A client operation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    Subscribe { channels: Vec<String> },
+    Subscribe { channels: Vec<String>, resume: Option<Resume> },
     Unsubscribe { channels: Vec<String> },
     List,
     Symbols,
     Ping,
 }
+
+/// The `resume` part of a subscribe: the last seq the client has of some channels, and the
+/// epoch those seqs belong to (`docs/protocol.md`, "Resume").
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resume {
+    pub epoch: Option<String>,
+    pub seqs: Vec<(String, u64)>,
+}
+
+/// Longest `epoch` accepted (the gateway's are 16 hex digits).
+const MAX_EPOCH_LEN: usize = 64;
 
 /// A parsed client request: an operation and the `id` to echo in its reply.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,7 +90,10 @@ pub fn parse_request(buf: &mut [u8], max_channels: usize) -> Result<Request, Rej
         },
     };
     let op = match op {
-        "subscribe" => Op::Subscribe { channels: parse_channels(&value, &id, max_channels)? },
+        "subscribe" => Op::Subscribe {
+            channels: parse_channels(&value, &id, max_channels)?,
+            resume: parse_resume(&value, &id, max_channels)?,
+        },
         "unsubscribe" => Op::Unsubscribe { channels: parse_channels(&value, &id, max_channels)? },
         "list" => Op::List,
         "symbols" => Op::Symbols,
@@ -154,6 +168,44 @@ fn parse_channels(
         .collect()
 }
 
+/// `"resume":{"trades.BTC-USD":41,…}` and `"epoch":"…"`, both optional.
+fn parse_resume(
+    value: &simd_json::BorrowedValue<'_>,
+    id: &Option<Value>,
+    max_channels: usize,
+) -> Result<Option<Resume>, Rejection> {
+    let bad = |msg: &str| Rejection::new(id.clone(), ErrorCode::BadRequest, msg);
+    let epoch = match value.get("epoch") {
+        None => None,
+        Some(e) => match e.as_str() {
+            Some(e) if e.len() <= MAX_EPOCH_LEN => Some(e.to_owned()),
+            _ => return Err(bad("\"epoch\" must be the string a subscribed reply gave")),
+        },
+    };
+    let Some(field) = value.get("resume") else {
+        return Ok(epoch.map(|epoch| Resume { epoch: Some(epoch), seqs: Vec::new() }));
+    };
+    let Some(obj) = field.as_object() else {
+        return Err(bad("\"resume\" must be an object like {\"trades.BTC-USD\":41}"));
+    };
+    if obj.len() > max_channels {
+        return Err(Rejection::new(
+            id.clone(),
+            ErrorCode::TooManyChannels,
+            format!("at most {max_channels} channels per connection"),
+        ));
+    }
+    let seqs = obj
+        .iter()
+        .map(|(ch, seq)| {
+            seq.as_u64().map(|seq| (ch.to_string(), seq)).ok_or_else(|| {
+                bad("every value of \"resume\" must be the last seq received (an integer >= 0)")
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Resume { epoch, seqs }))
+}
+
 /// Encodes a successful reply `{"op":op,"id":id, …fields}` (id omitted when the request had none).
 pub fn reply(op: &str, id: &Option<Value>, fields: Value) -> Vec<u8> {
     let mut m = Map::new();
@@ -190,8 +242,16 @@ mod tests {
             parse(r#"{"op":"subscribe","id":1,"channels":["trades.BTC-USD","book.*"]}"#).unwrap(),
             Request {
                 id: Some(1.into()),
-                op: Op::Subscribe { channels: vec!["trades.BTC-USD".into(), "book.*".into()] }
+                op: Op::Subscribe {
+                    channels: vec!["trades.BTC-USD".into(), "book.*".into()],
+                    resume: None
+                }
             }
+        );
+        let r = parse(r#"{"op":"subscribe","channels":["x"],"resume":{"x":41},"epoch":"ab"}"#);
+        assert!(
+            matches!(r.unwrap().op, Op::Subscribe { resume: Some(Resume { epoch: Some(e), seqs }), .. }
+            if e == "ab" && seqs == vec![("x".to_owned(), 41)])
         );
         assert_eq!(parse(r#"{"op":"ping","id":"abc"}"#).unwrap().id, Some("abc".into()));
         assert_eq!(parse(r#"{"op":"list"}"#).unwrap(), Request { id: None, op: Op::List });
@@ -222,6 +282,23 @@ mod tests {
             ErrorCode::TooManyChannels
         );
         assert_eq!(code(r#"{"op":"ping","id":{"a":1}}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"op":"subscribe","channels":["a"],"resume":[1]}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","channels":["a"],"resume":{"a":-1}}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","channels":["a"],"resume":{"a":"7"}}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","channels":["a"],"resume":{"a":1,"b":2,"c":3,"d":4}}"#),
+            ErrorCode::TooManyChannels
+        );
+        assert_eq!(code(r#"{"op":"subscribe","channels":["a"],"epoch":7}"#), ErrorCode::BadRequest);
         assert_eq!(
             code(&format!(r#"{{"op":"ping","id":"{}"}}"#, "x".repeat(200))),
             ErrorCode::BadRequest

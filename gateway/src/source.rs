@@ -6,23 +6,22 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use feed_sim::{Feed, PaceOptions};
-use tickfan_proto::encode::write_tick_json;
-use tickfan_proto::SymbolTable;
 
-use crate::frame::{Frame, FrameArena};
+use crate::frame::Frame;
+use crate::market::Market;
 use crate::metrics::Stats;
 use crate::ring::Ring;
 
 /// Runs the paced feed until `stop` is set. Blocking: call it on a dedicated thread.
 pub fn run_embedded(
     mut feed: Feed,
-    symbols: Arc<SymbolTable>,
+    market: Arc<Market>,
     rings: Vec<Arc<Ring>>,
     stats: Arc<Stats>,
     pace: PaceOptions,
     stop: &AtomicBool,
 ) {
-    let mut encoder = Encoder::new(symbols);
+    let mut encoder = Encoder::new(market);
     feed.run_paced_with(stop, pace, |batch| {
         for tick in batch {
             let frame = encoder.encode(tick);
@@ -39,28 +38,22 @@ pub fn run_embedded(
     });
 }
 
-/// Turns ticks into shared frames: JSON into a reused scratch buffer, then header + payload
-/// into an arena block. No allocation per tick once warm, beyond arena blocks.
+/// Turns ticks into shared frames through the [`Market`] (which keeps books and resume
+/// history): JSON into a reused scratch buffer, then header + payload into one allocation per
+/// frame. Frames are allocated one by one rather than cut from a shared arena so that a frame
+/// held by a slow client or the resume window keeps only its own bytes alive.
 #[derive(Debug)]
 pub struct Encoder {
-    symbols: Arc<SymbolTable>,
+    market: Arc<Market>,
     json: Vec<u8>,
-    arena: FrameArena,
 }
 
 impl Encoder {
-    pub fn new(symbols: Arc<SymbolTable>) -> Encoder {
-        Encoder { symbols, json: Vec::with_capacity(4096), arena: FrameArena::new(256 << 10) }
+    pub fn new(market: Arc<Market>) -> Encoder {
+        Encoder { market, json: Vec::with_capacity(4096) }
     }
 
     pub fn encode(&mut self, tick: &tickfan_proto::Tick) -> Frame {
-        self.json.clear();
-        write_tick_json(&mut self.json, tick, self.symbols.get(tick.sym));
-        Frame {
-            ch: tick.channel(),
-            seq: tick.seq,
-            ts: tick.ts,
-            bytes: self.arena.text_frame(&self.json),
-        }
+        self.market.publish(tick, &mut self.json)
     }
 }

@@ -13,9 +13,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::LocalSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::backpressure::Budget;
 use crate::config::Config;
 use crate::conn::ConnLimit;
 use crate::fanout::Shard;
+use crate::market::Market;
 use crate::metrics::Stats;
 use crate::ring::Ring;
 
@@ -48,7 +50,7 @@ pub struct WorkerSetup {
     pub inbox: UnboundedReceiver<std::net::TcpStream>,
     pub cfg: Arc<Config>,
     pub stats: Arc<Stats>,
-    pub symbols: Arc<SymbolTable>,
+    pub market: Arc<Market>,
     pub conn_limit: Arc<ConnLimit>,
     pub cancel: CancellationToken,
 }
@@ -65,16 +67,14 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<JoinHandle<()>> {
 }
 
 async fn run(setup: WorkerSetup) {
-    let WorkerSetup { id, ring, mut inbox, cfg, stats, symbols, conn_limit, cancel } = setup;
-    let ctx = Rc::new(WorkerCtx {
-        shard: RefCell::new(Shard::new(symbols.clone(), stats.clone())),
-        cfg,
-        stats,
-        symbols,
-        conn_limit,
-    });
+    let WorkerSetup { id, ring, mut inbox, cfg, stats, market, conn_limit, cancel } = setup;
+    let symbols = market.symbols().clone();
+    let budget = Budget::new(cfg.max_queued_bytes / cfg.worker_count());
+    let shard = Shard::new(market, stats.clone(), cfg.slow_consumer, budget);
+    let ctx = Rc::new(WorkerCtx { shard: RefCell::new(shard), cfg, stats, symbols, conn_limit });
     let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), id, ring, cancel.clone()));
     let stats_task = tokio::task::spawn_local(publish_stats(ctx.clone(), id, cancel.clone()));
+    let liveness_task = tokio::task::spawn_local(liveness(ctx.clone(), cancel.clone()));
     loop {
         tokio::select! {
             biased;
@@ -89,6 +89,7 @@ async fn run(setup: WorkerSetup) {
     // queued data, and give them a bounded time to flush.
     let _ = fanout.await;
     stats_task.abort();
+    liveness_task.abort();
     ctx.shard.borrow_mut().close_all(1001, "server shutting down");
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while !ctx.shard.borrow().conns.is_empty() {
@@ -97,6 +98,34 @@ async fn run(setup: WorkerSetup) {
     })
     .await;
     tracing::debug!(worker = id, "worker stopped");
+}
+
+/// Pings every connection each `--ping-interval`, closing those that stopped answering, and
+/// closes connections idle (without subscriptions) for `--idle-timeout`.
+async fn liveness(ctx: Rc<WorkerCtx>, cancel: CancellationToken) {
+    let secs = |s: f64| (s > 0.0).then(|| Duration::from_secs_f64(s));
+    let (ping, idle) = (secs(ctx.cfg.ping_interval), secs(ctx.cfg.idle_timeout));
+    // Without pings, idle connections are still looked for, a few times per timeout.
+    let Some(period) = ping.or(idle.map(|i| (i / 4).max(Duration::from_millis(100)))) else {
+        return;
+    };
+    let misses = if ping.is_some() { ctx.cfg.ping_misses } else { u32::MAX };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::Instant::now();
+        let mut shard = ctx.shard.borrow_mut();
+        if ping.is_some() {
+            shard.check_liveness(misses, idle, now);
+        } else {
+            shard.check_idle(idle, now);
+        }
+    }
 }
 
 /// How often `sys.stats` is published.

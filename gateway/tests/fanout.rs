@@ -6,6 +6,7 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use gateway::config::parse_policies;
 use serde_json::json;
 use support::{start_gateway, start_gateway_with, Client, Msg, ObserveJson, SeqCheck};
 
@@ -33,7 +34,10 @@ async fn twenty_clients_get_gap_free_byte_identical_streams() {
                 match c.recv().await {
                     Msg::Text(v, raw) => {
                         seq.observe_json(&v);
-                        if let (Some(ch), Some(s)) = (v["ch"].as_str(), v["seq"].as_u64()) {
+                        // Snapshots are built per subscriber; updates are shared frames.
+                        if let (Some(ch), Some(s), false) =
+                            (v["ch"].as_str(), v["seq"].as_u64(), v["type"] == "snapshot")
+                        {
                             frames.insert((ch.to_owned(), s), raw);
                         }
                     }
@@ -94,6 +98,7 @@ async fn a_client_that_does_not_read_gets_declared_gaps_not_silent_loss() {
     let gw = start_gateway_with(|c| {
         c.burst_every = 0.0;
         c.queue_bytes = 64 << 10;
+        c.slow_consumer = parse_policies("trades=gap,quotes=gap,book=gap").unwrap();
     });
     let addr = gw.local_addr();
     let mut slow =

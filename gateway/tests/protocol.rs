@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::json;
-use support::{start_gateway, start_gateway_with, Client, Msg, ObserveJson, SeqCheck};
+use support::{
+    start_gateway, start_gateway_with, without_epoch, Client, Msg, ObserveJson, SeqCheck,
+};
 
 #[tokio::test]
 async fn subscribe_receive_unsubscribe_with_id_echo() {
@@ -17,7 +19,7 @@ async fn subscribe_receive_unsubscribe_with_id_echo() {
         .request(json!({"op":"subscribe","id":1,"channels":["trades.BTC-USD","quotes.BTC-USD"]}))
         .await;
     assert_eq!(
-        ack,
+        without_epoch(ack),
         json!({"op":"subscribed","id":1,"channels":["trades.BTC-USD","quotes.BTC-USD"]})
     );
 
@@ -212,7 +214,7 @@ async fn streams_query_subscribes_on_connect_and_reports_bad_names() {
     let gw = start_gateway();
     let mut c = Client::connect(gw.local_addr(), "/ws?streams=trades.BTC-USD,quotes.ETH-USD").await;
     assert_eq!(
-        c.reply().await,
+        without_epoch(c.reply().await),
         json!({"op":"subscribed","channels":["trades.BTC-USD","quotes.ETH-USD"]})
     );
     let mut seen = std::collections::HashSet::new();

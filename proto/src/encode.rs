@@ -4,20 +4,28 @@
 //! into a caller-owned buffer and never allocate once the buffer has grown. Field order is fixed
 //! (`ch`, `seq`, `ts`, then the body) so that equal ticks encode to equal bytes.
 
+use crate::book::L2Book;
+use crate::channel::Kind;
 use crate::decimal::write_decimal;
 use crate::tick::{Level, Symbol, Tick, TickBody};
 
 /// Appends the data message of `tick` (published on a channel of symbol `sym`) to `buf`.
+/// Book updates carry no `crc` here (feed-sim's NDJSON); the gateway, which keeps the books,
+/// uses [`write_tick_json_with_crc`].
 pub fn write_tick_json(buf: &mut Vec<u8>, tick: &Tick, sym: &Symbol) {
+    write_tick_json_with_crc(buf, tick, sym, None);
+}
+
+/// [`write_tick_json`], with `"crc":book_crc` last in a book update when given: the checksum of
+/// the book after the update ([`L2Book::checksum`](crate::book::L2Book::checksum)).
+pub fn write_tick_json_with_crc(
+    buf: &mut Vec<u8>,
+    tick: &Tick,
+    sym: &Symbol,
+    book_crc: Option<u32>,
+) {
     let mut n = itoa::Buffer::new();
-    buf.extend_from_slice(b"{\"ch\":\"");
-    buf.extend_from_slice(tick.body.kind().as_str().as_bytes());
-    buf.push(b'.');
-    buf.extend_from_slice(sym.name.as_bytes());
-    buf.extend_from_slice(b"\",\"seq\":");
-    buf.extend_from_slice(n.format(tick.seq).as_bytes());
-    buf.extend_from_slice(b",\"ts\":");
-    buf.extend_from_slice(n.format(tick.ts).as_bytes());
+    write_head(buf, tick.body.kind().as_str(), &sym.name, tick.seq, tick.ts);
     let (ps, qs) = (sym.px_scale, sym.qty_scale);
     match &tick.body {
         TickBody::Trade(t) => {
@@ -36,11 +44,53 @@ pub fn write_tick_json(buf: &mut Vec<u8>, tick: &Tick, sym: &Symbol) {
             decimal_field(buf, b"asz", q.asz, qs);
         }
         TickBody::Book(b) => {
-            buf.extend_from_slice(b",\"type\":\"update\",\"bids\":");
-            write_levels(buf, &b.bids, ps, qs);
-            buf.extend_from_slice(b",\"asks\":");
-            write_levels(buf, &b.asks, ps, qs);
+            write_book_body(buf, "update", &b.bids, &b.asks, sym, book_crc);
+            return;
         }
+    }
+    buf.push(b'}');
+}
+
+/// Appends a book `snapshot` of channel `book.<sym>`: every level of `book`, as of `seq`
+/// (the seq of the last update applied, 0 before any) and that update's `ts`.
+pub fn write_book_snapshot_json(buf: &mut Vec<u8>, book: &L2Book, sym: &Symbol, seq: u64, ts: u64) {
+    write_head(buf, Kind::Book.as_str(), &sym.name, seq, ts);
+    let crc = book.checksum(sym.px_scale, sym.qty_scale);
+    write_book_body(buf, "snapshot", &book.bids, &book.asks, sym, Some(crc));
+}
+
+/// `{"ch":"<kind>.<sym>","seq":N,"ts":N`: the fixed head of every data message.
+fn write_head(buf: &mut Vec<u8>, kind: &str, sym: &str, seq: u64, ts: u64) {
+    let mut n = itoa::Buffer::new();
+    buf.extend_from_slice(b"{\"ch\":\"");
+    buf.extend_from_slice(kind.as_bytes());
+    buf.push(b'.');
+    buf.extend_from_slice(sym.as_bytes());
+    buf.extend_from_slice(b"\",\"seq\":");
+    buf.extend_from_slice(n.format(seq).as_bytes());
+    buf.extend_from_slice(b",\"ts\":");
+    buf.extend_from_slice(n.format(ts).as_bytes());
+}
+
+/// `,"type":…,"bids":[…],"asks":[…]` and, when given, `,"crc":N`, then the closing brace.
+fn write_book_body(
+    buf: &mut Vec<u8>,
+    kind: &str,
+    bids: &[Level],
+    asks: &[Level],
+    sym: &Symbol,
+    crc: Option<u32>,
+) {
+    let (ps, qs) = (sym.px_scale, sym.qty_scale);
+    buf.extend_from_slice(b",\"type\":\"");
+    buf.extend_from_slice(kind.as_bytes());
+    buf.extend_from_slice(b"\",\"bids\":");
+    write_levels(buf, bids, ps, qs);
+    buf.extend_from_slice(b",\"asks\":");
+    write_levels(buf, asks, ps, qs);
+    if let Some(crc) = crc {
+        buf.extend_from_slice(b",\"crc\":");
+        buf.extend_from_slice(itoa::Buffer::new().format(crc).as_bytes());
     }
     buf.push(b'}');
 }
@@ -121,6 +171,32 @@ mod tests {
         assert_eq!(b["type"], "update");
         assert_eq!(b["bids"], serde_json::json!([["3201.10", "0.0000"]]));
         assert_eq!(b["asks"][1], serde_json::json!(["3201.30", "0.0001"]));
+    }
+
+    #[test]
+    fn book_update_with_crc_and_snapshot_share_one_layout() {
+        let tick = Tick {
+            sym: 0,
+            seq: 9,
+            ts: 5,
+            body: TickBody::Book(BookDelta {
+                bids: vec![Level { px: 6412300, qty: 12000 }],
+                asks: vec![],
+            }),
+        };
+        let mut buf = Vec::new();
+        write_tick_json_with_crc(&mut buf, &tick, &btc(), Some(42));
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            r#"{"ch":"book.BTC-USD","seq":9,"ts":5,"type":"update","bids":[["64123.00","1.2000"]],"asks":[],"crc":42}"#
+        );
+        let book = L2Book { bids: vec![Level { px: 6412300, qty: 12000 }], asks: vec![] };
+        buf.clear();
+        write_book_snapshot_json(&mut buf, &book, &btc(), 9, 5);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["type"], "snapshot");
+        assert_eq!(v["seq"], 9);
+        assert_eq!(v["crc"], book.checksum(2, 4));
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! The contract for client authors is `docs/protocol.md`; the encoders here are its reference
 //! implementation.
 
+pub mod book;
 pub mod channel;
 pub mod decimal;
 pub mod encode;
 pub mod error_code;
 pub mod tick;
 
+pub use book::L2Book;
 pub use channel::{ChannelId, ChannelSpec, Kind, ParseChannelError, SymbolTable};
 pub use error_code::ErrorCode;
 pub use tick::{unix_now_ns, BookDelta, Level, Quote, Side, Symbol, Tick, TickBody, Trade};

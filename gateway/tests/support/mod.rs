@@ -159,6 +159,16 @@ impl Client {
     }
 }
 
+/// A `subscribed` reply without its `epoch`, after checking the epoch looks like one (16 hex
+/// digits), so replies can be compared whole.
+pub fn without_epoch(mut reply: Value) -> Value {
+    let epoch = reply.as_object_mut().and_then(|o| o.remove("epoch"));
+    let epoch =
+        epoch.as_ref().and_then(Value::as_str).unwrap_or_else(|| panic!("no epoch: {reply}"));
+    assert!(epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()), "epoch {epoch}");
+    reply
+}
+
 /// Per-channel sequence checker (bench's, the one the load harness uses), fed with parsed JSON.
 pub type SeqCheck = bench::seq::SeqTracker;
 
@@ -173,6 +183,10 @@ impl ObserveJson for SeqCheck {
         let msg = if v["op"] == "gap" {
             let (from, to) = (v["from"].as_u64(), v["to"].as_u64());
             Scanned::Gap { ch, from: from.expect("gap has from"), to: to.expect("gap has to") }
+        } else if let (false, Some(seq), "snapshot") =
+            (ch.is_empty(), v["seq"].as_u64(), v["type"].as_str().unwrap_or_default())
+        {
+            Scanned::Snapshot { ch, seq }
         } else if let (false, Some(seq)) = (ch.is_empty(), v["seq"].as_u64()) {
             Scanned::Data { ch, seq, ts: v["ts"].as_u64().unwrap_or_default() }
         } else {
