@@ -131,6 +131,8 @@ pub struct Outbound {
     /// Entries of `pending` that are not floors: something to send when there is room.
     behind: usize,
     closing: bool,
+    /// The front frame is partly written: it must be finished before anything else goes.
+    front_started: bool,
     budget: Rc<Budget>,
 }
 
@@ -149,6 +151,7 @@ impl Outbound {
             pending: FxHashMap::default(),
             behind: 0,
             closing: false,
+            front_started: false,
             budget,
         }
     }
@@ -406,6 +409,17 @@ impl Outbound {
         }
     }
 
+    /// Drops every queued frame that has not started going out, then queues `close`: for a
+    /// client disconnected for being slow, whose backlog is of no use to it any more.
+    pub fn close_now(&mut self, close: Bytes) {
+        let keep = usize::from(self.front_started);
+        let dropped: usize = self.queue.iter().skip(keep).map(Bytes::len).sum();
+        self.queue.truncate(keep);
+        self.queued_bytes -= dropped;
+        self.budget.used.set(self.budget.used.get() - dropped);
+        self.push_close(close);
+    }
+
     /// Writes as much as the socket takes, many frames per syscall. Returns the bytes written
     /// and whether the queue drained or the socket would block.
     pub fn write_to(&mut self, sock: &impl TryWrite) -> io::Result<(usize, Flushed)> {
@@ -446,9 +460,11 @@ impl Outbound {
             if written >= front.len() {
                 written -= front.len();
                 self.queue.pop_front();
+                self.front_started = false;
             } else {
                 front.advance(written);
                 written = 0;
+                self.front_started = true;
             }
         }
     }
@@ -700,6 +716,24 @@ mod tests {
             .filter_map(|v| v["seq"].as_u64())
             .collect();
         assert_eq!(data_seqs, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn close_now_keeps_only_the_frame_being_written() {
+        let m = market();
+        let mut q = queue(10_000);
+        for seq in 0..10 {
+            q.offer(&data(seq, 50), Policy::Gap, &m);
+        }
+        let sink = Sink::new(60); // frame 0 whole, frame 1 started
+        q.write_to(&sink).unwrap();
+        q.close_now(frame::close(1008, "slow consumer"));
+        sink.room.set(usize::MAX);
+        q.write_to(&sink).unwrap();
+        let got = payloads(&sink.got.borrow());
+        assert_eq!(got.len(), 3, "frames 0 and 1, then the close");
+        assert_eq!(&got[2][..2], &1008u16.to_be_bytes());
+        assert_eq!(q.queued_bytes(), 0);
     }
 
     #[test]

@@ -183,7 +183,9 @@ pub async fn run(
     if let End::Close(code, reason) = &end {
         ctx.shard.borrow_mut().close(key, *code, reason);
     }
-    if !matches!(end, End::Gone) {
+    // A dead peer reads nothing: waiting for its queue to drain would only hold the socket.
+    let dead_peer = closed_for == Some(CloseReason::PingTimeout);
+    if !matches!(end, End::Gone) && !dead_peer {
         // Let the queue, close frame last, reach the peer; then FIN and drain its input.
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
             while !ctx.shard.borrow().is_drained(key) {

@@ -350,9 +350,20 @@ impl Shard {
     /// the batch's counters.
     pub fn flush_dirty(&mut self) {
         for key in std::mem::take(&mut self.slow) {
-            let limit = self.conns.get(key).map_or(0, |c| c.out.queued_bytes());
-            let reason = format!("slow consumer: more than {limit} bytes queued");
-            self.close_with(key, 1008, &reason, CloseReason::SlowConsumer);
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.out.is_closing() {
+                continue;
+            }
+            // Its backlog is of no use to it any more: the close goes right after the frame
+            // being written, and the memory is freed now.
+            let reason =
+                format!("slow consumer: more than {} bytes queued", conn.out.queued_bytes());
+            conn.out.close_now(frame::close(1008, &reason));
+            conn.closed_for.get_or_insert(CloseReason::SlowConsumer);
+            conn.signals.driver.notify_one();
+            if !conn.blocked {
+                self.flush(key);
+            }
             Stats::add(&self.stats.slow_consumer_actions[2], 1);
         }
         let mut dirty = std::mem::take(&mut self.dirty);

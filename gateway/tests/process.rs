@@ -7,39 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{without_epoch, Client};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// Starts the binary on a free port and returns it with the address from its banner.
-async fn spawn_tickfan(extra: &[&str]) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tickfan"))
-        .args(["--listen", "127.0.0.1:0", "--symbols", "10", "--rate", "5000"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tickfan binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let banner = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("banner within 10 s")
-        .unwrap()
-        .expect("a banner line");
-    let addr = banner
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("banner names the address: {banner}"))
-        .parse()
-        .unwrap();
-    tokio::spawn(async move {
-        // Keep draining stdout so the child never blocks on a full pipe.
-        while let Ok(Some(_)) = lines.next_line().await {}
-    });
-    (child, addr)
-}
+use support::{spawn_tickfan, without_epoch, Client};
+use tokio::process::Command;
 
 #[tokio::test]
 async fn sigterm_closes_every_client_with_1001_and_exits_zero() {

@@ -195,3 +195,189 @@ impl ObserveJson for SeqCheck {
         self.observe(msg);
     }
 }
+
+/// Starts the real `tickfan` binary on a free port (10 symbols, 5000 ticks/s, plus `extra`
+/// flags) and returns it with the address from its banner.
+pub async fn spawn_tickfan(extra: &[&str]) -> (tokio::process::Child, SocketAddr) {
+    let args = [&["--listen", "127.0.0.1:0", "--symbols", "10", "--rate", "5000"], extra].concat();
+    spawn_tickfan_with(&args).await
+}
+
+/// Starts the real `tickfan` binary with exactly `args` (`--listen` among them).
+pub async fn spawn_tickfan_with(args: &[&str]) -> (tokio::process::Child, SocketAddr) {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tickfan"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tickfan binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("banner within 10 s")
+        .unwrap()
+        .expect("a banner line");
+    let addr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("banner names the address: {banner}"))
+        .parse()
+        .unwrap();
+    tokio::spawn(async move {
+        // Keep draining stdout so the child never blocks on a full pipe.
+        while let Ok(Some(_)) = lines.next_line().await {}
+    });
+    (child, addr)
+}
+
+/// An order book as a client keeps it from `book.<SYM>` messages, written independently of
+/// the gateway's: levels keyed by price, the wire strings kept for the checksum.
+#[derive(Debug, Default)]
+pub struct ClientBook {
+    /// Bids keyed by negated price (so iteration is best first), asks by price.
+    bids: std::collections::BTreeMap<i64, (String, String)>,
+    asks: std::collections::BTreeMap<i64, (String, String)>,
+}
+
+/// A price string as an integer: every price of a symbol has the same number of decimals.
+fn price_key(px: &str) -> i64 {
+    px.replace('.', "").parse().unwrap_or_else(|_| panic!("bad price {px:?}"))
+}
+
+fn is_zero(qty: &str) -> bool {
+    qty.bytes().all(|b| b == b'0' || b == b'.')
+}
+
+impl ClientBook {
+    /// Applies a snapshot (replacing everything) or an update.
+    pub fn apply(&mut self, msg: &Value) {
+        if msg["type"] == "snapshot" {
+            *self = ClientBook::default();
+        }
+        for (side, sign) in [("bids", -1), ("asks", 1)] {
+            let levels = msg[side].as_array().unwrap_or_else(|| panic!("{side} in {msg}"));
+            let book = if sign < 0 { &mut self.bids } else { &mut self.asks };
+            for l in levels {
+                let (px, qty) = (l[0].as_str().unwrap(), l[1].as_str().unwrap());
+                if is_zero(qty) {
+                    book.remove(&(sign * price_key(px)));
+                } else {
+                    book.insert(sign * price_key(px), (px.to_owned(), qty.to_owned()));
+                }
+            }
+        }
+    }
+
+    /// docs/protocol.md, "Book checksum": `bid1px:bid1qty:ask1px:ask1qty:…` over the top 10
+    /// levels, CRC-32 (zlib's).
+    pub fn checksum(&self) -> u32 {
+        let bids: Vec<_> = self.bids.values().take(10).collect();
+        let asks: Vec<_> = self.asks.values().take(10).collect();
+        let mut parts: Vec<&str> = Vec::new();
+        for i in 0..10 {
+            for level in [bids.get(i), asks.get(i)].into_iter().flatten() {
+                parts.push(&level.0);
+                parts.push(&level.1);
+            }
+        }
+        crc32fast::hash(parts.join(":").as_bytes())
+    }
+
+    pub fn depth(&self) -> (usize, usize) {
+        (self.bids.len(), self.asks.len())
+    }
+}
+
+/// What a client that reconnects and resumes has seen of every channel, across connections:
+/// checks that nothing is lost or duplicated and that every book message's `crc` matches.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Last seq received per channel.
+    pub last: std::collections::HashMap<String, u64>,
+    pub books: std::collections::HashMap<String, ClientBook>,
+    pub epoch: Option<String>,
+    /// Data messages checked.
+    pub messages: u64,
+    /// Seqs skipped without a gap notice.
+    pub lost: u64,
+    /// Seqs received again.
+    pub duplicates: u64,
+    /// Gap notices received (with the seqs they declared).
+    pub gaps: u64,
+    pub gap_seqs: u64,
+    pub snapshots: u64,
+    /// Book messages whose `crc` matched the client's own book.
+    pub crc_checked: u64,
+    /// Channels a resume asked for that did not resume (they start afresh).
+    pub not_resumed: u64,
+}
+
+impl Ledger {
+    /// Feeds one message. Panics on a checksum mismatch: the client's book is wrong.
+    pub fn observe(&mut self, v: &Value) {
+        match v["op"].as_str() {
+            Some("subscribed") => {
+                self.epoch = v["epoch"].as_str().map(str::to_owned);
+                // Not resumed: what the client had of the channel is history; start afresh
+                // (a book waits for its snapshot).
+                for (ch, ok) in v["resumed"].as_object().into_iter().flatten() {
+                    if ok != true {
+                        self.not_resumed += 1;
+                        self.last.remove(ch);
+                        self.books.remove(ch);
+                    }
+                }
+                return;
+            }
+            Some("gap") => {
+                let ch = v["ch"].as_str().unwrap().to_owned();
+                let (from, to) = (v["from"].as_u64().unwrap(), v["to"].as_u64().unwrap());
+                self.gaps += 1;
+                self.gap_seqs += to + 1 - from;
+                self.last.insert(ch, to);
+                return;
+            }
+            Some(_) => return,
+            None => {}
+        }
+        let (Some(ch), Some(seq)) = (v["ch"].as_str(), v["seq"].as_u64()) else { return };
+        if v["type"] == "snapshot" {
+            self.snapshots += 1;
+            self.last.insert(ch.to_owned(), seq);
+        } else {
+            self.messages += 1;
+            match self.last.get(ch) {
+                Some(&last) if seq <= last => self.duplicates += 1,
+                Some(&last) => self.lost += seq - last - 1,
+                None => {}
+            }
+            let last = self.last.entry(ch.to_owned()).or_insert(seq);
+            *last = (*last).max(seq);
+        }
+        if ch.starts_with("book.") {
+            let book = self.books.entry(ch.to_owned()).or_default();
+            book.apply(v);
+            let crc = v["crc"].as_u64().unwrap_or_else(|| panic!("book message without crc: {v}"));
+            assert_eq!(u64::from(book.checksum()), crc, "{ch} seq {seq}: book differs");
+            self.crc_checked += 1;
+        }
+    }
+
+    /// A subscribe to `channels` that resumes every channel seen so far.
+    pub fn resubscribe(&self, channels: &[&str]) -> Value {
+        let resume: serde_json::Map<String, Value> =
+            self.last.iter().map(|(ch, &seq)| (ch.clone(), seq.into())).collect();
+        let mut req = serde_json::json!({"op":"subscribe","channels":channels});
+        if !resume.is_empty() {
+            req["resume"] = resume.into();
+        }
+        if let Some(epoch) = &self.epoch {
+            req["epoch"] = epoch.clone().into();
+        }
+        req
+    }
+}
