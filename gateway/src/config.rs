@@ -146,7 +146,7 @@ pub struct Config {
     pub book_depth: usize,
 
     /// Frames kept per channel for `resume` (0 disables resume).
-    #[arg(long, env = "TICKFAN_RESUME_FRAMES", default_value_t = 2048)]
+    #[arg(long, env = "TICKFAN_RESUME_FRAMES", default_value_t = 10_000)]
     pub resume_frames: usize,
 
     /// Seconds of history kept per channel for `resume` (whichever of this and

@@ -11,8 +11,9 @@
 //!                                   └──► conn (client frames, protocol requests)
 //! ```
 //!
-//! What it is not (yet): a NATS consumer, a Prometheus exporter, a resume/snapshot store —
-//! those are later issues; see `docs/architecture.md`.
+//! Book state, checksums and the resume history live in `market`, written by the producer
+//! before a frame enters the rings. What it is not (yet): a NATS consumer (scale-out); see
+//! `docs/architecture.md`.
 
 pub mod backpressure;
 pub mod channels;

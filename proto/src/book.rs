@@ -97,6 +97,9 @@ mod tests {
         let text = "64123.00:1.2000:64123.50:0.4000:64122.50:0.5000";
         assert_eq!(b.checksum(2, 4), crc32fast::hash(text.as_bytes()));
         assert_eq!(b.checksum(2, 4), 1_666_075_937);
+        let mut after = b.clone();
+        after.apply(&BookDelta { bids: vec![lv(6412250, 0)], asks: vec![] });
+        assert_eq!(after.checksum(2, 4), 2_079_246_967);
         assert_eq!(L2Book::default().checksum(2, 4), 0, "empty book: CRC of the empty string");
     }
 
