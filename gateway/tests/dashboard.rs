@@ -83,6 +83,10 @@ const READ_PAGE: &str = "JSON.stringify({status: document.getElementById('status
     frames: document.getElementById('frames-out').textContent, \
     seq: Number(document.getElementById('stats-seq').textContent) || 0, \
     reconnects: Number(document.getElementById('reconnects').textContent), \
+    resumed: document.getElementById('resumed').textContent, \
+    lost: Number(document.getElementById('lost').textContent), \
+    crc_ok: Number(document.getElementById('crc-ok').textContent), \
+    crc_bad: Number(document.getElementById('crc-bad').textContent), \
     canvases: document.querySelectorAll('#chart-throughput canvas, #chart-latency canvas').length, \
     trades: document.querySelectorAll('#trades tr').length})";
 
@@ -213,9 +217,11 @@ async fn dashboard_shows_live_figures_and_reconnects_after_a_restart() {
             && p["seq"].as_u64().is_some_and(|s| s >= 3)
             && p["canvases"].as_u64().is_some_and(|c| c >= 2)
             && p["trades"].as_u64().is_some_and(|t| t > 0)
+            && p["crc_ok"].as_u64().is_some_and(|n| n > 10)
     })
     .await;
     eprintln!("dashboard: {live}");
+    assert_eq!(live["crc_bad"], 0, "the page's book differs from the gateway's");
 
     let shot = cdp.call("Page.captureScreenshot", json!({"format": "png"})).await;
     let png = base64::engine::general_purpose::STANDARD
@@ -226,8 +232,23 @@ async fn dashboard_shows_live_figures_and_reconnects_after_a_restart() {
     std::fs::write(&out, &png).unwrap();
     eprintln!("screenshot: {}", out.display());
 
+    // Drop the page's connection: it reconnects and resumes all three market channels, losing
+    // nothing (its own seq check counts what it would have lost).
+    cdp.eval("ws.close(4000, 'test: dropped'); 'closed'").await;
+    let resumed = wait_for(&mut cdp, "a resumed reconnection", |p| {
+        p["status"] == "connected" && p["reconnects"] == 1 && p["resumed"] == "3/3"
+    })
+    .await;
+    let crc_before = resumed["crc_ok"].as_u64().unwrap();
+    let after = wait_for(&mut cdp, "book updates after resuming", |p| {
+        p["crc_ok"].as_u64().is_some_and(|n| n > crc_before + 10)
+    })
+    .await;
+    eprintln!("after a drop: {after}");
+    assert_eq!((after["lost"].as_u64(), after["crc_bad"].as_u64()), (Some(0), Some(0)));
+
     // Stop the gateway (its clients get 1001), start a new one on the same port: the page must
-    // notice, reconnect by itself and keep updating.
+    // notice, reconnect by itself and keep updating, its old seqs refused (a new epoch).
     let pid = gateway.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let _ = gateway.wait().await;
@@ -237,16 +258,19 @@ async fn dashboard_shows_live_figures_and_reconnects_after_a_restart() {
     .await;
     let _gateway = tickfan(port).await;
     wait_for(&mut cdp, "a reconnection", |p| {
-        p["status"] == "connected" && p["reconnects"].as_u64() >= Some(1)
+        p["status"] == "connected" && p["reconnects"].as_u64() >= Some(2)
     })
     .await;
     // The page clears the stats seq on reconnecting and a new connection's sys.stats starts at
     // seq 1: seeing 2 means reports flow on the new connection.
     let back = wait_for(&mut cdp, "updates after reconnecting", |p| {
-        p["status"] == "connected" && p["seq"].as_u64().is_some_and(|s| s >= 2)
+        p["status"] == "connected"
+            && p["seq"].as_u64().is_some_and(|s| s >= 2)
+            && p["resumed"] == "0/3 (new epoch)"
     })
     .await;
     eprintln!("after restart: {back}");
+    assert_eq!((back["lost"].as_u64(), back["crc_bad"].as_u64()), (Some(0), Some(0)));
 
     let _ = browser.kill().await;
     let _ = std::fs::remove_dir_all(&profile);
