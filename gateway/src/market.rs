@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use tickfan_proto::book::CHECKSUM_DEPTH;
 use tickfan_proto::encode::{write_book_snapshot_json, write_tick_json_with_crc};
 use tickfan_proto::{unix_now_ns, ChannelId, Kind, L2Book, SymbolTable, Tick, TickBody};
 
@@ -48,6 +49,31 @@ struct ChannelState {
     last_ts: u64,
     /// Book channels: the book after `last_seq`.
     book: L2Book,
+    /// The book's top levels when its checksum was last computed, and that checksum: updates
+    /// that change only deeper levels reuse it.
+    checksummed: L2Book,
+    crc: u32,
+    /// Scratch for the checksum string.
+    text: Vec<u8>,
+}
+
+impl ChannelState {
+    /// Applies a book update and returns the checksum of the book after it.
+    fn apply_book(&mut self, delta: &tickfan_proto::BookDelta, sym: &tickfan_proto::Symbol) -> u32 {
+        self.book.apply(delta);
+        if !self.checksummed.bids.is_empty() && self.book.top_equals(&self.checksummed) {
+            return self.crc;
+        }
+        self.crc = self.book.checksum_with(sym.px_scale, sym.qty_scale, &mut self.text);
+        for (kept, side) in [
+            (&mut self.checksummed.bids, &self.book.bids),
+            (&mut self.checksummed.asks, &self.book.asks),
+        ] {
+            kept.clear();
+            kept.extend_from_slice(&side[..side.len().min(CHECKSUM_DEPTH)]);
+        }
+        self.crc
+    }
 }
 
 /// Per-channel state of the whole feed.
@@ -89,10 +115,7 @@ impl Market {
         let sym = self.symbols.get(tick.sym);
         let mut st = self.state(ch);
         let crc = match &tick.body {
-            TickBody::Book(delta) => {
-                st.book.apply(delta);
-                Some(st.book.checksum(sym.px_scale, sym.qty_scale))
-            }
+            TickBody::Book(delta) => Some(st.apply_book(delta, sym)),
             _ => None,
         };
         json.clear();
@@ -198,6 +221,22 @@ mod tests {
         assert!(
             matches!(m.replay(ch, seq), Replay::Frames { ref frames, .. } if frames.is_empty())
         );
+    }
+
+    #[test]
+    fn the_cached_checksum_equals_the_reference_one_over_a_long_feed() {
+        let (m, mut feed) = market(10, 1);
+        let mut json = Vec::new();
+        for _ in 0..30_000 {
+            let tick = feed.next_tick_virtual();
+            let frame = m.publish(&tick, &mut json);
+            if let TickBody::Book(_) = tick.body {
+                let st = m.state(frame.ch);
+                let sym = m.symbols().get(tick.sym);
+                let crc = format!(",\"crc\":{}}}", st.book.checksum(sym.px_scale, sym.qty_scale));
+                assert!(json.ends_with(crc.as_bytes()), "seq {}", tick.seq);
+            }
+        }
     }
 
     #[test]

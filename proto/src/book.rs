@@ -39,18 +39,33 @@ impl L2Book {
     /// The checksum of the top [`CHECKSUM_DEPTH`] levels, prices and sizes written with the
     /// symbol's decimals (`px_scale`, `qty_scale`) exactly as the wire carries them.
     pub fn checksum(&self, px_scale: u8, qty_scale: u8) -> u32 {
-        let mut text = Vec::with_capacity(CHECKSUM_DEPTH * 48);
+        self.checksum_with(px_scale, qty_scale, &mut Vec::with_capacity(CHECKSUM_DEPTH * 48))
+    }
+
+    /// [`checksum`](Self::checksum) writing the string into `text` (cleared first), for
+    /// callers that compute many and keep one buffer.
+    pub fn checksum_with(&self, px_scale: u8, qty_scale: u8, text: &mut Vec<u8>) -> u32 {
+        text.clear();
         for i in 0..CHECKSUM_DEPTH {
             for level in [self.bids.get(i), self.asks.get(i)].into_iter().flatten() {
                 if !text.is_empty() {
                     text.push(b':');
                 }
-                write_decimal(&mut text, level.px, px_scale);
+                write_decimal(text, level.px, px_scale);
                 text.push(b':');
-                write_decimal(&mut text, level.qty, qty_scale);
+                write_decimal(text, level.qty, qty_scale);
             }
         }
-        crc32fast::hash(&text)
+        crc32fast::hash(text)
+    }
+}
+
+impl L2Book {
+    /// Whether the levels the checksum covers are the same in `other`: then so is the checksum.
+    pub fn top_equals(&self, other: &L2Book) -> bool {
+        let top = |side: &[Level]| side.len().min(CHECKSUM_DEPTH);
+        self.bids[..top(&self.bids)] == other.bids[..top(&other.bids)]
+            && self.asks[..top(&self.asks)] == other.asks[..top(&other.asks)]
     }
 }
 
@@ -115,5 +130,11 @@ mod tests {
         assert_eq!(b.checksum(0, 0), before);
         b.asks[9].qty = 99; // 10th level: inside
         assert_ne!(b.checksum(0, 0), before);
+        assert!(b.top_equals(&b.clone()));
+        let mut deeper = b.clone();
+        deeper.bids[11].qty = 7;
+        assert!(b.top_equals(&deeper), "levels beyond the checksum's do not count");
+        deeper.bids[0].qty = 7;
+        assert!(!b.top_equals(&deeper));
     }
 }
