@@ -435,6 +435,9 @@ impl Session {
                 let (to_resume, refused): (Vec<_>, Vec<_>) =
                     resume.seqs.iter().partition(|_| same_epoch);
                 let asked = resume.asked;
+                let refused_outcomes: Vec<(ChannelId, bool)> =
+                    refused.iter().map(|&&(ch, _)| (ch, false)).collect();
+                self.ctx.stats.resumes(&refused_outcomes);
                 let reply = |done: &Subscribed| {
                     let mut fields = json!({ "channels": names, "epoch": epoch });
                     if asked {
@@ -442,7 +445,7 @@ impl Session {
                             .resumed
                             .iter()
                             .map(|&(ch, ok)| (ch, ok))
-                            .chain(refused.iter().map(|&&(ch, _)| (ch, false)))
+                            .chain(refused_outcomes.iter().copied())
                             .map(|(ch, ok)| (symbols.channel_name(ch), ok.into()))
                             .collect();
                         fields["resumed"] = resumed.into();

@@ -109,6 +109,8 @@ async fn resume_across_random_drops_loses_and_duplicates_nothing() {
         ledger.messages, ledger.crc_checked, ledger.lost, ledger.duplicates
     );
     assert_eq!(not_resumed, 0, "every drop was short enough for the window");
+    let counted = gw.stats().resumes[0].load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted, resumed, "tickfan_resumes_total{{result=\"resumed\"}}");
     assert_eq!((ledger.lost, ledger.duplicates, ledger.gaps), (0, 0, 0));
     assert_eq!(ledger.snapshots, 1, "only the first subscribe needed a book snapshot");
     assert!(ledger.last.len() >= 10, "trades.* covered many channels: {:?}", ledger.last.len());
@@ -400,4 +402,11 @@ async fn after_a_restart_resume_says_false_and_books_start_from_a_snapshot() {
     read_into(&mut c, &mut ledger, 200).await;
     assert_eq!(ledger.snapshots, 2, "one snapshot per run");
     assert_eq!((ledger.lost, ledger.duplicates), (0, 0));
+    let metrics = http_get(addr, "/metrics").await;
+    let value = |line: &str| {
+        let found = metrics.lines().find(|l| l.starts_with(line));
+        found.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(value("tickfan_resumes_total{result=\"not_resumed\"}"), Some(2.0), "{metrics}");
+    assert_eq!(value("tickfan_snapshots_sent_total"), Some(1.0));
 }
