@@ -430,31 +430,21 @@ impl Session {
                     names.push(SYS_STATS.to_owned());
                 }
                 let epoch = shard.market().epoch().to_owned();
-                // Seqs of another epoch mean nothing here: none of them resumes.
-                let same_epoch = resume.epoch.as_ref().is_none_or(|e| *e == epoch);
-                let (to_resume, refused): (Vec<_>, Vec<_>) =
-                    resume.seqs.iter().partition(|_| same_epoch);
-                let asked = resume.asked;
-                let refused_outcomes: Vec<(ChannelId, bool)> =
-                    refused.iter().map(|&&(ch, _)| (ch, false)).collect();
-                self.ctx.stats.resumes(&refused_outcomes);
                 let reply = |done: &Subscribed| {
                     let mut fields = json!({ "channels": names, "epoch": epoch });
-                    if asked {
+                    if !done.resumed.is_empty() {
                         let resumed: serde_json::Map<String, serde_json::Value> = done
                             .resumed
                             .iter()
-                            .map(|&(ch, ok)| (ch, ok))
-                            .chain(refused_outcomes.iter().copied())
-                            .map(|(ch, ok)| (symbols.channel_name(ch), ok.into()))
+                            .map(|&(ch, ok)| (symbols.channel_name(ch), ok.into()))
                             .collect();
                         fields["resumed"] = resumed.into();
                     }
                     protocol::reply("subscribed", &id, fields)
                 };
-                let to_resume: Vec<(ChannelId, u64)> = to_resume.into_iter().copied().collect();
                 let limit = self.ctx.cfg.queue_bytes;
-                shard.subscribe(self.key, &specs, &to_resume, reply, limit);
+                let client_epoch = resume.epoch.as_deref();
+                shard.subscribe(self.key, &specs, &resume.seqs, client_epoch, reply, limit);
                 return;
             }
             Op::Unsubscribe { channels } => {
@@ -506,8 +496,6 @@ fn take_sys_stats(channels: Vec<String>) -> (bool, Vec<String>) {
 /// A subscribe's resume request, resolved: the channels and their last seqs.
 #[derive(Debug, Default)]
 struct ResolvedResume {
-    /// The request had a `resume` field (the reply then says what resumed).
-    asked: bool,
     epoch: Option<String>,
     seqs: Vec<(ChannelId, u64)>,
 }
@@ -520,7 +508,6 @@ fn resolve_resume(
     id: &Option<serde_json::Value>,
 ) -> Result<ResolvedResume, Rejection> {
     let Some(resume) = resume else { return Ok(ResolvedResume::default()) };
-    let asked = !resume.seqs.is_empty();
     let mut seqs = Vec::with_capacity(resume.seqs.len());
     for (name, seq) in resume.seqs {
         let shown: String = name.chars().take(64).collect();
@@ -554,7 +541,7 @@ fn resolve_resume(
         }
         seqs.push((ch, seq));
     }
-    Ok(ResolvedResume { asked, epoch: resume.epoch, seqs })
+    Ok(ResolvedResume { epoch: resume.epoch, seqs })
 }
 
 /// The payload of the server's pings: the send time, Unix ns, big-endian (clients echo it

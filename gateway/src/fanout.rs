@@ -209,16 +209,19 @@ impl Shard {
     /// `resume` requests (channel, last seq the client has) that the window still covers, then
     /// a snapshot of every book channel newly covered and not resumed. Live frames follow.
     /// Replays are bounded in total by the connection's queue bound; channels beyond it are
-    /// not resumed.
+    /// not resumed. Seqs of another `epoch` than the market's mean nothing here: none of them
+    /// resumes.
     pub fn subscribe(
         &mut self,
         key: ConnKey,
         specs: &[ChannelSpec],
         resume: &[(ChannelId, u64)],
+        epoch: Option<&str>,
         reply: impl FnOnce(&Subscribed) -> Vec<u8>,
         queue_limit: usize,
     ) {
         let Some(conn) = self.conns.get_mut(key) else { return };
+        let same_epoch = epoch.is_none_or(|e| e == self.market.epoch());
         // Book channels that start streaming with this request.
         let mut new_books: Vec<ChannelId> = Vec::new();
         for &spec in specs {
@@ -241,8 +244,8 @@ impl Shard {
         let mut replays = Vec::new();
         let mut replay_bytes = 0;
         for &(ch, seq) in resume {
-            let replay = if conn.covers(ch) {
-                None // already streaming: nothing to resume
+            let replay = if !same_epoch || conn.covers(ch) {
+                None // another run's seqs, or already streaming: nothing to resume
             } else {
                 match self.market.replay(ch, seq) {
                     Replay::Frames { frames, last } => {
@@ -510,26 +513,17 @@ impl Shard {
         }
     }
 
-    /// Liveness round (every `--ping-interval`): closes connections that left `misses` pings
-    /// in a row unanswered, or held no subscription for longer than `idle` (if set), and
-    /// pings the others.
-    pub fn check_liveness(&mut self, misses: u32, idle: Option<std::time::Duration>, now: Instant) {
-        let ping = frame::build(Opcode::Ping, &crate::conn::ping_payload());
-        self.round(misses, idle, now, Some(ping));
-    }
-
-    /// [`check_liveness`](Self::check_liveness) without pings: idle connections only.
-    pub fn check_idle(&mut self, idle: Option<std::time::Duration>, now: Instant) {
-        self.round(u32::MAX, idle, now, None);
-    }
-
-    fn round(
+    /// Liveness round: with pings on (`ping_misses` given), closes connections that left that
+    /// many pings in a row unanswered and pings the others; closes connections that held no
+    /// subscription for longer than `idle` (if set).
+    pub fn check_liveness(
         &mut self,
-        misses: u32,
+        ping_misses: Option<u32>,
         idle: Option<std::time::Duration>,
         now: Instant,
-        ping: Option<Bytes>,
     ) {
+        let ping = ping_misses.map(|_| frame::build(Opcode::Ping, &crate::conn::ping_payload()));
+        let misses = ping_misses.unwrap_or(u32::MAX);
         let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let conn = &mut self.conns[key];

@@ -153,11 +153,7 @@ fn parse_channels(
         return Err(bad("\"channels\" must not be empty"));
     }
     if arr.len() > max_channels {
-        return Err(Rejection::new(
-            id.clone(),
-            ErrorCode::TooManyChannels,
-            format!("at most {max_channels} channels per connection"),
-        ));
+        return Err(too_many_channels(id, max_channels));
     }
     arr.iter()
         .map(|c| {
@@ -166,6 +162,14 @@ fn parse_channels(
                 .ok_or_else(|| bad("every entry of \"channels\" must be a string"))
         })
         .collect()
+}
+
+fn too_many_channels(id: &Option<Value>, max_channels: usize) -> Rejection {
+    Rejection::new(
+        id.clone(),
+        ErrorCode::TooManyChannels,
+        format!("at most {max_channels} channels per connection"),
+    )
 }
 
 /// `"resume":{"trades.BTC-USD":41,…}` and `"epoch":"…"`, both optional.
@@ -189,11 +193,7 @@ fn parse_resume(
         return Err(bad("\"resume\" must be an object like {\"trades.BTC-USD\":41}"));
     };
     if obj.len() > max_channels {
-        return Err(Rejection::new(
-            id.clone(),
-            ErrorCode::TooManyChannels,
-            format!("at most {max_channels} channels per connection"),
-        ));
+        return Err(too_many_channels(id, max_channels));
     }
     let seqs = obj
         .iter()

@@ -109,21 +109,23 @@ async fn liveness(ctx: Rc<WorkerCtx>, cancel: CancellationToken) {
     let Some(period) = ping.or(idle.map(|i| (i / 4).max(Duration::from_millis(100)))) else {
         return;
     };
-    let misses = if ping.is_some() { ctx.cfg.ping_misses } else { u32::MAX };
+    let misses = ping.map(|_| ctx.cfg.ping_misses);
+    every(period, &cancel, || {
+        ctx.shard.borrow_mut().check_liveness(misses, idle, std::time::Instant::now());
+    })
+    .await;
+}
+
+/// Runs `step` every `period` (first after one period; late ticks delay the next ones) until
+/// `cancel` fires.
+async fn every(period: Duration, cancel: &CancellationToken, mut step: impl FnMut()) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = std::time::Instant::now();
-        let mut shard = ctx.shard.borrow_mut();
-        if ping.is_some() {
-            shard.check_liveness(misses, idle, now);
-        } else {
-            shard.check_idle(idle, now);
+            _ = tick.tick() => step(),
         }
     }
 }
@@ -190,14 +192,7 @@ impl Snapshot {
 /// interval and the internal latency of the ticks fanned out in it (all workers together).
 async fn publish_stats(ctx: Rc<WorkerCtx>, id: usize, cancel: CancellationToken) {
     let mut prev = Snapshot::take(&ctx.stats);
-    let mut tick = tokio::time::interval(STATS_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    every(STATS_INTERVAL, &cancel, || {
         // The queue-depth gauges of /metrics, sampled here rather than on the fan-out path.
         if let Some(q) = ctx.stats.queues.get(id) {
             let (total, max, blocked) = ctx.shard.borrow().queue_sample();
@@ -207,13 +202,14 @@ async fn publish_stats(ctx: Rc<WorkerCtx>, id: usize, cancel: CancellationToken)
         }
         if !ctx.shard.borrow().has_stats_subscribers() {
             prev = Snapshot::take(&ctx.stats);
-            continue;
+            return;
         }
         let now = Snapshot::take(&ctx.stats);
         let body = now.body(&prev, &ctx.stats);
         ctx.shard.borrow_mut().publish_stats(unix_now_ns(), &body);
         prev = now;
-    }
+    })
+    .await;
 }
 
 /// Drains the ring into the shard in batches, flushing touched connections after each batch.

@@ -103,15 +103,8 @@ async fn a_client_that_does_not_read_gets_declared_gaps_not_silent_loss() {
     let addr = gw.local_addr();
     let mut slow =
         Client::connect_with_small_buffer(addr, "/ws?streams=trades.*,quotes.*,book.*").await;
-    let mut fast = Client::connect(addr, "/ws?streams=trades.*").await;
-    let reader = tokio::spawn(async move {
-        let mut seq = SeqCheck::default();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
-        while tokio::time::Instant::now() < deadline {
-            seq.observe_json(&fast.recv_json().await);
-        }
-        seq
-    });
+    let fast = Client::connect(addr, "/ws?streams=trades.*").await;
+    let reader = tokio::spawn(fast.seq_check_for(Duration::from_secs(4)));
     // The slow client reads nothing while socket buffers and its queue fill up.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let fast = reader.await.unwrap();

@@ -19,7 +19,7 @@ use gateway::protocol::parse_request;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use serde_json::{json, Value};
-use support::{http_get, start_gateway_with, Client, ObserveJson, SeqCheck};
+use support::{http_get, raw_handshake, start_gateway_with, Client, ObserveJson, SeqCheck};
 use tickfan_proto::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -260,28 +260,10 @@ fn server_frames(mut wire: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, String> {
     Ok(out)
 }
 
-async fn handshake(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
-}
-
 /// Sends one generated sequence, then a final ping request, and checks everything the
 /// gateway answers until that pong, a close, or a quiet second.
 async fn one_case(addr: std::net::SocketAddr, seq: &[Send]) -> Result<String, String> {
-    let mut s = handshake(addr).await;
+    let mut s = raw_handshake(addr).await;
     let mut wire = Vec::new();
     for send in seq {
         encode(send, &mut wire);

@@ -307,20 +307,7 @@ async fn sys_stats_reports_the_gateway_once_a_second() {
 async fn an_unmasked_client_frame_closes_with_1002() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = start_gateway();
-    let mut s = tokio::net::TcpStream::connect(gw.local_addr()).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut s = support::raw_handshake(gw.local_addr()).await;
     // A text frame without the mask bit: what no browser or conforming client sends.
     let ping = br#"{"op":"ping"}"#;
     s.write_all(&[0x81, ping.len() as u8]).await.unwrap();

@@ -202,15 +202,8 @@ async fn a_slow_client_is_disconnected_under_that_policy_and_fast_ones_are_untou
         Client::connect_with_small_buffer(addr, "/ws?streams=trades.*,quotes.*,book.*").await;
     let mut readers = Vec::new();
     for _ in 0..5 {
-        let mut c = Client::connect(addr, "/ws?streams=trades.*").await;
-        readers.push(tokio::spawn(async move {
-            let mut seq = SeqCheck::default();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
-            while tokio::time::Instant::now() < deadline {
-                seq.observe_json(&c.recv_json().await);
-            }
-            seq
-        }));
+        let c = Client::connect(addr, "/ws?streams=trades.*").await;
+        readers.push(tokio::spawn(c.seq_check_for(Duration::from_secs(4))));
     }
     // The slow client reads nothing for a while (it is disconnected in this time), then
     // finds the close frame right behind what its socket buffers held.
@@ -315,15 +308,8 @@ async fn memory_stays_bounded_whatever_slow_clients_do() {
     ])
     .await;
     let pid = child.id().unwrap();
-    let mut fast = Client::connect(addr, "/ws?streams=trades.*").await;
-    let reader = tokio::spawn(async move {
-        let mut seq = SeqCheck::default();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-        while tokio::time::Instant::now() < deadline {
-            seq.observe_json(&fast.recv_json().await);
-        }
-        seq
-    });
+    let fast = Client::connect(addr, "/ws?streams=trades.*").await;
+    let reader = tokio::spawn(fast.seq_check_for(Duration::from_secs(8)));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline = rss_bytes(pid);
     let mut slow = Vec::new();

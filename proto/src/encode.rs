@@ -96,7 +96,7 @@ fn write_book_body(
 }
 
 /// Appends a `gap` notice: seqs `from..=to` of channel `ch` will never be delivered on this
-/// connection (the client may resubscribe, or resume once that is supported).
+/// connection (the client may resume from `from - 1` on a new one while the window holds it).
 pub fn write_gap_json(buf: &mut Vec<u8>, ch: &str, from: u64, to: u64, reason: &str) {
     let mut n = itoa::Buffer::new();
     buf.extend_from_slice(b"{\"op\":\"gap\",\"ch\":\"");

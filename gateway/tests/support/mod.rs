@@ -28,6 +28,27 @@ pub fn installed<C>(program: &str, package: &str, spawned: std::io::Result<C>) -
     }
 }
 
+/// A WebSocket upgrade of `/ws` done by hand over a raw TCP socket, for tests that then write
+/// bytes no conforming client would.
+pub async fn raw_handshake(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
 /// `GET path` over a fresh connection; the whole response, head and body, as text.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     http_get_with(addr, path, "").await
@@ -146,6 +167,16 @@ impl Client {
     pub async fn request(&mut self, v: Value) -> Value {
         self.send_json(v).await;
         self.reply().await
+    }
+
+    /// Reads for `duration`, checking seqs: what a fast reader beside a slow one saw.
+    pub async fn seq_check_for(mut self, duration: Duration) -> SeqCheck {
+        let mut seq = SeqCheck::default();
+        let deadline = tokio::time::Instant::now() + duration;
+        while tokio::time::Instant::now() < deadline {
+            seq.observe_json(&self.recv_json().await);
+        }
+        seq
     }
 
     /// Reads until a close frame arrives (data and replies skipped).
