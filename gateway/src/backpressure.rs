@@ -45,9 +45,15 @@ pub trait TryWrite {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 }
 
-impl TryWrite for tokio::net::tcp::OwnedWriteHalf {
+impl std::fmt::Debug for dyn TryWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("socket")
+    }
+}
+
+impl TryWrite for tokio::net::TcpStream {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
+        tokio::net::TcpStream::try_write_vectored(self, bufs)
     }
 }
 
@@ -399,6 +405,15 @@ impl Outbound {
         self.queue.insert(at, bytes);
     }
 
+    /// Frees the deque's memory if nothing is queued: run now and then, so that a connection
+    /// that only gets a message once in a while holds no queue memory in between (the next
+    /// message allocates it again: one allocation per connection per trim, not per message).
+    pub fn trim(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// Queues a close frame; nothing is queued after it. Pending state is dropped with it.
     pub fn push_close(&mut self, close: Bytes) {
         if !self.closing {
@@ -422,7 +437,7 @@ impl Outbound {
 
     /// Writes as much as the socket takes, many frames per syscall. Returns the bytes written
     /// and whether the queue drained or the socket would block.
-    pub fn write_to(&mut self, sock: &impl TryWrite) -> io::Result<(usize, Flushed)> {
+    pub fn write_to(&mut self, sock: &(impl TryWrite + ?Sized)) -> io::Result<(usize, Flushed)> {
         let mut total = 0;
         loop {
             if self.queue.is_empty() {

@@ -4,8 +4,6 @@
 //! and every kind to the connections holding its wildcard (`trades.*`), in flat vectors indexed
 //! by [`ChannelId`]: the fan-out looks subscribers up without hashing or locking.
 
-use std::collections::BTreeSet;
-
 use tickfan_proto::{ChannelId, ChannelSpec, Kind, SymbolTable};
 
 /// Key of a connection in its worker's slab.
@@ -60,8 +58,9 @@ impl SubscriptionIndex {
 /// The subscriptions of one connection.
 #[derive(Debug, Default)]
 pub struct ConnSubscriptions {
-    /// Channels subscribed by name.
-    exact: BTreeSet<ChannelId>,
+    /// Channels subscribed by name, sorted (a few per connection: a small vector costs less
+    /// memory than a tree, and thousands of connections each hold one).
+    exact: Vec<ChannelId>,
     /// `wildcard[kind]`: subscribed to `<kind>.*`.
     wildcard: [bool; Kind::COUNT as usize],
 }
@@ -69,7 +68,7 @@ pub struct ConnSubscriptions {
 impl ConnSubscriptions {
     pub fn contains(&self, spec: ChannelSpec) -> bool {
         match spec {
-            ChannelSpec::Exact(ch) => self.exact.contains(&ch),
+            ChannelSpec::Exact(ch) => self.exact.binary_search(&ch).is_ok(),
             ChannelSpec::Wildcard(kind) => self.wildcard[kind as usize],
         }
     }
@@ -77,7 +76,13 @@ impl ConnSubscriptions {
     /// Adds `spec`; `false` if it was already there.
     pub fn insert(&mut self, spec: ChannelSpec) -> bool {
         match spec {
-            ChannelSpec::Exact(ch) => self.exact.insert(ch),
+            ChannelSpec::Exact(ch) => match self.exact.binary_search(&ch) {
+                Ok(_) => false,
+                Err(at) => {
+                    self.exact.insert(at, ch);
+                    true
+                }
+            },
             ChannelSpec::Wildcard(kind) => {
                 !std::mem::replace(&mut self.wildcard[kind as usize], true)
             }
@@ -87,7 +92,13 @@ impl ConnSubscriptions {
     /// Removes `spec`; `false` if it was not there.
     pub fn remove(&mut self, spec: ChannelSpec) -> bool {
         match spec {
-            ChannelSpec::Exact(ch) => self.exact.remove(&ch),
+            ChannelSpec::Exact(ch) => match self.exact.binary_search(&ch) {
+                Ok(at) => {
+                    self.exact.remove(at);
+                    true
+                }
+                Err(_) => false,
+            },
             ChannelSpec::Wildcard(kind) => {
                 std::mem::replace(&mut self.wildcard[kind as usize], false)
             }

@@ -1,28 +1,28 @@
-//! One WebSocket connection after the upgrade: its driver task reads client frames with
-//! fastwebsockets and applies control messages; its writer task only waits for writability
-//! when the socket would block. Data never passes through here: the fan-out writes shared
-//! frames straight into the socket (see `fanout`).
+//! One WebSocket connection after the upgrade: one small task per connection reads client
+//! frames (decoded by `inbound`) and applies control messages, and waits for writability when
+//! the socket would block. Data never passes through here: the fan-out writes shared frames
+//! straight into the socket (see `fanout`).
 
-use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use fastwebsockets::upgrade::UpgradeFut;
-use fastwebsockets::{OpCode, Role, WebSocketError};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tickfan_proto::{
     unix_now_ns, ChannelId, ChannelSpec, ErrorCode, ParseChannelError, SymbolTable,
 };
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use crate::channels::ConnKey;
-use crate::fanout::{Conn, ConnSignals, FlushState, Subscribed, SYS_STATS};
+use crate::fanout::{FlushState, Subscribed, TaskView, SYS_STATS};
 use crate::frame::{self, Opcode};
+use crate::inbound::{Decoder, FrameIn, OpIn, Violation};
 use crate::metrics::{CloseReason, Stats};
 use crate::protocol::{self, Op, Rejection, Request, Resume};
 use crate::worker::WorkerCtx;
@@ -127,14 +127,24 @@ enum Partial {
     Binary(usize),
 }
 
+/// Bytes read from a socket per `read` call; on the stack, not kept per connection.
+const READ_CHUNK: usize = 4096;
+/// Reads per wake-up before the task lets the worker's other tasks run.
+const READS_PER_POLL: usize = 16;
+
 /// Runs a connection from the completed upgrade to its close.
+///
+/// One task per connection, and a small one: while the client sends nothing (the common case
+/// for a market-data subscriber) the task holds no buffer, only its decoder's empty state and
+/// the request limiter. It waits for the socket to become readable, reads into a buffer on the
+/// stack and decodes what came; it also waits for writability when the fan-out found the
+/// socket full. Data frames never pass through here: the fan-out writes them.
 pub async fn run(
     ctx: Rc<WorkerCtx>,
     upgrade: UpgradeFut,
     streams: Option<String>,
     permit: ConnPermit,
 ) {
-    let _permit = permit;
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
@@ -144,36 +154,75 @@ pub async fn run(
         Ok(parts) => parts,
         Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
     };
-    let tcp = parts.io.into_inner();
-    let _ = tcp.set_nodelay(true);
-    let (rd, wr) = tcp.into_split();
-    // Bytes the client sent right after its handshake, already read by hyper, come first.
-    let mut reader = std::io::Cursor::new(parts.read_buf).chain(rd);
-    let sock = Rc::new(wr);
-    let signals = Rc::new(ConnSignals::default());
-    let key = {
-        let mut shard = ctx.shard.borrow_mut();
-        let out = shard.outbound(ctx.cfg.queue_bytes);
-        shard.insert(Conn::new(sock.clone(), signals.clone(), out))
-    };
+    let (io, read_buf) = (parts.io, parts.read_buf);
+    let sock = Rc::new(io.into_inner());
+    let _ = sock.set_nodelay(true);
+    let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes);
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     Stats::add(&ctx.stats.connections_opened, 1);
-    let writer =
-        tokio::task::spawn_local(write_when_ready(ctx.clone(), key, sock.clone(), signals.clone()));
 
-    let mut session = Session {
-        ctx: ctx.clone(),
-        key,
-        limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec),
-        partial: None,
+    let mut reader = Reader {
+        decoder: Decoder::new(ctx.cfg.max_frame_bytes),
+        session: Session {
+            ctx: ctx.clone(),
+            key,
+            limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec),
+            partial: None,
+        },
     };
     if let Some(streams) = streams {
         let channels = streams.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
-        session.apply(Request { id: None, op: Op::Subscribe { channels, resume: None } });
+        reader.session.apply(Request { id: None, op: Op::Subscribe { channels, resume: None } });
     }
-    let end = session.read_loop(&mut reader, &signals).await;
+    // Bytes the client sent right after its handshake, already read by hyper, come first.
+    // Copied, so that hyper's read buffer is freed now rather than held for the connection's life.
+    let early_end = {
+        let mut early = read_buf.to_vec();
+        drop(read_buf);
+        reader.on_bytes(&mut early)
+    };
+    let permit = Some(permit);
+    match early_end {
+        Some(end) => finish(ctx, key, sock, end, permit).await,
+        None => drop(tokio::task::spawn_local(Live { reader, sock, permit })),
+    }
+}
+
+/// An open connection's task, from the upgrade until it ends: nothing but what it needs while
+/// it waits (an async fn would keep its arguments and the handshake's state beside them). It
+/// hands over to [`finish`] in a task of its own.
+struct Live {
+    reader: Reader,
+    sock: Rc<TcpStream>,
+    /// Held until the connection is forgotten (then by `finish`).
+    permit: Option<ConnPermit>,
+}
+
+impl Future for Live {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let Poll::Ready(end) = this.reader.poll(cx, &this.sock) else { return Poll::Pending };
+        let Session { ctx, key, .. } = &this.reader.session;
+        let ending = finish(ctx.clone(), *key, this.sock.clone(), end, this.permit.take());
+        drop(tokio::task::spawn_local(ending));
+        Poll::Ready(())
+    }
+}
+
+/// Ends a connection: counts why, sends the close frame after what is queued, then FIN, then
+/// reads out the peer's input for a moment, and forgets the connection.
+async fn finish(
+    ctx: Rc<WorkerCtx>,
+    key: ConnKey,
+    sock: Rc<TcpStream>,
+    end: End,
+    permit: Option<ConnPermit>,
+) {
+    let _permit = permit;
     tracing::debug!(conn = key, ?end, "connection ending");
-    let closed_for = ctx.shard.borrow().conns.get(key).and_then(|c| c.closed_for);
+    let closed_for = ctx.shard.borrow().closed_for(key);
     ctx.stats.closed(match &end {
         End::CloseQueued => CloseReason::ClientClose,
         End::Gone => CloseReason::PeerGone,
@@ -187,42 +236,109 @@ pub async fn run(
     let dead_peer = closed_for == Some(CloseReason::PingTimeout);
     if !matches!(end, End::Gone) && !dead_peer {
         // Let the queue, close frame last, reach the peer; then FIN and drain its input.
-        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-            while !ctx.shard.borrow().is_drained(key) {
-                signals.drained.notified().await;
+        let drained = std::future::poll_fn(|cx| match service_writes(&ctx, key, &sock, cx) {
+            Some(view) if !view.drained => Poll::Pending,
+            _ => Poll::Ready(()),
+        });
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, drained).await;
+        let _ = socket2::SockRef::from(&*sock).shutdown(std::net::Shutdown::Write);
+        let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
+            let mut sink = [0u8; 1024];
+            loop {
+                if sock.readable().await.is_err() {
+                    return;
+                }
+                match sock.try_read(&mut sink) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
             }
         })
         .await;
-        let _ = socket2::SockRef::from((*sock).as_ref()).shutdown(std::net::Shutdown::Write);
-        let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
-            let mut sink = [0u8; 4096];
-            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
-        })
-        .await;
     }
-    writer.abort();
     ctx.shard.borrow_mut().remove(key);
     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Waits for writability whenever the fan-out found the socket full, then flushes.
-async fn write_when_ready(
-    ctx: Rc<WorkerCtx>,
+/// The shard's side of a connection's task: notes the task's waker with the shard and, while
+/// the socket is full, waits for writability and flushes. `None` once the connection is gone.
+fn service_writes(
+    ctx: &WorkerCtx,
     key: ConnKey,
-    sock: Rc<OwnedWriteHalf>,
-    signals: Rc<ConnSignals>,
-) {
+    sock: &TcpStream,
+    cx: &mut Context<'_>,
+) -> Option<TaskView> {
+    let mut shard = ctx.shard.borrow_mut();
     loop {
-        signals.writer.notified().await;
-        loop {
-            if sock.writable().await.is_err() {
-                return;
+        let view = shard.task_view(key, cx.waker())?;
+        if !view.blocked {
+            return Some(view);
+        }
+        match sock.poll_write_ready(cx) {
+            Poll::Pending => return Some(view),
+            // An error shows in the next write, which marks the connection dead.
+            Poll::Ready(_) => {
+                if shard.flush(key) == FlushState::Blocked {
+                    // `try_write` saw `WouldBlock` and cleared the readiness: the next
+                    // `poll_write_ready` registers for the next edge.
+                    continue;
+                }
             }
-            match ctx.shard.borrow_mut().flush(key) {
-                FlushState::Blocked => continue,
-                FlushState::Drained => break,
-                FlushState::Dead => return,
+        }
+    }
+}
+
+/// A connection's reading side: the frame decoder and what the frames mean.
+struct Reader {
+    decoder: Decoder,
+    session: Session,
+}
+
+impl Reader {
+    /// Waits for input (and, meanwhile, for writability when needed) until the connection ends.
+    fn poll(&mut self, cx: &mut Context<'_>, sock: &TcpStream) -> Poll<End> {
+        for _ in 0..READS_PER_POLL {
+            match service_writes(&self.session.ctx, self.session.key, sock, cx) {
+                None => return Poll::Ready(End::Stopped),
+                Some(view) if view.stop => return Poll::Ready(End::Stopped),
+                Some(_) => {}
             }
+            match sock.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut buf = [0u8; READ_CHUNK];
+            match sock.try_read(&mut buf) {
+                Ok(0) => return Poll::Ready(End::Gone),
+                Ok(n) => {
+                    if let Some(end) = self.on_bytes(&mut buf[..n]) {
+                        return Poll::Ready(end);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Poll::Ready(End::Gone),
+            }
+        }
+        // A client that keeps sending: let the worker's other tasks run, then go on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Decodes and applies the frames in `bytes`; `Some` when the connection must end.
+    fn on_bytes(&mut self, bytes: &mut [u8]) -> Option<End> {
+        let Reader { decoder, session } = self;
+        let mut end = None;
+        let decoded = decoder.feed(bytes, |frame| {
+            end = session.on_frame(frame);
+            end.is_none()
+        });
+        match decoded {
+            Err(v) => Some(End::Close(v.code, v.reason)),
+            Ok(()) => end,
         }
     }
 }
@@ -232,119 +348,71 @@ struct Session {
     ctx: Rc<WorkerCtx>,
     key: ConnKey,
     limiter: RequestLimiter,
-    partial: Option<Partial>,
+    /// A fragmented message being received (boxed: rare, and every idle task would pay for it).
+    partial: Option<Box<Partial>>,
 }
 
 impl Session {
-    async fn read_loop<R: AsyncRead + Unpin>(
-        &mut self,
-        reader: &mut R,
-        signals: &ConnSignals,
-    ) -> End {
-        let (mut ws, _) =
-            fastwebsockets::after_handshake_split(reader, tokio::io::sink(), Role::Server);
-        ws.set_auto_close(true);
-        ws.set_auto_pong(true);
-        // fastwebsockets refuses frames of this size or more.
-        ws.set_max_message_size(self.ctx.cfg.max_frame_bytes + 1);
-        let (ctx, key) = (self.ctx.clone(), self.key);
-        // Pongs and close echoes fastwebsockets owes the peer go through our queue, in order.
-        let mut obligated = move |f: fastwebsockets::Frame<'_>| {
-            let mut shard = ctx.shard.borrow_mut();
-            match f.opcode {
-                OpCode::Close => {
-                    if let Some(conn) = shard.conns.get_mut(key) {
-                        conn.out.push_close(frame::build(Opcode::Close, &f.payload));
+    /// One complete client frame (RFC 6455 §5.4–5.6); `Some` when the connection must end.
+    fn on_frame(&mut self, frame: FrameIn<'_>) -> Option<End> {
+        // Any frame (a pong above all) shows the peer is alive.
+        self.ctx.shard.borrow_mut().alive(self.key);
+        let max_frame = self.ctx.cfg.max_frame_bytes;
+        match frame.op {
+            OpIn::Close => {
+                let echo = frame::build(Opcode::Close, frame.payload);
+                self.ctx.shard.borrow_mut().echo_close(self.key, echo);
+                Some(End::CloseQueued)
+            }
+            OpIn::Ping => {
+                let pong = frame::build(Opcode::Pong, frame.payload);
+                self.ctx.shard.borrow_mut().send_control(self.key, pong);
+                None
+            }
+            OpIn::Pong => None,
+            OpIn::Text | OpIn::Binary if self.partial.is_some() => {
+                Some(protocol_error("a new message began before the fragmented one was finished"))
+            }
+            OpIn::Text if frame.fin => match std::str::from_utf8(frame.payload) {
+                Ok(_) => self.on_text(frame.payload),
+                Err(_) => Some(bad_utf8()),
+            },
+            OpIn::Text => {
+                self.partial = Some(Box::new(Partial::Text(frame.payload.to_vec())));
+                None
+            }
+            OpIn::Binary if frame.fin => self.refuse_binary(),
+            OpIn::Binary => {
+                self.partial = Some(Box::new(Partial::Binary(frame.payload.len())));
+                None
+            }
+            OpIn::Continuation => match self.partial.take().map(|p| *p) {
+                None => Some(protocol_error("continuation frame without a message to continue")),
+                Some(Partial::Text(mut buf)) => {
+                    buf.extend_from_slice(frame.payload);
+                    if buf.len() > max_frame {
+                        Some(too_big(max_frame))
+                    } else if !frame.fin {
+                        self.partial = Some(Box::new(Partial::Text(buf)));
+                        None
+                    } else if std::str::from_utf8(&buf).is_err() {
+                        Some(bad_utf8())
+                    } else {
+                        self.on_text(&mut buf)
                     }
-                    shard.flush(key);
                 }
-                _ => shard.send_control(key, frame::build(Opcode::Pong, &f.payload)),
-            }
-            std::future::ready(Ok::<(), Infallible>(()))
-        };
-        loop {
-            let read = tokio::select! {
-                biased;
-                _ = signals.driver.notified() => return End::Stopped,
-                read = ws.read_frame(&mut obligated) => read,
-            };
-            let mut frame = match read {
-                Ok(frame) => frame,
-                Err(e) => return self.classify(e),
-            };
-            // RFC 6455 §5.1: a server must close the connection on an unmasked client frame.
-            if !is_masked(&mut frame) {
-                return protocol_error("client frames must be masked (RFC 6455 section 5.1)");
-            }
-            // Any frame (a pong above all) shows the peer is alive.
-            if let Some(conn) = self.ctx.shard.borrow_mut().conns.get_mut(self.key) {
-                conn.unanswered_pings = 0;
-            }
-            let max_frame = self.ctx.cfg.max_frame_bytes;
-            let end = match frame.opcode {
-                OpCode::Close => return End::CloseQueued,
-                OpCode::Ping | OpCode::Pong => None,
-                OpCode::Text | OpCode::Binary if self.partial.is_some() => Some(protocol_error(
-                    "a new message began before the fragmented one was finished",
-                )),
-                OpCode::Text if frame.fin => self.on_text(frame.payload.to_mut()),
-                OpCode::Text => {
-                    self.partial = Some(Partial::Text(frame.payload.to_vec()));
-                    None
+                Some(Partial::Binary(n)) => {
+                    let n = n + frame.payload.len();
+                    if n > max_frame {
+                        Some(too_big(max_frame))
+                    } else if frame.fin {
+                        self.refuse_binary()
+                    } else {
+                        self.partial = Some(Box::new(Partial::Binary(n)));
+                        None
+                    }
                 }
-                OpCode::Binary if frame.fin => self.refuse_binary(),
-                OpCode::Binary => {
-                    self.partial = Some(Partial::Binary(frame.payload.len()));
-                    None
-                }
-                OpCode::Continuation => match self.partial.take() {
-                    None => {
-                        Some(protocol_error("continuation frame without a message to continue"))
-                    }
-                    Some(Partial::Text(mut buf)) => {
-                        buf.extend_from_slice(&frame.payload);
-                        if buf.len() > max_frame {
-                            Some(too_big(max_frame))
-                        } else if !frame.fin {
-                            self.partial = Some(Partial::Text(buf));
-                            None
-                        } else if std::str::from_utf8(&buf).is_err() {
-                            Some(End::Close(1007, "text message is not valid UTF-8".into()))
-                        } else {
-                            self.on_text(&mut buf)
-                        }
-                    }
-                    Some(Partial::Binary(n)) => {
-                        let n = n + frame.payload.len();
-                        if n > max_frame {
-                            Some(too_big(max_frame))
-                        } else if frame.fin {
-                            self.refuse_binary()
-                        } else {
-                            self.partial = Some(Partial::Binary(n));
-                            None
-                        }
-                    }
-                },
-            };
-            if let Some(end) = end {
-                return end;
-            }
-        }
-    }
-
-    fn classify(&self, e: WebSocketError) -> End {
-        match e {
-            WebSocketError::UnexpectedEOF
-            | WebSocketError::IoError(_)
-            | WebSocketError::SendError(_) => End::Gone,
-            WebSocketError::FrameTooLarge => too_big(self.ctx.cfg.max_frame_bytes),
-            WebSocketError::InvalidUTF8 => {
-                End::Close(1007, "text message is not valid UTF-8".into())
-            }
-            // fastwebsockets has already queued a 1002 close for an invalid close code.
-            WebSocketError::InvalidCloseCode => End::CloseQueued,
-            other => protocol_error(&other.to_string()),
+            },
         }
     }
 
@@ -408,10 +476,9 @@ impl Session {
                     Err(rejection) => return self.refuse(rejection),
                 };
                 let mut shard = self.ctx.shard.borrow_mut();
-                let Some(conn) = shard.conns.get(self.key) else { return };
-                let new = specs.iter().filter(|s| !conn.subs.contains(**s)).count();
+                let Some(after) = shard.subscriptions_with(self.key, &specs) else { return };
                 let max = self.ctx.cfg.max_channels;
-                if conn.subs.len() + new > max {
+                if after > max {
                     drop(shard);
                     return self.refuse(Rejection::new(
                         id,
@@ -419,11 +486,8 @@ impl Session {
                         format!("at most {max} channels per connection; unsubscribe some first"),
                     ));
                 }
-                if let Some(conn) = shard.conns.get_mut(self.key) {
-                    if stats && conn.stats_seq.is_none() {
-                        conn.stats_seq = Some(1);
-                        conn.idle_since = None;
-                    }
+                if stats {
+                    shard.set_stats(self.key, true);
                 }
                 let mut names: Vec<String> = specs.iter().map(|&s| symbols.spec_name(s)).collect();
                 if stats {
@@ -455,8 +519,8 @@ impl Session {
                 };
                 let mut shard = self.ctx.shard.borrow_mut();
                 shard.unsubscribe(self.key, &specs);
-                if let Some(conn) = shard.conns.get_mut(self.key).filter(|_| stats) {
-                    conn.stats_seq = None;
+                if stats {
+                    shard.set_stats(self.key, false);
                 }
                 drop(shard);
                 let mut names: Vec<String> = specs.iter().map(|&s| symbols.spec_name(s)).collect();
@@ -466,14 +530,7 @@ impl Session {
                 protocol::reply("unsubscribed", &id, json!({ "channels": names }))
             }
             Op::List => {
-                let shard = self.ctx.shard.borrow();
-                let names = shard.conns.get(self.key).map_or_else(Vec::new, |c| {
-                    let mut names = c.subs.names(&symbols);
-                    if c.stats_seq.is_some() {
-                        names.push(SYS_STATS.to_owned());
-                    }
-                    names
-                });
+                let names = self.ctx.shard.borrow().subscription_names(self.key);
                 protocol::reply("list", &id, json!({ "channels": names }))
             }
             Op::Symbols => {
@@ -573,21 +630,18 @@ fn resolve(
     Ok(specs)
 }
 
-/// Whether a received frame carried a mask. fastwebsockets keeps the mask but has no getter;
-/// formatting the frame's header (what it would send) shows the mask bit without touching the
-/// payload. Client frames are few (requests), so the 14-byte format costs nothing that matters.
-fn is_masked(frame: &mut fastwebsockets::Frame<'_>) -> bool {
-    let mut head = [0u8; 14];
-    frame.fmt_head(&mut head);
-    head[1] & 0x80 != 0
-}
-
 fn protocol_error(reason: &str) -> End {
     End::Close(1002, reason.to_owned())
 }
 
 fn too_big(max: usize) -> End {
-    End::Close(1009, format!("message larger than {max} bytes"))
+    let v = Violation::too_big(max);
+    End::Close(v.code, v.reason)
+}
+
+fn bad_utf8() -> End {
+    let v = Violation::bad_utf8();
+    End::Close(v.code, v.reason)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! subscriber's queue (a reference-count increment and a deque push each: no lock, no
 //! allocation, no task wake-up per message per subscriber); then every connection that got
 //! something is flushed once, many frames per `writev`. Only a connection whose socket would
-//! block has its writer task woken, to wait for writability.
+//! block has its task woken, to wait for writability.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,60 +13,52 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use slab::Slab;
+use std::task::Waker;
 use tickfan_proto::{ChannelId, ChannelSpec, Kind, SymbolTable};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::Notify;
 
 /// The gateway's own statistics channel (`docs/protocol.md`), sent once a second.
 pub const SYS_STATS: &str = "sys.stats";
 
-use crate::backpressure::{gap_notice, Budget, Flushed, Offer, Outbound};
+use crate::backpressure::{gap_notice, Budget, Flushed, Offer, Outbound, TryWrite};
 use crate::channels::{ConnKey, ConnSubscriptions, SubscriptionIndex};
 use crate::config::{Policies, Policy};
 use crate::frame::{self, Frame, Opcode};
 use crate::market::{Market, Replay};
 use crate::metrics::{CloseReason, Stats};
 
-/// Wake-ups of one connection's tasks.
-#[derive(Debug, Default)]
-pub struct ConnSignals {
-    /// The socket would block: the writer task should wait for writability and flush.
-    pub writer: Notify,
-    /// The connection must end (write error, server-initiated close): the driver stops reading.
-    pub driver: Notify,
-    /// The queue drained while closing: the driver may shut the socket down.
-    pub drained: Notify,
-}
-
 /// One connection as the shard sees it.
 #[derive(Debug)]
 pub struct Conn {
     /// Frames waiting for the socket.
-    pub out: Outbound,
+    out: Outbound,
     /// What it subscribes to (mirrored in the shard's index).
-    pub subs: ConnSubscriptions,
-    /// The socket's write half. Written directly by the fan-out with `try_write_vectored`.
-    pub sock: Rc<OwnedWriteHalf>,
-    /// How to wake this connection's tasks.
-    pub signals: Rc<ConnSignals>,
+    subs: ConnSubscriptions,
+    /// The socket, as far as the fan-out needs it: written directly with vectored writes.
+    sock: Rc<dyn TryWrite>,
+    /// The connection's task, woken when its socket is found full (to wait for writability),
+    /// when the connection must end, and when its queue drains while closing.
+    waker: Option<Waker>,
     /// Queued something this batch and is in the shard's dirty list.
     dirty: bool,
-    /// Its socket would block: only its writer task flushes until writable again.
+    /// Its socket would block: only its task flushes until writable again.
     blocked: bool,
     /// A write failed: the connection is finished, nothing more is queued or written.
     dead: bool,
+    /// The shard ended the connection (write error, server-initiated close): its task stops
+    /// reading.
+    stop: bool,
     /// Subscribed to `sys.stats`: the seq its next stats message gets.
-    pub stats_seq: Option<u64>,
+    stats_seq: Option<u64>,
     /// Pings sent since the client last showed it is alive (a pong or any frame).
-    pub unanswered_pings: u32,
+    unanswered_pings: u32,
     /// Since when the connection holds no subscription (for `--idle-timeout`).
-    pub idle_since: Option<Instant>,
+    idle_since: Option<Instant>,
     /// Why the shard closed it, when it did (slow consumer, dead peer, idle, shutdown).
-    pub closed_for: Option<CloseReason>,
+    closed_for: Option<CloseReason>,
 }
 
 impl Conn {
-    pub fn new(sock: Rc<OwnedWriteHalf>, signals: Rc<ConnSignals>, out: Outbound) -> Conn {
+    fn new(sock: Rc<dyn TryWrite>, out: Outbound) -> Conn {
         Conn {
             out,
             subs: ConnSubscriptions::default(),
@@ -75,10 +67,11 @@ impl Conn {
             idle_since: Some(Instant::now()),
             closed_for: None,
             sock,
-            signals,
+            waker: None,
             dirty: false,
             blocked: false,
             dead: false,
+            stop: false,
         }
     }
 
@@ -96,12 +89,31 @@ impl Conn {
         }
     }
 
-    pub fn is_dead(&self) -> bool {
-        self.dead
+    fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Ends the connection from the shard's side: its task stops reading.
+    fn stop(&mut self) {
+        self.stop = true;
+        self.wake();
     }
 }
 
-/// Outcome of a flush, for the writer task.
+/// What a connection's task needs to know about it (see [`Shard::task_view`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskView {
+    /// Stop reading: the shard ended the connection.
+    pub stop: bool,
+    /// The socket is full: wait for writability, then [`Shard::flush`].
+    pub blocked: bool,
+    /// Nothing is queued (or nothing can be written any more).
+    pub drained: bool,
+}
+
+/// Outcome of a flush, for the connection's task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushState {
     Drained,
@@ -114,7 +126,7 @@ pub enum FlushState {
 #[derive(Debug)]
 pub struct Shard {
     /// Connections of this worker.
-    pub conns: Slab<Conn>,
+    conns: Slab<Conn>,
     /// Subscribers per channel.
     index: SubscriptionIndex,
     /// Next seq expected per channel from the ring (0: nothing seen yet). A jump means frames
@@ -184,24 +196,95 @@ impl Shard {
         &self.market
     }
 
-    /// A new connection's outbound queue, bounded by `limit` and this shard's budget.
-    pub fn outbound(&self, limit: usize) -> Outbound {
-        Outbound::new(limit, self.budget.clone())
-    }
-
-    pub fn insert(&mut self, conn: Conn) -> ConnKey {
-        self.conns.insert(conn)
+    /// Adds a connection writing to `sock`, its queue bounded by `queue_limit` bytes and this
+    /// shard's budget.
+    pub fn open(&mut self, sock: Rc<dyn TryWrite>, queue_limit: usize) -> ConnKey {
+        let out = Outbound::new(queue_limit, self.budget.clone());
+        self.conns.insert(Conn::new(sock, out))
     }
 
     /// Unsubscribes and forgets a connection.
-    pub fn remove(&mut self, key: ConnKey) -> Option<Conn> {
-        let conn = self.conns.try_remove(key)?;
+    pub fn remove(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.try_remove(key) else { return };
         for spec in conn.subs.specs() {
             self.index.remove(spec, key);
             self.stats.subscription(spec, -1);
         }
         self.dirty.retain(|&k| k != key);
-        Some(conn)
+    }
+
+    /// Number of connections.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// The connection's state for its task, after noting `waker` as the one to wake; `None`
+    /// once the connection is gone.
+    pub fn task_view(&mut self, key: ConnKey, waker: &Waker) -> Option<TaskView> {
+        let conn = self.conns.get_mut(key)?;
+        if !conn.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            conn.waker = Some(waker.clone());
+        }
+        Some(TaskView {
+            stop: conn.stop || conn.dead,
+            blocked: conn.blocked && !conn.dead,
+            drained: conn.dead || conn.out.is_empty(),
+        })
+    }
+
+    /// The client showed it is alive (it sent a frame): its ping count starts again.
+    pub fn alive(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.unanswered_pings = 0;
+        }
+    }
+
+    /// Why the shard ended the connection, if it did.
+    pub fn closed_for(&self, key: ConnKey) -> Option<CloseReason> {
+        self.conns.get(key).and_then(|c| c.closed_for)
+    }
+
+    /// How many subscriptions the connection would hold with `specs` added (`None`: gone).
+    pub fn subscriptions_with(&self, key: ConnKey, specs: &[ChannelSpec]) -> Option<usize> {
+        let conn = self.conns.get(key)?;
+        Some(conn.subs.len() + specs.iter().filter(|s| !conn.subs.contains(**s)).count())
+    }
+
+    /// Starts or stops the connection's `sys.stats` stream.
+    pub fn set_stats(&mut self, key: ConnKey, on: bool) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        match (on, conn.stats_seq) {
+            (true, None) => {
+                conn.stats_seq = Some(1);
+                conn.idle_since = None;
+            }
+            (false, Some(_)) => conn.stats_seq = None,
+            _ => {}
+        }
+    }
+
+    /// The names of the connection's subscriptions, as `list` reports them.
+    pub fn subscription_names(&self, key: ConnKey) -> Vec<String> {
+        self.conns.get(key).map_or_else(Vec::new, |c| {
+            let mut names = c.subs.names(self.market.symbols());
+            if c.stats_seq.is_some() {
+                names.push(SYS_STATS.to_owned());
+            }
+            names
+        })
+    }
+
+    /// Answers the client's close frame with `echo` (RFC 6455 §5.5.1), after what is queued.
+    pub fn echo_close(&mut self, key: ConnKey, echo: Bytes) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.out.push_close(echo);
+        if !conn.blocked {
+            self.flush(key);
+        }
     }
 
     /// Adds subscriptions (already validated and within limits) and starts their streams:
@@ -363,7 +446,7 @@ impl Shard {
                 format!("slow consumer: more than {} bytes queued", conn.out.queued_bytes());
             conn.out.close_now(frame::close(1008, &reason));
             conn.closed_for.get_or_insert(CloseReason::SlowConsumer);
-            conn.signals.driver.notify_one();
+            conn.stop();
             if !conn.blocked {
                 self.flush(key);
             }
@@ -389,8 +472,8 @@ impl Shard {
         Stats::add(&self.stats.snapshots_sent, t.snapshots);
     }
 
-    /// Writes what the socket takes now. On `WouldBlock` the connection's writer task is woken
-    /// to wait for writability; on error the connection is marked dead and its driver woken.
+    /// Writes what the socket takes now. On `WouldBlock` the connection's task is woken to wait
+    /// for writability; on error the connection is marked dead and its task told to stop.
     pub fn flush(&mut self, key: ConnKey) -> FlushState {
         let Some(conn) = self.conns.get_mut(key) else { return FlushState::Dead };
         if conn.dead {
@@ -412,7 +495,7 @@ impl Shard {
                         }
                     }
                     if conn.out.is_closing() {
-                        conn.signals.drained.notify_one();
+                        conn.wake();
                     }
                     return FlushState::Drained;
                 }
@@ -420,18 +503,24 @@ impl Shard {
                     self.tally.bytes_out += n as u64;
                     if !conn.blocked {
                         conn.blocked = true;
-                        conn.signals.writer.notify_one();
+                        conn.wake();
                     }
                     return FlushState::Blocked;
                 }
                 Err(e) => {
                     tracing::debug!(conn = key, error = %e, "write failed; dropping connection");
                     conn.dead = true;
-                    conn.signals.driver.notify_one();
-                    conn.signals.drained.notify_one();
+                    conn.stop();
                     return FlushState::Dead;
                 }
             }
+        }
+    }
+
+    /// Frees the queue memory of connections that have nothing queued (see [`Outbound::trim`]).
+    pub fn trim_queues(&mut self) {
+        for (_, conn) in self.conns.iter_mut() {
+            conn.out.trim();
         }
     }
 
@@ -499,7 +588,7 @@ impl Shard {
     pub fn close(&mut self, key: ConnKey, code: u16, reason: &str) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.out.push_close(frame::close(code, reason));
-        conn.signals.driver.notify_one();
+        conn.stop();
         if !conn.blocked {
             self.flush(key);
         }

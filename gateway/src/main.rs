@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         eprintln!("tickfan: {msg}");
         return ExitCode::from(2);
     }
+    let files = raise_open_files_limit();
     let (symbols, rate, workers) = (cfg.symbols, cfg.rate, cfg.worker_count());
     let gateway = match Gateway::start(cfg) {
         Ok(g) => g,
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
     println!("  dashboard  http://{addr}/dashboard      (open in a browser)");
     println!("  metrics    http://{addr}/metrics        (Prometheus)");
     println!("  health     http://{addr}/healthz        stop with Ctrl-C");
+    println!("  open files {files}");
 
     if let Err(e) = wait_for_signal() {
         eprintln!("tickfan: cannot wait for signals: {e}");
@@ -54,6 +56,19 @@ fn main() -> ExitCode {
     tracing::info!("shutting down: closing connections with 1001");
     gateway.shutdown();
     ExitCode::SUCCESS
+}
+
+/// Every connection is a file descriptor: raises the soft open-files limit to the hard one
+/// (the most an unprivileged process may have), and says what it is.
+fn raise_open_files_limit() -> String {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft);
+    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
+        (Ok(before), Ok(now)) if now > before => {
+            format!("up to {now} (soft limit raised from {before}): about that many connections")
+        }
+        (_, Ok(now)) => format!("up to {now}: about that many connections"),
+        (_, Err(e)) => format!("limit unknown ({e})"),
+    }
 }
 
 /// Blocks until SIGINT or SIGTERM.

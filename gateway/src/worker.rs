@@ -92,7 +92,7 @@ async fn run(setup: WorkerSetup) {
     liveness_task.abort();
     ctx.shard.borrow_mut().close_all(1001, "server shutting down");
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while !ctx.shard.borrow().conns.is_empty() {
+        while !ctx.shard.borrow().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -193,6 +193,8 @@ impl Snapshot {
 async fn publish_stats(ctx: Rc<WorkerCtx>, id: usize, cancel: CancellationToken) {
     let mut prev = Snapshot::take(&ctx.stats);
     every(STATS_INTERVAL, &cancel, || {
+        ctx.shard.borrow_mut().trim_queues();
+        crate::memory::release_freed();
         // The queue-depth gauges of /metrics, sampled here rather than on the fan-out path.
         if let Some(q) = ctx.stats.queues.get(id) {
             let (total, max, blocked) = ctx.shard.borrow().queue_sample();
