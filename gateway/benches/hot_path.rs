@@ -1,5 +1,6 @@
 //! Criterion micro-benches of the hot path (DESIGN §5): tick → frame encoding, ring push/pop,
-//! control-message parsing (simd-json vs serde_json), and fan-out of one frame to K queues.
+//! control-message parsing (simd-json vs serde_json), fan-out of one frame to K queues, and an
+//! offer to a queue whose channel fell behind.
 //! Run: `cargo bench -p gateway --bench hot_path`.
 
 use std::hint::black_box;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use feed_sim::{Feed, SimConfig};
-use gateway::backpressure::{Budget, Outbound, TryWrite};
+use gateway::backpressure::{Budget, Offer, Outbound, TryWrite};
 use gateway::config::Policy;
 use gateway::frame::Frame;
 use gateway::market::{Market, ResumeWindow};
@@ -126,5 +127,29 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, ring, parse, fanout);
+/// Offering a frame of a channel that fell behind to a queue that is still full: what a slow
+/// consumer costs the worker for every frame it misses.
+fn offer_behind(c: &mut Criterion) {
+    let market = market(&feed());
+    let mut batch = frames(4096);
+    let ch = batch[0].ch;
+    batch.retain(|f| f.ch == ch);
+    let mut frame = batch.pop().expect("the first channel has frames");
+    let mut q = Outbound::new(64 << 10, Budget::new(usize::MAX));
+    while q.offer(&frame, Policy::Gap, &market) == Offer::Queued {
+        frame.seq += 1;
+    }
+    assert!(q.is_behind());
+    let mut g = c.benchmark_group("offer");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("while_behind_queue_full", |b| {
+        b.iter(|| {
+            frame.seq += 1;
+            black_box(q.offer(&frame, Policy::Gap, &market))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode, ring, parse, fanout, offer_behind);
 criterion_main!(benches);

@@ -16,16 +16,21 @@
 //! Memory: each queue is bounded by `--queue-bytes`; all queues of a worker together by its
 //! share of `--max-queued-bytes` ([`Budget`]), beyond which only queues under
 //! [`FAIR_SHARE`] take more.
+//!
+//! Allocation: none per message per subscriber, for a reader that keeps up and for one that
+//! falls behind alike (`tests/alloc.rs` counts them). A frame missed while behind is only
+//! recorded; whether a gap notice fits is known from its length before it is written; notices
+//! are written into chunks of memory each queue reuses once their notices are written.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::rc::Rc;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use tickfan_proto::encode::write_gap_json;
-use tickfan_proto::{ChannelId, Kind};
+use tickfan_proto::encode::{gap_json_len, write_gap_json_with};
+use tickfan_proto::{ChannelId, Kind, SymbolTable};
 
 use crate::config::Policy;
 use crate::frame::{self, Frame, Opcode};
@@ -34,6 +39,14 @@ use crate::market::Market;
 /// Frames gathered into one `writev` at most (Linux's IOV_MAX is 1024; 64 already amortises
 /// the syscall over many messages).
 const MAX_IOV: usize = 64;
+
+/// A queue's first chunk of memory for gap notices (a notice is about a hundred bytes); each
+/// further chunk is twice the previous, up to [`NOTICE_CHUNK_MAX`].
+const NOTICE_CHUNK: usize = 512;
+const NOTICE_CHUNK_MAX: usize = 16 << 10;
+/// Chunks a queue keeps for its notices, at most (some 64 KiB in all, for a connection that had
+/// that many notices queued at once).
+const NOTICE_CHUNKS: usize = 8;
 
 /// Extra room beyond the data bound for replies and control frames, so a client that floods
 /// requests without reading is detected instead of growing memory.
@@ -140,6 +153,10 @@ pub struct Outbound {
     /// The front frame is partly written: it must be finished before anything else goes.
     front_started: bool,
     budget: Rc<Budget>,
+    /// Where this queue's gap notices are written.
+    notices: NoticeMemory,
+    /// Scratch for [`catch_up`](Self::catch_up): the channels owed something.
+    owed: Vec<ChannelId>,
 }
 
 impl Drop for Outbound {
@@ -159,6 +176,8 @@ impl Outbound {
             closing: false,
             front_started: false,
             budget,
+            notices: NoticeMemory::default(),
+            owed: Vec::new(),
         }
     }
 
@@ -215,7 +234,7 @@ impl Outbound {
 
     /// Offers a shared data frame, applying `policy` (that of the frame's kind) if the queue is
     /// full. Hot path: a reference-count increment and a deque push; the per-channel state is
-    /// only looked at when some channel has one.
+    /// only looked at when some channel has one. No allocation, also while a channel is behind.
     pub fn offer(&mut self, frame: &Frame, policy: Policy, market: &Market) -> Offer {
         if self.closing {
             return Offer::Closed;
@@ -251,15 +270,17 @@ impl Outbound {
 
     /// A frame of a channel that fell behind: catch the channel up now if the notice and the
     /// frame fit, else record the frame as dropped (or as the newest, when conflating).
+    /// The notice is only written if it is queued: until then its length is enough.
     fn offer_behind(&mut self, frame: &Frame, market: &Market) -> Offer {
         let (from, reason) = match self.pending.get(&frame.ch) {
             Some(Pending::Gap { from, .. }) => (*from, "slow_consumer"),
             Some(Pending::Latest { from, .. }) => (*from, "conflated"),
             _ => unreachable!("offer_behind is only called for gaps and conflated quotes"),
         };
-        let notice = gap_notice(market, frame.ch, from, frame.seq - 1, reason);
+        let notice = GapNotice::new(market.symbols(), frame.ch, from, frame.seq - 1, reason);
         if self.fits(notice.len() + frame.bytes.len()) {
             self.take_pending(frame.ch);
+            let notice = self.notices.write(&notice);
             self.push(notice);
             self.push(frame.bytes.clone());
             return Offer::QueuedAfterNotice;
@@ -276,23 +297,29 @@ impl Outbound {
     /// newest conflated quote, fresh book snapshots (each then followed by a floor at its seq).
     pub fn catch_up(&mut self, market: &Market) -> CaughtUp {
         let mut done = CaughtUp::default();
-        if self.behind == 0 || self.closing {
+        if self.behind == 0 || self.closing || !self.has_room_to_catch_up() {
             return done;
         }
-        let owed: Vec<ChannelId> =
-            self.pending.iter().filter(|(_, p)| p.is_behind()).map(|(ch, _)| *ch).collect();
-        for ch in owed {
+        let symbols = market.symbols();
+        let mut owed = std::mem::take(&mut self.owed);
+        owed.clear();
+        owed.extend(self.pending.iter().filter(|(_, p)| p.is_behind()).map(|(ch, _)| *ch));
+        for &ch in &owed {
             if !self.has_room_to_catch_up() {
                 break;
             }
             match self.take_pending(ch) {
                 Some(Pending::Gap { from, to }) => {
-                    self.push(gap_notice(market, ch, from, to, "slow_consumer"));
+                    let notice = GapNotice::new(symbols, ch, from, to, "slow_consumer");
+                    let notice = self.notices.write(&notice);
+                    self.push(notice);
                     done.notices += 1;
                 }
                 Some(Pending::Latest { from, frame }) => {
                     if frame.seq > from {
-                        self.push(gap_notice(market, ch, from, frame.seq - 1, "conflated"));
+                        let notice = GapNotice::new(symbols, ch, from, frame.seq - 1, "conflated");
+                        let notice = self.notices.write(&notice);
+                        self.push(notice);
                         done.notices += 1;
                     }
                     self.push(frame.bytes);
@@ -308,6 +335,7 @@ impl Outbound {
                 None => {}
             }
         }
+        self.owed = owed; // keep the allocation
         done
     }
 
@@ -499,11 +527,98 @@ impl CaughtUp {
     }
 }
 
-/// A `gap` notice for seqs `from..=to` of `ch`.
-pub fn gap_notice(market: &Market, ch: ChannelId, from: u64, to: u64, reason: &str) -> Bytes {
-    let mut json = Vec::with_capacity(128);
-    write_gap_json(&mut json, &market.symbols().channel_name(ch), from, to, reason);
-    frame::build(Opcode::Text, &json)
+/// A `gap` notice for seqs `from..=to` of `ch`, as a frame in an allocation of its own, of
+/// exactly its size (a queue writes the notices it owes into its own reused memory instead).
+pub fn gap_notice(symbols: &SymbolTable, ch: ChannelId, from: u64, to: u64, reason: &str) -> Bytes {
+    let notice = GapNotice::new(symbols, ch, from, to, reason);
+    let mut out = BytesMut::with_capacity(notice.len());
+    notice.write(&mut out);
+    out.freeze()
+}
+
+/// A gap notice to be written: its length is known before it is.
+struct GapNotice<'a> {
+    /// The channel's name, written once in the symbol table.
+    ch: &'a str,
+    from: u64,
+    to: u64,
+    reason: &'a str,
+    /// Length of the JSON payload.
+    payload: usize,
+}
+
+impl<'a> GapNotice<'a> {
+    fn new(symbols: &'a SymbolTable, ch: ChannelId, from: u64, to: u64, reason: &'a str) -> Self {
+        let ch = symbols.channel_name_str(ch);
+        GapNotice { ch, from, to, reason, payload: gap_json_len(ch, from, to, reason) }
+    }
+
+    /// Length of the whole frame.
+    fn len(&self) -> usize {
+        header_len(self.payload) + self.payload
+    }
+
+    /// Appends the whole frame.
+    fn write(&self, out: &mut BytesMut) {
+        frame::put_header(out, Opcode::Text, self.payload);
+        write_gap_json_with(
+            |part| out.extend_from_slice(part),
+            self.ch,
+            self.from,
+            self.to,
+            self.reason,
+        );
+    }
+}
+
+/// Length of the header [`frame::put_header`] writes for a payload of `len` bytes.
+fn header_len(payload: usize) -> usize {
+    match payload {
+        0..126 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    }
+}
+
+/// Memory a queue writes its gap notices into: chunks cut into notices, a chunk being reused
+/// once every notice cut from it has been written (and dropped). A connection that keeps
+/// falling behind thus allocates for notices only until it has chunks enough for the notices
+/// it has queued at once; at most [`NOTICE_CHUNKS`] are kept (older ones are let go, freed
+/// when their last notice is written).
+#[derive(Debug, Default)]
+struct NoticeMemory {
+    /// The last one is being cut.
+    chunks: Vec<BytesMut>,
+}
+
+impl NoticeMemory {
+    /// Writes `notice` and returns it, sharing a chunk.
+    fn write(&mut self, notice: &GapNotice<'_>) -> Bytes {
+        let len = notice.len();
+        // `try_reclaim` never allocates: true if the chunk has room left after its last
+        // notice, or if all its notices are gone (then the whole chunk is free again).
+        if !self.chunks.last_mut().is_some_and(|c| c.try_reclaim(len)) {
+            self.next_chunk(len);
+        }
+        let chunk = self.chunks.last_mut().expect("next_chunk leaves a chunk last");
+        notice.write(chunk);
+        debug_assert_eq!(chunk.len(), len, "a notice is as long as computed");
+        chunk.split().freeze()
+    }
+
+    /// Makes the last chunk one with room for `len` bytes: a free one if any, else a new one.
+    fn next_chunk(&mut self, len: usize) {
+        if let Some(i) = self.chunks.iter_mut().position(|c| c.try_reclaim(len)) {
+            let chunk = self.chunks.remove(i);
+            self.chunks.push(chunk);
+            return;
+        }
+        if self.chunks.len() == NOTICE_CHUNKS {
+            self.chunks.remove(0); // its notices keep it alive until they are written
+        }
+        let size = (NOTICE_CHUNK << self.chunks.len()).min(NOTICE_CHUNK_MAX).max(len);
+        self.chunks.push(BytesMut::with_capacity(size));
+    }
 }
 
 #[cfg(test)]
@@ -513,6 +628,7 @@ mod tests {
 
     use super::*;
     use crate::market::ResumeWindow;
+    use tickfan_proto::encode::write_gap_json;
     use tickfan_proto::{BookDelta, Level, Symbol, SymbolTable, Tick, TickBody};
 
     /// A socket that accepts at most `room` bytes, then would block.
@@ -749,6 +865,61 @@ mod tests {
         assert_eq!(got.len(), 3, "frames 0 and 1, then the close");
         assert_eq!(&got[2][..2], &1008u16.to_be_bytes());
         assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn gap_notices_are_the_frames_they_always_were_and_as_long_as_computed() {
+        let m = market();
+        let ch = ChannelId::new(Kind::Trades, 0);
+        for (from, to) in [(1, 1), (9, 10), (11, 20), (99_999, 123_456_789), (1, u64::MAX)] {
+            for reason in ["slow_consumer", "conflated", "ring_overflow"] {
+                let mut json = Vec::new();
+                write_gap_json(&mut json, "trades.BTC-USD", from, to, reason);
+                let expected = frame::build(Opcode::Text, &json);
+                let notice = GapNotice::new(m.symbols(), ch, from, to, reason);
+                assert_eq!(notice.len(), expected.len());
+                assert_eq!(gap_notice(m.symbols(), ch, from, to, reason), expected);
+                assert_eq!(NoticeMemory::default().write(&notice), expected);
+            }
+        }
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            assert_eq!(header_len(len) + len, frame::build(Opcode::Text, &vec![b'x'; len]).len());
+        }
+    }
+
+    #[test]
+    fn notice_memory_is_reused_once_its_notices_are_written() {
+        let m = market();
+        let ch = ChannelId::new(Kind::Quotes, 0);
+        let notice = |seq: u64| GapNotice::new(m.symbols(), ch, seq, seq + 1, "conflated");
+        // Each notice written before the next: all of them in one chunk, reused from its start.
+        let mut mem = NoticeMemory::default();
+        let first = mem.write(&notice(1));
+        let start = first.as_ptr();
+        drop(first);
+        for seq in 0..100 {
+            let n = mem.write(&notice(seq));
+            assert!(n.as_ptr() >= start && n.as_ptr() < start.wrapping_add(NOTICE_CHUNK));
+        }
+        assert_eq!(mem.chunks.len(), 1);
+        // Up to 21 notices queued at once: a few chunks, no more once there are enough, and a
+        // queued notice never changes.
+        let kept = mem.write(&notice(7));
+        let copy = kept.to_vec();
+        let mut queued = Vec::new();
+        let mut chunks = 0;
+        for seq in 0..10_000 {
+            queued.push(mem.write(&notice(seq)));
+            if queued.len() == 20 {
+                queued.clear();
+            }
+            if seq == 1000 {
+                chunks = mem.chunks.len();
+            }
+        }
+        assert_eq!(kept.to_vec(), copy);
+        assert_eq!(mem.chunks.len(), chunks, "no new chunk in the steady state");
+        assert!(chunks < NOTICE_CHUNKS, "{chunks} chunks");
     }
 
     #[test]

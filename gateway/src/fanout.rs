@@ -423,7 +423,7 @@ impl Shard {
         for key in keys {
             let conn = &mut self.conns[key];
             if let Some((from, to)) = conn.out.lost(ch, from, to) {
-                let notice = gap_notice(&self.market, ch, from, to, "ring_overflow");
+                let notice = gap_notice(self.market.symbols(), ch, from, to, "ring_overflow");
                 if conn.out.push_control(notice) {
                     self.tally.gaps += 1;
                 }

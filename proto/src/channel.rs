@@ -92,18 +92,25 @@ impl fmt::Display for ParseChannelError {
     }
 }
 
-/// The symbols of a feed, by index and by name.
+/// The symbols of a feed, by index and by name, and the names of their channels.
 #[derive(Clone, Debug, Default)]
 pub struct SymbolTable {
     symbols: Vec<Symbol>,
     by_name: HashMap<String, SymbolIdx>,
+    /// `trades.BTC-USD` for every channel, by [`ChannelId::index`]: written once here so that
+    /// messages naming a channel (gap notices) need not format it again.
+    channel_names: Vec<Box<str>>,
 }
 
 impl SymbolTable {
     pub fn new(symbols: Vec<Symbol>) -> SymbolTable {
         let by_name =
             symbols.iter().enumerate().map(|(i, s)| (s.name.clone(), i as SymbolIdx)).collect();
-        SymbolTable { symbols, by_name }
+        let channel_names = (0..symbols.len() as u32 * Kind::COUNT)
+            .map(ChannelId)
+            .map(|ch| format!("{}.{}", ch.kind().as_str(), symbols[ch.sym() as usize].name).into())
+            .collect();
+        SymbolTable { symbols, by_name, channel_names }
     }
 
     pub fn len(&self) -> usize {
@@ -131,9 +138,15 @@ impl SymbolTable {
         self.symbols.len() * Kind::COUNT as usize
     }
 
-    /// `trades.BTC-USD` for a channel id.
+    /// `trades.BTC-USD` for a channel id, as an owned string (see [`Self::channel_name_str`]).
     pub fn channel_name(&self, ch: ChannelId) -> String {
-        format!("{}.{}", ch.kind().as_str(), self.get(ch.sym()).name)
+        self.channel_name_str(ch).to_owned()
+    }
+
+    /// `trades.BTC-USD` for a channel id, computed once when the table was built: no
+    /// formatting, no allocation.
+    pub fn channel_name_str(&self, ch: ChannelId) -> &str {
+        &self.channel_names[ch.index()]
     }
 
     /// Parses `trades.BTC-USD` or `trades.*`.
@@ -195,5 +208,21 @@ mod tests {
             assert_eq!(t.parse_channel(bad), Err(ParseChannelError::Malformed), "{bad:?}");
         }
         assert_eq!(t.channel_name(ChannelId::new(Kind::Quotes, 0)), "quotes.BTC-USD");
+    }
+
+    #[test]
+    fn cached_channel_names_are_kind_dot_symbol_and_parse_back() {
+        let t = table();
+        assert_eq!(t.channel_names.len(), t.channel_count());
+        for sym in 0..t.len() as SymbolIdx {
+            for kind in Kind::ALL {
+                let ch = ChannelId::new(kind, sym);
+                let name = t.channel_name_str(ch);
+                assert_eq!(name, format!("{}.{}", kind.as_str(), t.get(sym).name));
+                assert_eq!(t.channel_name(ch), name);
+                assert_eq!(t.parse_channel(name), Ok(ChannelSpec::Exact(ch)));
+            }
+        }
+        assert_eq!(t.channel_name_str(ChannelId::new(Kind::Book, 1)), "book.ETH-USD");
     }
 }

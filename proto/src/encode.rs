@@ -98,16 +98,41 @@ fn write_book_body(
 /// Appends a `gap` notice: seqs `from..=to` of channel `ch` will never be delivered on this
 /// connection (the client may resume from `from - 1` on a new one while the window holds it).
 pub fn write_gap_json(buf: &mut Vec<u8>, ch: &str, from: u64, to: u64, reason: &str) {
+    write_gap_json_with(|part| buf.extend_from_slice(part), ch, from, to, reason);
+}
+
+/// [`write_gap_json`] into any byte sink: `put` is called with the notice's pieces, in order.
+/// For buffers that are not a `Vec<u8>` (the gateway writes notices straight into its frames).
+pub fn write_gap_json_with(mut put: impl FnMut(&[u8]), ch: &str, from: u64, to: u64, reason: &str) {
     let mut n = itoa::Buffer::new();
-    buf.extend_from_slice(b"{\"op\":\"gap\",\"ch\":\"");
-    buf.extend_from_slice(ch.as_bytes());
-    buf.extend_from_slice(b"\",\"from\":");
-    buf.extend_from_slice(n.format(from).as_bytes());
-    buf.extend_from_slice(b",\"to\":");
-    buf.extend_from_slice(n.format(to).as_bytes());
-    buf.extend_from_slice(b",\"reason\":\"");
-    buf.extend_from_slice(reason.as_bytes());
-    buf.extend_from_slice(b"\"}");
+    put(GAP_PARTS[0]);
+    put(ch.as_bytes());
+    put(GAP_PARTS[1]);
+    put(n.format(from).as_bytes());
+    put(GAP_PARTS[2]);
+    put(n.format(to).as_bytes());
+    put(GAP_PARTS[3]);
+    put(reason.as_bytes());
+    put(GAP_PARTS[4]);
+}
+
+/// The fixed text of a gap notice, around its channel, seqs and reason.
+const GAP_PARTS: [&[u8]; 5] =
+    [b"{\"op\":\"gap\",\"ch\":\"", b"\",\"from\":", b",\"to\":", b",\"reason\":\"", b"\"}"];
+
+/// Length in bytes of what [`write_gap_json`] writes for these arguments, computed without
+/// writing it (to know whether a notice fits in a queue before building it).
+pub fn gap_json_len(ch: &str, from: u64, to: u64, reason: &str) -> usize {
+    GAP_PARTS.iter().map(|p| p.len()).sum::<usize>()
+        + ch.len()
+        + decimal_digits(from)
+        + decimal_digits(to)
+        + reason.len()
+}
+
+/// Number of decimal digits of `n` (1 for 0).
+fn decimal_digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 fn decimal_field(buf: &mut Vec<u8>, name: &[u8], mantissa: i64, scale: u8) {
@@ -208,5 +233,23 @@ mod tests {
             v,
             serde_json::json!({"op":"gap","ch":"trades.BTC-USD","from":18236,"to":18290,"reason":"slow_consumer"})
         );
+    }
+
+    #[test]
+    fn gap_json_len_is_the_length_written() {
+        let seqs =
+            [0, 1, 9, 10, 99, 100, 12_345, 999_999_999, 1_000_000_000, u64::MAX - 1, u64::MAX];
+        for ch in ["trades.BTC-USD", "book.X", ""] {
+            for reason in ["slow_consumer", "conflated", "ring_overflow"] {
+                for (&from, &to) in seqs.iter().zip(seqs.iter().rev()) {
+                    let mut buf = Vec::new();
+                    write_gap_json(&mut buf, ch, from, to, reason);
+                    assert_eq!(gap_json_len(ch, from, to, reason), buf.len(), "{buf:?}");
+                    let mut pieces = Vec::new();
+                    write_gap_json_with(|p| pieces.extend_from_slice(p), ch, from, to, reason);
+                    assert_eq!(pieces, buf);
+                }
+            }
+        }
     }
 }
