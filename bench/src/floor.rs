@@ -22,8 +22,9 @@
 //! raised to the hard one first (and the hard one, if privileged, to what the largest N
 //! needs); an N the limit cannot hold is reported and skipped. The writer's sockets are
 //! blocking: if the reader falls behind, the writer waits instead of spinning, which shows as
-//! a writer CPU share (CPU time / wall time) below 100 %, and as writes/s below what the CPU
-//! figures would allow. CPU µs per write stays the figure to compare.
+//! a writer CPU share (CPU time / wall time) below 100 % and as writer waits (its voluntary
+//! context switches). Preemptions (involuntary ones) say that other work shared the writer's
+//! CPU: the figures are then noisier, but CPU µs per write stays the figure to compare.
 //!
 //! The counts are checked, not assumed: bytes read by the reader must equal bytes written,
 //! and every write must have written all of its k frames (a short write is completed and
@@ -125,6 +126,12 @@ pub struct FloorPoint {
     pub frames_per_cpu_s: f64,
     /// `cpu_s / wall_s`: below 1, the writer waited (for the reader, or for a CPU).
     pub writer_cpu_share: f64,
+    /// Times the writer blocked (voluntary context switches): a send buffer was full because
+    /// the reader fell behind.
+    pub writer_waits: u64,
+    /// Times the writer was preempted (involuntary context switches): other work wanted its
+    /// CPU, and the figures are noisier for it.
+    pub writer_preemptions: u64,
 }
 
 /// A connection count that was not measured.
@@ -215,12 +222,13 @@ impl FloorResult {
         );
         md.push_str(
             "| conns | k | writes/s | frames/s | CPU µs/write | CPU ns/frame | frames per CPU-s \
-             | writer CPU share |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             | writer CPU share | writer waits | preempted |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for p in &self.points {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} % |",
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} % | {} | {} |",
                 p.conns,
                 p.k,
                 p.writes_per_s,
@@ -228,7 +236,9 @@ impl FloorResult {
                 p.cpu_us_per_write,
                 p.cpu_ns_per_frame,
                 p.frames_per_cpu_s,
-                p.writer_cpu_share * 100.0
+                p.writer_cpu_share * 100.0,
+                p.writer_waits,
+                p.writer_preemptions
             );
         }
         for s in &self.skipped {
@@ -322,6 +332,7 @@ fn write_point(
             }
             let start = Instant::now();
             let cpu_start = thread_cpu_time()?;
+            let switches_start = thread_context_switches()?;
             let deadline = start + cfg.duration;
             let mut writes = 0u64;
             loop {
@@ -334,7 +345,15 @@ fn write_point(
                 }
             }
             let cpu = thread_cpu_time()? - cpu_start;
-            Ok(WriterStats { writes, short_writes, wall: start.elapsed(), cpu })
+            let switches = thread_context_switches()?;
+            Ok(WriterStats {
+                writes,
+                short_writes,
+                wall: start.elapsed(),
+                cpu,
+                waits: switches.0 - switches_start.0,
+                preemptions: switches.1 - switches_start.1,
+            })
         })
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -364,6 +383,8 @@ fn write_point(
         frames_per_s: frames as f64 / wall_s,
         frames_per_cpu_s: frames as f64 / cpu_s,
         writer_cpu_share: cpu_s / wall_s,
+        writer_waits: w.waits,
+        writer_preemptions: w.preemptions,
     })
 }
 
@@ -372,6 +393,8 @@ struct WriterStats {
     short_writes: u64,
     wall: Duration,
     cpu: Duration,
+    waits: u64,
+    preemptions: u64,
 }
 
 /// One `writev` of `iov` (`total` bytes) to the blocking socket `w`; if the kernel took less,
@@ -524,6 +547,17 @@ fn thread_cpu_time() -> io::Result<Duration> {
         return Err(io::Error::last_os_error());
     }
     Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// (voluntary, involuntary) context switches of the calling thread so far.
+fn thread_context_switches() -> io::Result<(u64, u64)> {
+    // SAFETY: rusage is plain integers and timevals, for which all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage for the kernel to write into.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((usage.ru_nvcsw as u64, usage.ru_nivcsw as u64))
 }
 
 /// Pins the calling thread to `cpu`.
