@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod compare;
+pub mod floor;
 pub mod plot;
 pub mod report;
 pub mod scan;

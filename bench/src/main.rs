@@ -28,6 +28,17 @@ enum Cmd {
     Run(RunArgs),
     /// Sweep tick rates against tickfan, socket.io, ws and naive Rust; print the ratios.
     Compare(CompareArgs),
+    /// The loopback floor: the least CPU that writing WebSocket frames to N TCP sockets costs.
+    ///
+    /// No WebSocket library, no runtime: pre-built 130-byte tickfan trade frames are written
+    /// by one pinned writer thread, k frames per socket in turn with one writev of k iovecs,
+    /// while a reader thread on another CPU drains every socket through epoll. For each N of
+    /// --conns and each k of --batch, for --duration seconds, it reports the writer thread's
+    /// CPU µs per write, CPU ns per frame, writes/s and frames per CPU-second: the floor to
+    /// hold the gateway's CPU per message against. Each connection takes two file descriptors;
+    /// an N that RLIMIT_NOFILE cannot hold (after raising the soft limit to the hard one) is
+    /// skipped. Example: `bench floor --conns 1000 --batch 1,16 --json floor.json`.
+    Floor(FloorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,10 +160,36 @@ struct CompareArgs {
     from: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+struct FloorArgs {
+    /// Connection counts (N), each set up once and measured for every k.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    conns: Vec<usize>,
+    /// Frames per writev (k).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,64")]
+    batch: Vec<usize>,
+    /// Measured seconds per (N, k).
+    #[arg(long, default_value_t = 1.0)]
+    duration: f64,
+    /// CPU for the writer thread (default: the first this process may use).
+    #[arg(long)]
+    writer_cpu: Option<usize>,
+    /// CPU for the reader thread (default: the second this process may use, if any).
+    #[arg(long)]
+    reader_cpu: Option<usize>,
+    /// Pin neither thread.
+    #[arg(long, conflicts_with_all = ["writer_cpu", "reader_cpu"])]
+    no_pin: bool,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Run(args) => run(args),
         Cmd::Compare(args) => compare(args),
+        Cmd::Floor(args) => floor(args),
     };
     match result {
         Ok(code) => code,
@@ -290,5 +327,27 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         "Full results: {}/compare.md (and compare.json, plots, logs/)",
         cmp.config.out.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn floor(args: FloorArgs) -> anyhow::Result<ExitCode> {
+    if !(args.duration > 0.0 && args.duration.is_finite()) {
+        eprintln!("bench: --duration must be > 0 (seconds)");
+        return Ok(ExitCode::from(2));
+    }
+    let (writer_cpu, reader_cpu) =
+        if args.no_pin { (None, None) } else { bench::floor::default_cpus() };
+    let cfg = bench::floor::FloorConfig {
+        conns: args.conns,
+        batches: args.batch,
+        duration: Duration::from_secs_f64(args.duration),
+        writer_cpu: if args.no_pin { None } else { args.writer_cpu.or(writer_cpu) },
+        reader_cpu: if args.no_pin { None } else { args.reader_cpu.or(reader_cpu) },
+    };
+    let result = bench::floor::measure(&cfg)?;
+    print!("{}", result.markdown());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,688 @@
+//! The loopback floor (`bench floor`): the least CPU that delivering WebSocket frames over
+//! loopback TCP can cost, to hold the gateway's CPU per message against.
+//!
+//! No WebSocket library, no runtime, no serialisation: the frames are built once (real tickfan
+//! trade messages: 126 bytes of JSON behind an unmasked 4-byte server frame header), and a
+//! writer thread does nothing but hand them to the kernel. For each N of `--conns` it opens N
+//! loopback TCP connections; a reader thread drains their receiving ends through epoll so that
+//! no send buffer ever fills; then for each k of `--batch` the writer, in a tight loop, writes
+//! k frames to each socket in turn with one `writev` of k iovecs, for `--duration` seconds.
+//! The writer's own CPU time (`CLOCK_THREAD_CPUTIME_ID`) over the number of writes gives CPU
+//! µs per write and ns per frame: what one `writev` costs, and how much batching k frames into
+//! one syscall saves. On loopback the kernel's receive-side TCP work mostly runs in the
+//! sender's context, so it is counted, as it is for a real server on loopback.
+//!
+//! ```text
+//! bench floor                                   # N = 100,1000,10000; k = 1,2,4,8,16,64; 1 s each
+//! bench floor --conns 1000 --batch 1,16 --duration 2 --json floor.json
+//! bench floor --writer-cpu 2 --reader-cpu 3     # default: the first two CPUs this process may use
+//! ```
+//!
+//! Each connection takes two file descriptors in this process: the soft `RLIMIT_NOFILE` is
+//! raised to the hard one first (and the hard one, if privileged, to what the largest N
+//! needs); an N the limit cannot hold is reported and skipped. The writer's sockets are
+//! blocking: if the reader falls behind, the writer waits instead of spinning, which shows as
+//! a writer CPU share (CPU time / wall time) below 100 % and as writer waits (its voluntary
+//! context switches). Preemptions (involuntary ones) say that other work shared the writer's
+//! CPU: the figures are then noisier, but CPU µs per write stays the figure to compare.
+//!
+//! The counts are checked, not assumed: bytes read by the reader must equal bytes written,
+//! and every write must have written all of its k frames (a short write is completed and
+//! counted as one write).
+
+// The workspace denies unsafe code. This module is the exception because its point is the raw
+// syscalls: epoll, CPU affinity, the thread's CPU clock and the file-descriptor limit have no
+// safe std API. Each call is a plain libc call on values owned here, with a SAFETY comment.
+#![allow(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tickfan_proto::encode::write_tick_json;
+use tickfan_proto::{Side, Symbol, Tick, TickBody, Trade};
+
+/// What to measure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FloorConfig {
+    /// Numbers of connections (N); each is set up once and measured for every k.
+    pub conns: Vec<usize>,
+    /// Frames per `writev` (k).
+    pub batches: Vec<usize>,
+    /// Measured time per (N, k).
+    pub duration: Duration,
+    /// CPU to pin the writer thread to (`None`: not pinned).
+    pub writer_cpu: Option<usize>,
+    /// CPU to pin the reader thread to (`None`: not pinned).
+    pub reader_cpu: Option<usize>,
+}
+
+impl Default for FloorConfig {
+    /// The defaults of `bench floor`, pinned as [`default_cpus`] says.
+    fn default() -> FloorConfig {
+        let (writer_cpu, reader_cpu) = default_cpus();
+        FloorConfig {
+            conns: vec![100, 1000, 10_000],
+            batches: vec![1, 2, 4, 8, 16, 64],
+            duration: Duration::from_secs(1),
+            writer_cpu,
+            reader_cpu,
+        }
+    }
+}
+
+/// What `bench floor` measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FloorResult {
+    /// Bytes of one frame on the wire (header + payload).
+    pub frame_bytes: usize,
+    /// Bytes of one frame's JSON payload.
+    pub payload_bytes: usize,
+    /// Measured seconds per point, as configured.
+    pub duration_s: f64,
+    pub writer_cpu: Option<usize>,
+    pub reader_cpu: Option<usize>,
+    /// The soft `RLIMIT_NOFILE` the measurement ran with.
+    pub nofile_limit: u64,
+    /// One per (N, k), in the order measured.
+    pub points: Vec<FloorPoint>,
+    /// Connection counts not measured, and why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// One (N, k) point.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FloorPoint {
+    /// Connections (N).
+    pub conns: usize,
+    /// Frames per `writev` (k).
+    pub k: usize,
+    /// `writev` calls in the measured window.
+    pub writes: u64,
+    /// Frames in the measured window: `writes × k`.
+    pub frames: u64,
+    /// Writes of the untimed warm-up pass (one per connection).
+    pub warmup_writes: u64,
+    /// All bytes written for this point, warm-up included.
+    pub bytes_written: u64,
+    /// Bytes the reader received for this point: equal to `bytes_written`.
+    pub bytes_read: u64,
+    /// `writev` calls that wrote less than k frames and had to be completed.
+    pub short_writes: u64,
+    pub wall_s: f64,
+    /// The writer thread's CPU time over the measured window.
+    pub cpu_s: f64,
+    pub cpu_us_per_write: f64,
+    pub cpu_ns_per_frame: f64,
+    pub writes_per_s: f64,
+    pub frames_per_s: f64,
+    pub frames_per_cpu_s: f64,
+    /// `cpu_s / wall_s`: below 1, the writer waited (for the reader, or for a CPU).
+    pub writer_cpu_share: f64,
+    /// Times the writer blocked (voluntary context switches): a send buffer was full because
+    /// the reader fell behind.
+    pub writer_waits: u64,
+    /// Times the writer was preempted (involuntary context switches): other work wanted its
+    /// CPU, and the figures are noisier for it.
+    pub writer_preemptions: u64,
+}
+
+/// A connection count that was not measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Skipped {
+    pub conns: usize,
+    pub reason: String,
+}
+
+/// File descriptors a measurement of `conns` connections needs: two per connection (both
+/// ends live in this process) and some for stdio, the listener and epoll.
+fn fds_needed(conns: usize) -> u64 {
+    2 * conns as u64 + 64
+}
+
+/// Measures every (N, k) of `cfg`; an N the file-descriptor limit cannot hold is skipped
+/// (and said so on stderr).
+pub fn measure(cfg: &FloorConfig) -> anyhow::Result<FloorResult> {
+    if cfg.conns.is_empty() || cfg.batches.is_empty() {
+        bail!("no connection counts or no batch sizes to measure");
+    }
+    if cfg.conns.contains(&0) || cfg.batches.contains(&0) {
+        bail!("connection counts and batch sizes must be at least 1");
+    }
+    // writev takes at most IOV_MAX (1024 on Linux) iovecs.
+    if let Some(&k) = cfg.batches.iter().find(|&&k| k > 1024) {
+        bail!("batch size {k} is more than one writev can take (1024)");
+    }
+    let max_conns = cfg.conns.iter().copied().max().unwrap_or(0);
+    let nofile_limit = raise_nofile(fds_needed(max_conns))?;
+    let payloads = trade_payloads(cfg.batches.iter().copied().max().unwrap_or(1));
+    let frames: Vec<Vec<u8>> = payloads.iter().map(|p| ws_text_frame(p)).collect();
+    let mut result = FloorResult {
+        frame_bytes: frames[0].len(),
+        payload_bytes: payloads[0].len(),
+        duration_s: cfg.duration.as_secs_f64(),
+        writer_cpu: cfg.writer_cpu,
+        reader_cpu: cfg.reader_cpu,
+        nofile_limit,
+        points: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for &conns in &cfg.conns {
+        if fds_needed(conns) > nofile_limit {
+            let reason = format!(
+                "needs about {} file descriptors, RLIMIT_NOFILE allows {nofile_limit} \
+                 (raise `ulimit -Hn`)",
+                fds_needed(conns)
+            );
+            eprintln!("bench floor: skipping {conns} connections: {reason}");
+            result.skipped.push(Skipped { conns, reason });
+            continue;
+        }
+        let (writers, readers) =
+            open_pairs(conns).with_context(|| format!("opening {conns} loopback connections"))?;
+        let reader = Reader::spawn(readers, cfg.reader_cpu)?;
+        let mut written_before = 0;
+        for &k in &cfg.batches {
+            let point = write_point(&writers, &frames[..k], cfg, &reader, written_before);
+            let point = match point {
+                Ok(p) => p,
+                // Stop the reader before reporting, or its thread outlives the error; if it
+                // failed, its error is likely the cause.
+                Err(e) => return Err(reader.stop().err().unwrap_or(e)),
+            };
+            written_before += point.bytes_written;
+            result.points.push(point);
+        }
+        reader.stop()?;
+    }
+    Ok(result)
+}
+
+impl FloorResult {
+    /// The results as a markdown table, with the setup above it.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let cpu = |c: Option<usize>| c.map_or("not pinned".to_owned(), |c| format!("CPU {c}"));
+        let _ = writeln!(
+            md,
+            "Loopback floor: {}-byte WebSocket frames ({}-byte JSON trade), one writev of k \
+             frames per socket in turn, {} s per point; writer {}, reader {}.\n",
+            self.frame_bytes,
+            self.payload_bytes,
+            self.duration_s,
+            cpu(self.writer_cpu),
+            cpu(self.reader_cpu)
+        );
+        md.push_str(
+            "| conns | k | writes/s | frames/s | CPU µs/write | CPU ns/frame | frames per CPU-s \
+             | writer CPU share | writer waits | preempted |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for p in &self.points {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} % | {} | {} |",
+                p.conns,
+                p.k,
+                p.writes_per_s,
+                p.frames_per_s,
+                p.cpu_us_per_write,
+                p.cpu_ns_per_frame,
+                p.frames_per_cpu_s,
+                p.writer_cpu_share * 100.0,
+                p.writer_waits,
+                p.writer_preemptions
+            );
+        }
+        for s in &self.skipped {
+            let _ = writeln!(md, "\nSkipped {} connections: {}.", s.conns, s.reason);
+        }
+        md
+    }
+}
+
+/// The JSON of `k` distinct trades on `trades.BTC-USD`, all of one length, as
+/// `tickfan_proto::encode` writes them.
+pub fn trade_payloads(k: usize) -> Vec<Vec<u8>> {
+    let sym = Symbol { name: "BTC-USD".into(), px_scale: 2, qty_scale: 8 };
+    (0..k as u64)
+        .map(|i| {
+            let tick = Tick {
+                sym: 0,
+                seq: 18_236_000 + i,
+                ts: 1_760_000_000_000_000_000 + i * 1_000_000,
+                body: TickBody::Trade(Trade {
+                    id: 912_345_000 + i,
+                    px: 6_412_345 + i as i64,
+                    qty: 1_500_000,
+                    side: Side::Buy,
+                }),
+            };
+            let mut payload = Vec::with_capacity(128);
+            write_tick_json(&mut payload, &tick, &sym);
+            payload
+        })
+        .collect()
+}
+
+/// An unmasked (server → client) WebSocket text frame with FIN set, as tickfan sends them.
+pub fn ws_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    frame.push(0x81);
+    match payload.len() {
+        n @ 0..=125 => frame.push(n as u8),
+        n @ 126..=0xffff => {
+            frame.push(126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// `conns` connected loopback pairs: (the ends the writer writes, the ends the reader reads).
+fn open_pairs(conns: usize) -> io::Result<(Vec<TcpStream>, Vec<TcpStream>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let (mut writers, mut readers) = (Vec::with_capacity(conns), Vec::with_capacity(conns));
+    for _ in 0..conns {
+        let client = TcpStream::connect(addr)?;
+        let (server, _) = listener.accept()?;
+        // As a server sending ticks would: no Nagle delay on small writes.
+        server.set_nodelay(true)?;
+        client.set_nonblocking(true)?;
+        writers.push(server);
+        readers.push(client);
+    }
+    Ok((writers, readers))
+}
+
+/// Measures one k on the connections of `writers`: a warm-up pass, then writes for
+/// `cfg.duration`, then waits until the reader has received every byte.
+fn write_point(
+    writers: &[TcpStream],
+    frames: &[Vec<u8>],
+    cfg: &FloorConfig,
+    reader: &Reader,
+    written_before: u64,
+) -> anyhow::Result<FloorPoint> {
+    let k = frames.len();
+    let iov: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+    let per_write: u64 = frames.iter().map(|f| f.len() as u64).sum();
+    let read_before = reader.bytes.load(Ordering::Acquire);
+    let w = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<WriterStats> {
+            if let Some(cpu) = cfg.writer_cpu {
+                pin_current_thread(cpu).context("pinning the writer")?;
+            }
+            let mut short_writes = 0;
+            for w in writers {
+                short_writes += writev_all(w, &iov, per_write)?;
+            }
+            let start = Instant::now();
+            let cpu_start = thread_cpu_time()?;
+            let switches_start = thread_context_switches()?;
+            let deadline = start + cfg.duration;
+            let mut writes = 0u64;
+            loop {
+                for w in writers {
+                    short_writes += writev_all(w, &iov, per_write)?;
+                }
+                writes += writers.len() as u64;
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
+            let cpu = thread_cpu_time()? - cpu_start;
+            let switches = thread_context_switches()?;
+            Ok(WriterStats {
+                writes,
+                short_writes,
+                wall: start.elapsed(),
+                cpu,
+                waits: switches.0 - switches_start.0,
+                preemptions: switches.1 - switches_start.1,
+            })
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
+    let warmup_writes = writers.len() as u64;
+    let bytes_written = (w.writes + warmup_writes) * per_write;
+    let bytes_read = reader.wait_for(read_before, written_before + bytes_written)?;
+    if bytes_read != bytes_written {
+        bail!("(N={}, k={k}): wrote {bytes_written} bytes, read {bytes_read}", writers.len());
+    }
+    let (wall_s, cpu_s) = (w.wall.as_secs_f64(), w.cpu.as_secs_f64());
+    let frames = w.writes * k as u64;
+    Ok(FloorPoint {
+        conns: writers.len(),
+        k,
+        writes: w.writes,
+        frames,
+        warmup_writes,
+        bytes_written,
+        bytes_read,
+        short_writes: w.short_writes,
+        wall_s,
+        cpu_s,
+        cpu_us_per_write: cpu_s * 1e6 / w.writes as f64,
+        cpu_ns_per_frame: cpu_s * 1e9 / frames as f64,
+        writes_per_s: w.writes as f64 / wall_s,
+        frames_per_s: frames as f64 / wall_s,
+        frames_per_cpu_s: frames as f64 / cpu_s,
+        writer_cpu_share: cpu_s / wall_s,
+        writer_waits: w.waits,
+        writer_preemptions: w.preemptions,
+    })
+}
+
+struct WriterStats {
+    writes: u64,
+    short_writes: u64,
+    wall: Duration,
+    cpu: Duration,
+    waits: u64,
+    preemptions: u64,
+}
+
+/// One `writev` of `iov` (`total` bytes) to the blocking socket `w`; if the kernel took less,
+/// writes the rest. Returns 1 if the write was short, else 0.
+fn writev_all(mut w: &TcpStream, iov: &[IoSlice<'_>], total: u64) -> io::Result<u64> {
+    let n = w.write_vectored(iov)?;
+    if n as u64 == total {
+        return Ok(0);
+    }
+    let mut rest: Vec<IoSlice<'_>> = iov.to_vec();
+    let mut rest = &mut rest[..];
+    IoSlice::advance_slices(&mut rest, n);
+    while !rest.is_empty() {
+        match w.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(1)
+}
+
+/// The reader thread: drains every receiving end through epoll and counts the bytes.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+    thread: JoinHandle<io::Result<()>>,
+}
+
+impl Reader {
+    fn spawn(socks: Vec<TcpStream>, cpu: Option<usize>) -> anyhow::Result<Reader> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let epoll = Epoll::new(&socks).context("setting up epoll")?;
+        let (stop2, bytes2) = (stop.clone(), bytes.clone());
+        let thread = std::thread::Builder::new().name("floor-reader".into()).spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_current_thread(cpu)?;
+            }
+            read_loop(&epoll, &socks, &stop2, &bytes2)
+        })?;
+        Ok(Reader { stop, bytes, thread })
+    }
+
+    /// Waits until the reader's total reaches `target` (or 30 s pass); returns what it read
+    /// since the total was `since`.
+    fn wait_for(&self, since: u64, target: u64) -> anyhow::Result<u64> {
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.bytes.load(Ordering::Acquire);
+            if now >= target || self.thread.is_finished() || Instant::now() > give_up {
+                return Ok(now - since);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Release);
+        match self.thread.join() {
+            Ok(result) => result.context("the reader thread"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+fn read_loop(
+    epoll: &Epoll,
+    socks: &[TcpStream],
+    stop: &AtomicBool,
+    bytes: &AtomicU64,
+) -> io::Result<()> {
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut buf = vec![0u8; 256 * 1024];
+    while !stop.load(Ordering::Acquire) {
+        let ready = epoll.wait(&mut events, 20)?;
+        for event in &events[..ready] {
+            // Level-triggered: one large read per event; what is left is reported again.
+            let mut sock = &socks[event.u64 as usize];
+            match sock.read(&mut buf) {
+                Ok(0) => return Err(io::Error::other("a writer closed its connection early")),
+                Ok(n) => {
+                    bytes.fetch_add(n as u64, Ordering::Release);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An epoll instance watching sockets for input, each registered with its index.
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new(socks: &[TcpStream]) -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new fd that
+        // nothing else owns, so OwnedFd may take (and later close) it.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: see above.
+        let epoll = Epoll(unsafe { OwnedFd::from_raw_fd(fd) });
+        for (i, sock) in socks.iter().enumerate() {
+            let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
+            // SAFETY: both fds are open (owned by `epoll` and `socks`), and `event` is a valid
+            // epoll_event that the kernel only reads during the call.
+            let rc = unsafe {
+                libc::epoll_ctl(
+                    epoll.0.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    sock.as_raw_fd(),
+                    &mut event,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(epoll)
+    }
+
+    /// Waits up to `timeout_ms` for events; returns how many of `events` were filled.
+    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+        let max = i32::try_from(events.len()).unwrap_or(i32::MAX);
+        // SAFETY: `events` is a valid, writable buffer of at least `max` epoll_events, and
+        // the epoll fd is open for as long as `self` lives.
+        let n =
+            unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+        }
+        Ok(n as usize)
+    }
+}
+
+/// CPU time consumed by the calling thread so far.
+fn thread_cpu_time() -> io::Result<Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the kernel to write into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// (voluntary, involuntary) context switches of the calling thread so far.
+fn thread_context_switches() -> io::Result<(u64, u64)> {
+    // SAFETY: rusage is plain integers and timevals, for which all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage for the kernel to write into.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((usage.ru_nvcsw as u64, usage.ru_nivcsw as u64))
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::other(format!("CPU {cpu} is out of range")));
+    }
+    // SAFETY: cpu_set_t is a plain bit array, for which all zeroes is a valid (empty) value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), so CPU_SET stays inside `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("cannot pin to CPU {cpu}: {e}")));
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on, ascending.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: as in `pin_current_thread`, all zeroes is an empty cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the kernel writes at most size_of(set) bytes.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: every cpu tested is below CPU_SETSIZE, inside `set`.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// (writer, reader) CPUs by default: the first two this process may use; with only one, the
+/// writer is pinned to it and the reader is not pinned.
+pub fn default_cpus() -> (Option<usize>, Option<usize>) {
+    let cpus = allowed_cpus();
+    (cpus.first().copied(), cpus.get(1).copied())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, and both to `wanted` if the hard limit
+/// is lower and the process may raise it (CAP_SYS_RESOURCE). Returns the soft limit now.
+fn raise_nofile(wanted: u64) -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid rlimit for the kernel to write into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_max < wanted {
+        let more = libc::rlimit { rlim_cur: wanted, rlim_max: wanted };
+        // SAFETY: `more` is a valid rlimit the kernel only reads. Failure (EPERM without the
+        // capability) leaves the limits as they were.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &more) } == 0 {
+            return Ok(wanted);
+        }
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+    }
+    Ok(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_tickfan_trades_in_unmasked_text_frames() {
+        let frames: Vec<_> = trade_payloads(3).iter().map(|p| ws_text_frame(p)).collect();
+        for f in &frames {
+            // Payloads of 126 bytes and more carry their length in 2 more bytes.
+            let (len, payload) = match f[1] {
+                126 => (usize::from(u16::from_be_bytes([f[2], f[3]])), &f[4..]),
+                n => (usize::from(n), &f[2..]),
+            };
+            assert_eq!((f[0], len), (0x81, payload.len()));
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(v["ch"], "trades.BTC-USD");
+        }
+        assert_ne!(frames[0], frames[1]);
+        assert!(frames.iter().all(|f| f.len() == frames[0].len()));
+        assert!((110..=140).contains(&frames[0].len()), "{}", frames[0].len());
+        let long = ws_text_frame(&[b'x'; 300]);
+        assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
+    }
+
+    #[test]
+    fn a_tiny_floor_counts_consistently() {
+        let cfg = FloorConfig {
+            conns: vec![4],
+            batches: vec![1, 4],
+            duration: Duration::from_millis(100),
+            writer_cpu: None,
+            reader_cpu: None,
+        };
+        let r = measure(&cfg).unwrap();
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        assert_eq!(r.points.iter().map(|p| (p.conns, p.k)).collect::<Vec<_>>(), [(4, 1), (4, 4)]);
+        for p in &r.points {
+            assert!(p.writes > 0 && p.writes % 4 == 0, "{p:?}");
+            assert_eq!(p.frames, p.writes * p.k as u64);
+            assert_eq!(p.warmup_writes, 4);
+            let per_write = r.frame_bytes as u64 * p.k as u64;
+            assert_eq!(p.bytes_written, (p.writes + p.warmup_writes) * per_write);
+            assert_eq!(p.bytes_read, p.bytes_written);
+            assert!(p.cpu_s > 0.0 && p.wall_s >= 0.1, "{p:?}");
+        }
+        let md = r.markdown();
+        assert!(md.contains("| 4 | 4 |"), "{md}");
+        let json: FloorResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(json.points.len(), 2);
+        assert_eq!((json.points[1].writes, json.frame_bytes), (r.points[1].writes, r.frame_bytes));
+    }
+
+    #[test]
+    fn rejects_empty_and_zero_lists() {
+        let cfg = FloorConfig { batches: vec![0], ..FloorConfig::default() };
+        assert!(measure(&cfg).is_err());
+        let cfg = FloorConfig { conns: vec![], ..FloorConfig::default() };
+        assert!(measure(&cfg).is_err());
+    }
+}
