@@ -75,6 +75,10 @@ async fn resume_across_random_drops_loses_and_duplicates_nothing() {
         c.resume_secs = 30.0;
         // Bursts run BTC-USD at 10x: keep enough frames for a 200 ms absence in one.
         c.resume_frames = 20_000;
+        // Replays of one request are bounded by the queue bound (all channels of `trades.*`
+        // together): on a loaded machine a reconnect can take long enough to pass 4 MiB. This
+        // test is about the window, so that bound is set out of the way.
+        c.queue_bytes = 64 << 20;
     });
     let addr = gw.local_addr();
     let channels = ["trades.BTC-USD", "quotes.BTC-USD", "book.BTC-USD", "trades.*"];
