@@ -1,5 +1,5 @@
 //! `bench compare`: the same workload against tickfan and the baselines in `bench/baselines/`
-//! (socket.io, ws, naive Rust), one server at a time, in one run.
+//! (uWebSockets.js, socket.io, ws, naive Rust), one server at a time, in one run.
 //!
 //! For every server and every offered rate (ascending) it starts the server fresh — tickfan
 //! with its embedded feed, a baseline with `feed-sim` piped into its stdin, both with the same
@@ -39,6 +39,8 @@ pub enum Server {
     Socketio,
     /// Node `ws`, `JSON.stringify` once per tick, `send` to each subscriber.
     Ws,
+    /// uWebSockets.js: a topic per channel spec, `app.publish` per matching topic.
+    Uws,
     /// tokio-tungstenite + `tokio::sync::broadcast`, serialised per client.
     Naive,
 }
@@ -49,6 +51,7 @@ impl Server {
             Server::Tickfan => "tickfan",
             Server::Socketio => "socket.io",
             Server::Ws => "ws (Node)",
+            Server::Uws => "uWS.js",
             Server::Naive => "naive Rust",
         }
     }
@@ -58,6 +61,16 @@ impl Server {
         match self {
             Server::Socketio => Protocol::Socketio,
             _ => Protocol::Tickfan,
+        }
+    }
+
+    /// The Node script of a Node baseline, in `bench/baselines`.
+    pub fn script(self) -> Option<&'static str> {
+        match self {
+            Server::Socketio => Some("socketio-server.js"),
+            Server::Ws => Some("ws-server.js"),
+            Server::Uws => Some("uws-server.js"),
+            Server::Tickfan | Server::Naive => None,
         }
     }
 
@@ -109,7 +122,13 @@ impl CompareConfig {
     /// the binaries in `bin_dir` and the Node baselines next to this crate.
     pub fn new(bin_dir: impl Into<PathBuf>) -> CompareConfig {
         CompareConfig {
-            servers: vec![Server::Tickfan, Server::Socketio, Server::Ws, Server::Naive],
+            servers: vec![
+                Server::Tickfan,
+                Server::Uws,
+                Server::Socketio,
+                Server::Ws,
+                Server::Naive,
+            ],
             rates: vec![500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0, 64000.0, 128000.0],
             conns: 100,
             streams: "trades.*,quotes.*".into(),
@@ -230,14 +249,14 @@ fn preflight(cfg: &CompareConfig) -> anyhow::Result<()> {
             );
         }
     }
-    if cfg.servers.iter().any(|s| matches!(s, Server::Ws | Server::Socketio)) {
+    if cfg.servers.iter().any(|s| s.script().is_some()) {
         let modules = cfg.baselines_dir.join("../../node_modules");
-        if !modules.join("socket.io").is_dir() || !modules.join("ws").is_dir() {
+        if !NODE_PACKAGES.iter().all(|p| modules.join(p).is_dir()) {
             bail!("the Node baselines need their packages: run `npm ci` at the repository root");
         }
         let node = Command::new("node").arg("--version").output();
         if !node.is_ok_and(|o| o.status.success()) {
-            bail!("`node` (Node.js 20) is needed for the socket.io and ws baselines");
+            bail!("`node` (Node.js 20) is needed for the socket.io, ws and uWS.js baselines");
         }
     }
     for cpus in [&cfg.server_cpus, &cfg.client_cpus].into_iter().flatten() {
@@ -249,13 +268,16 @@ fn preflight(cfg: &CompareConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The npm packages of the Node baselines (in the root `package.json`).
+const NODE_PACKAGES: [&str; 3] = ["socket.io", "ws", "@trufflesuite/uws-js-unofficial"];
+
 /// The repository's `node_modules`, after `npm ci` if a package the tests and baselines need
-/// (wscat, socket.io, ws) is missing. Runs `npm ci` at most once per process.
+/// (wscat, socket.io, ws, uWS.js) is missing. Runs `npm ci` at most once per process.
 pub fn ensure_node_modules(repo_root: &Path) -> anyhow::Result<PathBuf> {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let modules = repo_root.join("node_modules");
-    let complete = || ["socket.io", "ws", ".bin/wscat"].iter().all(|p| modules.join(p).exists());
+    let complete = || NODE_PACKAGES.iter().chain([&".bin/wscat"]).all(|p| modules.join(p).exists());
     if !complete() {
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
@@ -412,15 +434,13 @@ pub fn start(
                 .context("cannot start feed-sim")?;
             let pipe = feed.stdout.take().expect("piped");
             children.push(feed);
-            let mut cmd = match server {
-                Server::Naive => {
+            let mut cmd = match server.script() {
+                None => {
                     let mut cmd = pinned(&cfg.server_cpus, cfg.bin_dir.join("naive-ws"));
                     cmd.args(["--listen", "127.0.0.1:0"]);
                     cmd
                 }
-                _ => {
-                    let script =
-                        if server == Server::Ws { "ws-server.js" } else { "socketio-server.js" };
+                Some(script) => {
                     let mut cmd = pinned(&cfg.server_cpus, "node");
                     cmd.arg(cfg.baselines_dir.join(script)).args(["--port", "0"]);
                     cmd

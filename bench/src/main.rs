@@ -1,5 +1,6 @@
 //! `bench`: tickfan's load harness (DESIGN §5). `bench run` is the load client; `bench compare`
-//! runs the same workload against tickfan and the socket.io / ws / naive-Rust baselines.
+//! runs the same workload against tickfan and the uWebSockets.js / socket.io / ws / naive-Rust
+//! baselines.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +27,8 @@ struct Cli {
 enum Cmd {
     /// Open N connections, subscribe, verify seq continuity, measure throughput and latency.
     Run(RunArgs),
-    /// Sweep tick rates against tickfan, socket.io, ws and naive Rust; print the ratios.
+    /// Sweep tick rates against tickfan, uWebSockets.js, socket.io, ws and naive Rust; print the
+    /// ratios.
     Compare(CompareArgs),
 }
 
@@ -88,7 +90,12 @@ struct RunArgs {
 #[derive(Debug, clap::Args)]
 struct CompareArgs {
     /// Servers to compare; the first is the one ratios are computed for.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tickfan,socketio,ws,naive")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tickfan,uws,socketio,ws,naive"
+    )]
     servers: Vec<Server>,
     /// Offered tick rates (ticks/s), swept in ascending order.
     #[arg(
