@@ -9,7 +9,7 @@ use std::time::Duration;
 use bench::client::Protocol;
 use bench::compare::{CompareConfig, Server};
 use bench::plot::{self, Chart, Series};
-use bench::{Report, RunConfig};
+use bench::{defaults, Report, RunConfig};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -32,6 +32,26 @@ enum Cmd {
     Compare(CompareArgs),
 }
 
+/// The settings `bench run` and `bench compare` share: one name, one meaning, one default.
+#[derive(Debug, clap::Args)]
+struct Workload {
+    /// Connections to open (per step, for compare).
+    #[arg(long, default_value_t = defaults::CONNS)]
+    conns: usize,
+    /// Each connection draws this many random symbols for the `{sym}` in --streams.
+    #[arg(long, value_name = "K")]
+    random_symbols: Option<usize>,
+    /// Symbols the server has (the gateway's and feed-sim's --symbols), to draw from.
+    #[arg(long, default_value_t = defaults::SYMBOLS)]
+    symbols: usize,
+    /// Seed of the per-connection symbol draw (and, for compare, of the feed).
+    #[arg(long, default_value_t = defaults::SEED)]
+    seed: u64,
+    /// Seconds between the last connect and the start of measuring (per step, for compare).
+    #[arg(long, default_value_t = defaults::WARMUP_SECS)]
+    warmup: f64,
+}
+
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// WebSocket URL (for socket.io: ws://host:port).
@@ -40,29 +60,16 @@ struct RunArgs {
     /// Wire protocol of the server.
     #[arg(long, value_enum, default_value_t = Protocol::Tickfan)]
     protocol: Protocol,
-    /// Connections to open.
-    #[arg(long, default_value_t = 100)]
-    conns: usize,
     /// Channels per connection, comma-separated, e.g. `trades.*,book.BTC-USD`; with
     /// --random-symbols, `{sym}` stands for each of the connection's symbols:
     /// `trades.{sym},quotes.{sym}`.
     #[arg(long, visible_alias = "channels", default_value = "trades.*")]
     streams: String,
-    /// Each connection draws this many random symbols for the `{sym}` in --streams.
-    #[arg(long, value_name = "K")]
-    random_symbols: Option<usize>,
-    /// Symbols the server has (the gateway's and feed-sim's --symbols), to draw from.
-    #[arg(long, default_value_t = 50)]
-    symbols: usize,
-    /// Seed of the per-connection symbol draw.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    workload: Workload,
     /// Measured seconds, after warm-up.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Seconds between the last connect and the start of measuring.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
     /// Connections opened per second (default: as fast as the server accepts).
     #[arg(long)]
     ramp: Option<f64>,
@@ -104,25 +111,14 @@ struct CompareArgs {
         default_value = "500,1000,2000,4000,8000,16000,32000,64000,128000"
     )]
     rates: Vec<f64>,
-    /// Connections per step.
-    #[arg(long, default_value_t = 100)]
-    conns: usize,
     /// Channels per connection (`{sym}`: each of the connection's --random-symbols).
     #[arg(long, visible_alias = "channels", default_value = "trades.*,quotes.*")]
     streams: String,
-    /// Each connection draws this many random symbols for the `{sym}` in --streams.
-    #[arg(long, value_name = "K")]
-    random_symbols: Option<usize>,
-    #[arg(long, default_value_t = 50)]
-    symbols: usize,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    workload: Workload,
     /// Measured seconds per step.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
-    /// Warm-up seconds per step.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
     /// A rate holds only with p99 latency under this.
     #[arg(long, default_value_t = 50.0)]
     p99_bound_ms: f64,
@@ -171,7 +167,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if !(args.duration > 0.0 && args.warmup >= 0.0) {
+    let w = args.workload;
+    if !(args.duration > 0.0 && w.warmup >= 0.0) {
         eprintln!("bench: --duration must be > 0 and --warmup >= 0 (seconds)");
         return Ok(ExitCode::from(2));
     }
@@ -180,18 +177,18 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         rt.worker_threads(args.threads);
     }
     let rt = rt.enable_all().build()?;
-    let random_symbols = args
+    let random_symbols = w
         .random_symbols
-        .map(|k| bench::client::RandomSymbols::from_feed(k, args.symbols, args.seed))
+        .map(|k| bench::client::RandomSymbols::from_feed(k, w.symbols, w.seed))
         .transpose()?;
     let cfg = RunConfig {
         target: args.target,
         protocol: args.protocol,
-        conns: args.conns,
+        conns: w.conns,
         streams: args.streams,
         random_symbols,
         duration: Duration::from_secs_f64(args.duration),
-        warmup: Duration::from_secs_f64(args.warmup),
+        warmup: Duration::from_secs_f64(w.warmup),
         ramp: args.ramp,
         source_ips: args.source_ips,
         server_pids: args.server_pid,
@@ -275,13 +272,13 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             r.dedup();
             r
         },
-        conns: args.conns,
+        conns: args.workload.conns,
         streams: args.streams,
-        random_symbols: args.random_symbols,
-        symbols: args.symbols,
-        seed: args.seed,
+        random_symbols: args.workload.random_symbols,
+        symbols: args.workload.symbols,
+        seed: args.workload.seed,
         duration: args.duration,
-        warmup: args.warmup,
+        warmup: args.workload.warmup,
         p99_bound_ms: args.p99_bound_ms,
         min_delivery: args.min_delivery,
         server_cpus: pin(args.server_cpus),
