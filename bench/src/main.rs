@@ -104,7 +104,8 @@ struct CompareArgs {
         default_value = "tickfan,uws,socketio,ws,naive"
     )]
     servers: Vec<Server>,
-    /// Offered tick rates (ticks/s), swept in ascending order.
+    /// The ladder of offered tick rates (ticks/s), climbed in ascending order to the first
+    /// that does not hold; then bisection between it and the last rate held.
     #[arg(
         long,
         value_delimiter = ',',
@@ -116,6 +117,13 @@ struct CompareArgs {
     streams: String,
     #[command(flatten)]
     workload: Workload,
+    /// Bisect until the last rate held and the first failed are within this ratio.
+    #[arg(long, default_value_t = 1.25)]
+    resolution: f64,
+    /// Run the whole search this many times per server (repeat r runs every server before
+    /// repeat r + 1) and report medians and ranges.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
     /// Measured seconds per step.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
@@ -143,7 +151,7 @@ struct CompareArgs {
     /// Results directory.
     #[arg(long, default_value = "target/bench-compare")]
     out: PathBuf,
-    /// Go on sweeping a server after a rate it did not hold.
+    /// Climb the whole ladder even after a rate that did not hold.
     #[arg(long)]
     keep_going: bool,
     /// Measure nothing: re-render compare.md and the plots of an earlier run's compare.json
@@ -272,6 +280,8 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             r.dedup();
             r
         },
+        resolution: args.resolution,
+        repeats: args.repeats,
         conns: args.workload.conns,
         streams: args.streams,
         random_symbols: args.workload.random_symbols,

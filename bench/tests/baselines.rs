@@ -222,7 +222,7 @@ fn compare_runs_every_server_and_writes_its_report() {
     bin_dir();
     compare::ensure_node_modules(repo_root()).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["compare", "--rates", "1000", "--conns", "4", "--symbols", "20"])
+        .args(["compare", "--rates", "1000", "--repeats", "1", "--conns", "4", "--symbols", "20"])
         .args(["--duration", "1", "--warmup", "0.5", "--no-pin", "--p99-bound-ms", "1000"])
         .arg("--out")
         .arg(&out)

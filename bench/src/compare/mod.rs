@@ -37,8 +37,15 @@ pub use sweep::Step;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CompareConfig {
     pub servers: Vec<Server>,
-    /// Offered tick rates (ticks/s over all symbols), swept in ascending order.
+    /// The ladder of offered tick rates (ticks/s over all symbols), climbed in ascending order
+    /// to the first that does not hold; bisection then narrows the limit down.
     pub rates: Vec<f64>,
+    /// Bisection stops when the last rate held and the first failed are within this ratio.
+    #[serde(default = "default_resolution")]
+    pub resolution: f64,
+    /// Times the whole search runs per server.
+    #[serde(default = "default_repeats")]
+    pub repeats: usize,
     pub conns: usize,
     /// Streams per connection; `{sym}` stands for each of the connection's `random_symbols`.
     pub streams: String,
@@ -63,8 +70,16 @@ pub struct CompareConfig {
     pub baselines_dir: PathBuf,
     /// Results directory: `compare.json`, `compare.md`, plots, per-step logs.
     pub out: PathBuf,
-    /// Sweep every rate even after one failed.
+    /// Climb the whole ladder even after a rate failed.
     pub keep_going: bool,
+}
+
+fn default_resolution() -> f64 {
+    1.25
+}
+
+fn default_repeats() -> usize {
+    1
 }
 
 impl CompareConfig {
@@ -80,6 +95,8 @@ impl CompareConfig {
                 Server::Naive,
             ],
             rates: vec![500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0, 64000.0, 128000.0],
+            resolution: default_resolution(),
+            repeats: 3,
             conns: defaults::CONNS,
             streams: "trades.*,quotes.*".into(),
             random_symbols: None,
@@ -128,6 +145,9 @@ fn preflight(cfg: &CompareConfig) -> anyhow::Result<()> {
     }
     if cfg.rates.iter().any(|r| r.is_nan() || *r <= 0.0) {
         bail!("every rate must be positive");
+    }
+    if cfg.resolution.is_nan() || cfg.resolution <= 1.0 || cfg.repeats == 0 {
+        bail!("--resolution must be above 1 and --repeats at least 1");
     }
     let build_hint = "build them with `cargo build --release -p gateway -p feed-sim -p naive-ws`";
     let needed = [

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::sweep::Step;
+use super::sweep::{Figure, Spread, Step, BUSY_SHARE};
 use super::{Comparison, Server};
 use crate::plot::{self, Chart, Series};
 
@@ -32,8 +32,31 @@ pub(super) fn step_line(s: &Step) -> String {
     }
 }
 
+/// One row of the summary table: its label, whether higher is better (`None`: no ratio), the
+/// figure per server, and how to print a value.
+type Row<'a> = (String, Option<bool>, Box<dyn Fn(Server) -> Figure + 'a>, fn(f64) -> String);
+
+/// `median (min–max)`, or the value alone when the repeats agree or there was one.
+fn spread_text(sp: &Spread, fmt: fn(f64) -> String) -> String {
+    let (median, min, max) = (fmt(sp.median), fmt(sp.min), fmt(sp.max));
+    if sp.n <= 1 || min == max {
+        median
+    } else {
+        format!("{median} ({min}–{max})")
+    }
+}
+
+/// The marker of a figure measured with the client limited in `k` of `n` steps.
+fn client_mark(f: &Figure) -> String {
+    if f.client_limited > 0 {
+        format!(" ‡{}/{}", f.client_limited, f.steps)
+    } else {
+        String::new()
+    }
+}
+
 impl Comparison {
-    /// The markdown report: settings, the ratio table, every step.
+    /// The markdown report: settings, the summary table, every step.
     pub fn markdown(&self) -> String {
         let c = &self.config;
         let mut s = String::new();
@@ -43,7 +66,10 @@ impl Comparison {
             "{} connections, each on `{}`{} ({:.1}% of the ticks); {} symbols, seed {}, no bursts; \
              {} s measured after {} s warm-up per step. Server (and its feed) on CPUs `{}`, \
              client on CPUs `{}`. A rate holds with every connection up, no gap of any kind, \
-             p99 ≤ {} ms and ≥ {:.0}% of the expected messages delivered. Machine: {}.\n",
+             p99 ≤ {} ms and ≥ {:.0}% of the expected messages delivered. Each server's limit is \
+             searched {} time(s): up the ladder {} ticks/s to the first rate that does not hold, \
+             then by bisection until the last rate held and the first failed are within {}× of \
+             each other; repeat r runs every server before repeat r + 1. Machine: {}.\n",
             c.conns,
             c.streams,
             c.random_symbols.map_or(String::new(), |k| format!(
@@ -58,24 +84,31 @@ impl Comparison {
             c.client_cpus.as_deref().unwrap_or("any"),
             c.p99_bound_ms,
             100.0 * c.min_delivery,
+            self.repeats(),
+            c.rates.iter().map(|&r| plot::human(r)).collect::<Vec<_>>().join(", "),
+            c.resolution,
             self.machine
         );
         s.push_str(&self.ratio_table());
         let _ = writeln!(s, "\n### Every step\n");
         let _ = writeln!(
             s,
-            "| server | offered ticks/s | expected msgs/s | delivered msgs/s | p50 ms | p99 ms | \
-             max ms | lost (declared / silent) | server cores | client cores | wire B/msg | verdict |"
+            "| server | repeat | offered ticks/s | expected msgs/s | delivered msgs/s | p50 ms | \
+             p99 ms | max ms | lost (declared / silent) | server cores | client cores | \
+             out of CPU | wire B/msg | verdict |"
         );
-        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|---|");
         for st in &self.steps {
+            let rate =
+                format!("{}{}", plot::human(st.rate), if st.bisect { " (bisect)" } else { "" });
             match &st.report {
                 Some(r) => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {:.2} | {:.2} | {:.1} | {} |",
+                        "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {:.2} | {:.2} | {} | {:.1} | {} |",
                         st.server.label(),
-                        plot::human(st.rate),
+                        st.repeat + 1,
+                        rate,
                         st.expected_msgs_per_sec,
                         r.msgs_per_sec,
                         ms(r.latency_us.p50),
@@ -85,6 +118,7 @@ impl Comparison {
                         r.undeclared_missing,
                         r.server_cpu_cores.unwrap_or(0.0),
                         r.client_cpu_cores.unwrap_or(0.0),
+                        st.side().label(),
                         r.wire_bytes_per_msg,
                         st.verdict
                     );
@@ -92,9 +126,10 @@ impl Comparison {
                 None => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {:.0} | | | | | | | | | {} |",
+                        "| {} | {} | {} | {:.0} | | | | | | | | | | {} |",
                         st.server.label(),
-                        plot::human(st.rate),
+                        st.repeat + 1,
+                        rate,
                         st.expected_msgs_per_sec,
                         st.verdict
                     );
@@ -104,8 +139,9 @@ impl Comparison {
         s
     }
 
-    /// tickfan against each baseline: the saturation point and, at the reference rate,
-    /// latency, CPU, memory and bytes on the wire, each with its ratio.
+    /// tickfan against each baseline: the limit and, at the reference rate, throughput per
+    /// CPU, latency, CPU, memory and bytes on the wire; the median over the repeats with its
+    /// range, each with its ratio to the first server's median.
     pub fn ratio_table(&self) -> String {
         let servers = &self.config.servers;
         let reference = self.reference_rate();
@@ -121,98 +157,125 @@ impl Comparison {
         s.push('\n');
         let base = servers.first().copied().unwrap_or(Server::Tickfan);
         let base_label = base.label();
-        // (row label, higher is better, value per server, format). The first three rows are
-        // at each server's own limit; the rest at the reference rate, which their label says.
-        type Metric<'a> =
-            (String, bool, Box<dyn Fn(Server) -> Option<f64> + 'a>, fn(f64) -> String);
         let at_reference = |label: &str| format!("{label} at {} ticks/s", plot::human(reference));
-        let metrics: Vec<Metric<'_>> = vec![
+        let report =
+            |f: fn(&crate::Report) -> Option<f64>| move |st: &Step| st.report.as_ref().and_then(f);
+        let rows: Vec<Row<'_>> = vec![
             (
                 "highest rate held (ticks/s)".to_owned(),
-                true,
-                Box::new(|sv| self.saturation(sv).map(|st| st.rate)),
+                Some(true),
+                Box::new(|sv| self.saturation(sv)),
                 plot::human,
             ),
             (
                 "delivered msgs/s at that rate".to_owned(),
-                true,
-                Box::new(|sv| self.saturation(sv)?.report.as_ref().map(|r| r.msgs_per_sec)),
+                Some(true),
+                Box::new(move |sv| self.at_saturation(sv, report(|r| Some(r.msgs_per_sec)))),
                 plot::human,
             ),
             (
-                "server CPU-s per million msgs at that rate".to_owned(),
-                false,
-                Box::new(|sv| self.saturation(sv)?.cpu_per_million()),
-                |v| format!("{v:.3}"),
+                at_reference("delivered msgs per server CPU-second"),
+                Some(true),
+                Box::new(move |sv| self.at_reference(sv, report(|r| r.msgs_per_server_cpu_sec))),
+                plot::human,
             ),
             (
                 at_reference("p99 latency (ms)"),
-                false,
-                Box::new(|sv| {
-                    Some(self.at(sv, reference)?.report.as_ref()?.latency_us.p99 as f64 / 1000.0)
+                Some(false),
+                Box::new(move |sv| {
+                    self.at_reference(sv, report(|r| Some(r.latency_us.p99 as f64 / 1000.0)))
                 }),
                 |v| format!("{v:.2}"),
             ),
             (
                 at_reference("server CPU-s per million msgs"),
-                false,
-                Box::new(|sv| self.at(sv, reference)?.cpu_per_million()),
+                Some(false),
+                Box::new(|sv| self.at_reference(sv, Step::cpu_per_million)),
                 |v| format!("{v:.3}"),
             ),
             (
                 at_reference("server RSS per connection (KiB)"),
-                false,
-                Box::new(|sv| self.at(sv, reference)?.rss_per_conn().map(|b| b / 1024.0)),
+                Some(false),
+                Box::new(|sv| self.at_reference(sv, |st| st.rss_per_conn().map(|b| b / 1024.0))),
                 |v| format!("{v:.1}"),
             ),
             (
                 at_reference("wire bytes per tick"),
-                false,
-                Box::new(|sv| Some(self.at(sv, reference)?.report.as_ref()?.wire_bytes_per_msg)),
+                Some(false),
+                Box::new(move |sv| self.at_reference(sv, report(|r| Some(r.wire_bytes_per_msg)))),
                 |v| format!("{v:.1}"),
             ),
         ];
-        for (row, (name, higher_is_better, value, fmt)) in metrics.iter().enumerate() {
+        for (row, (name, higher_is_better, figure, fmt)) in rows.iter().enumerate() {
             let _ = write!(s, "| {name} |");
-            let ours = value(base);
+            let ours = figure(base).spread.map(|sp| sp.median);
             for &sv in servers {
-                // The highest rate held is a lower bound when the client saturated first.
-                let limited = row == 0 && self.limited_by_client(sv);
-                let show = |v: f64| {
-                    if limited {
-                        format!("≥ {} (client-bound)", fmt(v))
-                    } else {
-                        fmt(v)
-                    }
+                let f = figure(sv);
+                let Some(sp) = f.spread else {
+                    // No rate held in any repeat: the limit is below the lowest that failed.
+                    let lowest_failed = (0..self.repeats())
+                        .filter_map(|r| Some(self.limit(sv, r).failed?.rate))
+                        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.min(r))));
+                    let text = match lowest_failed {
+                        Some(r) if row == 0 => format!("< {}", fmt(r)),
+                        _ => "–".to_owned(),
+                    };
+                    let _ = write!(s, " {text}{} |", client_mark(&f));
+                    continue;
                 };
-                let cell = match (value(sv), ours) {
-                    (None, _) => "–".to_owned(),
-                    (Some(v), Some(o)) if sv != base && v > 0.0 && o > 0.0 => {
-                        let ratio = if *higher_is_better { o / v } else { v / o };
-                        let word = if *higher_is_better { "lower" } else { "higher" };
+                let shown = spread_text(&sp, *fmt);
+                let v = sp.median;
+                let cell = match (higher_is_better, ours) {
+                    (Some(higher), Some(o)) if sv != base && v > 0.0 && o > 0.0 => {
+                        let ratio = if *higher { o / v } else { v / o };
+                        let word = if *higher { "lower" } else { "higher" };
                         if (ratio - 1.0).abs() < 0.05 {
-                            format!("{} (≈ same)", show(v))
+                            format!("{shown} (≈ same)")
                         } else if ratio >= 1.0 {
-                            format!("{} ({ratio:.1}× {word})", show(v))
+                            format!("{shown} ({ratio:.1}× {word})")
                         } else {
-                            format!("{} (better: {:.1}× {base_label}'s)", show(v), ratio)
+                            format!("{shown} (better: {ratio:.1}× {base_label}'s)")
                         }
                     }
-                    (Some(v), _) => format!("**{}**", show(v)),
+                    _ if sv == base => format!("**{shown}**"),
+                    _ => shown,
                 };
-                let _ = write!(s, " {cell} |");
+                let _ = write!(s, " {cell}{} |", client_mark(&f));
             }
             s.push('\n');
         }
+        let _ = write!(s, "| out of CPU where the limit was found |");
+        for &sv in servers {
+            let sides = self.limited_by(sv);
+            let text = if sides.is_empty() {
+                "– (no rate failed)".to_owned()
+            } else {
+                let repeats = self.repeats();
+                sides
+                    .iter()
+                    .map(|(side, n)| format!("{} {n}/{repeats}", side.label()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = write!(s, " {text} |");
+        }
+        s.push('\n');
         let _ = writeln!(
             s,
-            "\nRatios are {}'s advantage: how many times lower the baseline's throughput, or \
-             higher its latency, CPU, memory or bytes. Latency, CPU, memory and bytes are \
-             compared at {} ticks/s, the highest rate every server held (or the lowest swept). \
-             \"client-bound\": the load client, not the server, ran out of CPU at the next rate, \
-             so the server's true limit is higher.",
+            "\nEach cell is the median over the repeats, with the range (min–max) when they \
+             differ. Ratios compare medians and are {}'s advantage: how many times lower the \
+             baseline's throughput, or higher its latency, CPU, memory or bytes. The rows below \
+             the first two are measured at {} ticks/s, the highest rate of the ladder every \
+             server held in every repeat (or the lowest of the ladder). ‡k/n: in k of the n \
+             steps behind the figure the load client used ≥ {:.0}% of its CPUs, so the client, \
+             not the server, may have limited it; on the first row, the step where the limit \
+             was found: the server's real limit may be higher. \"Out of CPU\" says which side \
+             used ≥ {:.0}% of its CPUs at the rate that failed (\"neither\": the latency bound \
+             or a loss failed it with CPU to spare).",
             base.label(),
-            plot::human(reference)
+            plot::human(reference),
+            100.0 * BUSY_SHARE,
+            100.0 * BUSY_SHARE,
         );
         s
     }
@@ -238,19 +301,36 @@ pub fn write_results(cmp: &Comparison) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `(rate, median of f over the steps at that rate)`, by rate.
+fn medians_by_rate<'a>(
+    steps: impl Iterator<Item = &'a Step>,
+    f: impl Fn(&Step) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    let mut by_rate: Vec<(f64, Vec<f64>)> = Vec::new();
+    for st in steps {
+        let Some(v) = f(st) else { continue };
+        match by_rate.iter_mut().find(|(r, _)| *r == st.rate) {
+            Some((_, vs)) => vs.push(v),
+            None => by_rate.push((st.rate, vec![v])),
+        }
+    }
+    by_rate.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_rate.into_iter().filter_map(|(r, vs)| Some((r, Spread::of(vs)?.median))).collect()
+}
+
 fn write_plots(cmp: &Comparison) -> anyhow::Result<Vec<PathBuf>> {
     let out = &cmp.config.out;
-    let per_server = |f: &dyn Fn(&Step) -> Option<(f64, f64)>| -> Vec<Series> {
+    let per_server = |f: &dyn Fn(&Step) -> Option<f64>| -> Vec<Series> {
         cmp.config
             .servers
             .iter()
             .map(|&sv| Series {
                 name: sv.label().to_owned(),
-                points: cmp.steps_of(sv).filter_map(f).collect(),
+                points: medians_by_rate(cmp.steps_of(sv), f),
             })
             .collect()
     };
-    let mut throughput = per_server(&|s| Some((s.rate, s.report.as_ref()?.msgs_per_sec)));
+    let mut throughput = per_server(&|s| Some(s.report.as_ref()?.msgs_per_sec));
     throughput.push(Series {
         name: "expected (no loss)".into(),
         points: cmp
@@ -260,8 +340,7 @@ fn write_plots(cmp: &Comparison) -> anyhow::Result<Vec<PathBuf>> {
             .map(|&r| (r, r * cmp.stream_share * cmp.config.conns as f64))
             .collect(),
     });
-    let mut p99 =
-        per_server(&|s| Some((s.rate, s.report.as_ref()?.latency_us.p99 as f64 / 1000.0)));
+    let mut p99 = per_server(&|s| Some(s.report.as_ref()?.latency_us.p99 as f64 / 1000.0));
     let rates = &cmp.config.rates;
     p99.push(Series {
         name: format!("bound ({} ms)", cmp.config.p99_bound_ms),
@@ -272,12 +351,16 @@ fn write_plots(cmp: &Comparison) -> anyhow::Result<Vec<PathBuf>> {
             .collect(),
     });
     let reference = cmp.reference_rate();
+    // Per server, the repeat whose p99 at the reference rate is the median one.
     let curves: Vec<Series> = cmp
         .config
         .servers
         .iter()
         .filter_map(|&sv| {
-            let r = cmp.at(sv, reference)?.report.as_ref()?;
+            let mut at: Vec<&crate::Report> =
+                cmp.all_at(sv, reference).filter_map(|st| st.report.as_ref()).collect();
+            at.sort_by_key(|r| r.latency_us.p99);
+            let r = at.get(at.len() / 2)?;
             Some(Series::latency_curve(sv.label(), r))
         })
         .collect();
