@@ -29,7 +29,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::report::{cpu_seconds, latency_histogram, rss_bytes, LatencySummary, Report};
+use crate::report::{
+    cpu_seconds, latency_histogram, rss_bytes, thread_cpu_seconds, threads_named, LatencySummary,
+    Report,
+};
 use crate::scan::{scan, Scanned};
 use crate::seq::SeqTracker;
 
@@ -85,9 +88,15 @@ pub struct RunConfig {
     /// 127.0.0.x source addresses to spread connections over (0: one per 20,000 connections
     /// when the target is a 127.x address; the OS's choice otherwise).
     pub source_ips: usize,
-    /// Server processes (e.g. a gateway, or a baseline and the feed piped into it) whose CPU
-    /// time and memory are sampled from `/proc`.
+    /// Server processes (e.g. a gateway, or a baseline) whose CPU time and memory are sampled
+    /// from `/proc`.
     pub server_pids: Vec<u32>,
+    /// Processes that feed the server (e.g. `feed-sim` piped into a baseline): their CPU time
+    /// is reported as the feed's, not the server's.
+    pub feed_pids: Vec<u32>,
+    /// Threads of the server processes with this name (e.g. the gateway's `tickfan-feed`) are
+    /// its feed: their CPU time is reported as the feed's, not the server's.
+    pub feed_thread: Option<String>,
     /// Draw progress bars on stderr (only when it is a terminal).
     pub progress: bool,
     /// The gateway's Prometheus endpoint (`http://HOST:PORT/metrics`), scraped when measuring
@@ -109,6 +118,8 @@ impl RunConfig {
             ramp: None,
             source_ips: 0,
             server_pids: Vec::new(),
+            feed_pids: Vec::new(),
+            feed_thread: None,
             progress: false,
             metrics_url: None,
         }
@@ -447,7 +458,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         Some(url) => Some(crate::scrape::internal_latency(url).await?),
         None => None,
     };
-    let (client_cpu0, server_cpu0) = (cpu_seconds(None), server_cpu(pids));
+    let mut cpu = CpuSources::find(&cfg);
+    let (client_cpu0, cpu0) = (cpu_seconds(None), cpu.sample());
     shared.measuring.store(true, Ordering::Release);
     let measured_from = Instant::now();
     // Sample throughput once a second while measuring: the series for the plot, and the bar.
@@ -494,7 +506,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         bail!("no connection succeeded: {}", first_error.unwrap_or_default());
     }
     let client_cpu = cpu_seconds(None).zip(client_cpu0).map(|(b, a)| b - a);
-    let server_cpu = server_cpu(pids).zip(server_cpu0).map(|(b, a)| b - a);
+    let cpu1 = cpu.sample();
+    let server_cpu = cpu1.server.zip(cpu0.server).map(|(b, a)| b - a);
+    let feed_cpu = cpu1.feed.zip(cpu0.feed).map(|(b, a)| b - a);
 
     let mut hist = latency_histogram();
     for shard in &shared.hist {
@@ -528,6 +542,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         msgs_per_sec_series: series,
         client_cpu_cores: client_cpu.map(|c| c / secs),
         server_cpu_cores: server_cpu.map(|c| c / secs),
+        feed_cpu_cores: feed_cpu.map(|c| c / secs),
         msgs_per_server_cpu_sec: server_cpu.filter(|&c| c > 0.0).map(|c| t.msgs as f64 / c),
         server_rss_bytes: server_rss,
         server_internal_latency: server_latency,
@@ -541,12 +556,63 @@ fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Sum of the CPU seconds of `pids` (`None` if there are none or one is unreadable).
-fn server_cpu(pids: &[u32]) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
+/// Where the server's and the feed's CPU time are read: whole processes, and the feed's
+/// threads inside the server's.
+#[derive(Debug)]
+struct CpuSources {
+    server_pids: Vec<u32>,
+    feed_pids: Vec<u32>,
+    /// `(pid, tid, CPU seconds last read)` of the server's threads named `feed_thread`. A
+    /// thread that ended keeps its last reading (its time stays in its process's total).
+    feed_threads: Vec<(u32, u32, f64)>,
+    /// A feed was named (by pid or thread name) and found.
+    has_feed: bool,
+}
+
+/// CPU seconds so far of the server (its feed excluded) and of the feed.
+#[derive(Clone, Copy, Debug)]
+struct CpuSample {
+    server: Option<f64>,
+    feed: Option<f64>,
+}
+
+impl CpuSources {
+    fn find(cfg: &RunConfig) -> CpuSources {
+        let feed_threads: Vec<(u32, u32, f64)> = match &cfg.feed_thread {
+            Some(name) => cfg
+                .server_pids
+                .iter()
+                .flat_map(|&pid| {
+                    threads_named(pid, name).into_iter().map(move |tid| (pid, tid, 0.0))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        CpuSources {
+            server_pids: cfg.server_pids.clone(),
+            feed_pids: cfg.feed_pids.clone(),
+            has_feed: !cfg.feed_pids.is_empty() || !feed_threads.is_empty(),
+            feed_threads,
+        }
     }
-    pids.iter().map(|&p| cpu_seconds(Some(p))).sum()
+
+    /// `None` where nothing is named or a process is unreadable.
+    fn sample(&mut self) -> CpuSample {
+        let mut threads = 0.0;
+        for (pid, tid, last) in &mut self.feed_threads {
+            if let Some(now) = thread_cpu_seconds(*pid, *tid) {
+                *last = now;
+            }
+            threads += *last;
+        }
+        let sum =
+            |pids: &[u32]| -> Option<f64> { pids.iter().map(|&p| cpu_seconds(Some(p))).sum() };
+        let server = if self.server_pids.is_empty() { None } else { sum(&self.server_pids) };
+        CpuSample {
+            server: server.map(|s| s - threads),
+            feed: if self.has_feed { sum(&self.feed_pids).map(|p| p + threads) } else { None },
+        }
+    }
 }
 
 /// Sum of the resident memory of `pids`.

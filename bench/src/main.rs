@@ -79,6 +79,14 @@ struct RunArgs {
     /// PID of a local server process, to report its CPU and memory (repeatable).
     #[arg(long)]
     server_pid: Vec<u32>,
+    /// PID of a process that feeds the server (e.g. feed-sim piped into it): its CPU is
+    /// reported as the feed's, apart from the server's (repeatable).
+    #[arg(long)]
+    feed_pid: Vec<u32>,
+    /// Threads of the --server-pid processes with this name are the feed (the gateway's is
+    /// `tickfan-feed`): their CPU is reported as the feed's, apart from the server's.
+    #[arg(long, value_name = "NAME")]
+    feed_thread: Option<String>,
     /// The gateway's Prometheus endpoint, e.g. http://127.0.0.1:8080/metrics: its internal
     /// latency over the measured window goes into the report beside the end-to-end latency.
     #[arg(long)]
@@ -200,6 +208,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ramp: args.ramp,
         source_ips: args.source_ips,
         server_pids: args.server_pid,
+        feed_pids: args.feed_pid,
+        feed_thread: args.feed_thread,
         progress: true,
         metrics_url: args.metrics_url,
     };

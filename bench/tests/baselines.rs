@@ -66,7 +66,8 @@ fn load_on(server: Server, streams: &str) -> bench::Report {
             streams: streams.into(),
             duration: Duration::from_millis(1500),
             warmup: Duration::from_millis(500),
-            server_pids: running.pids(),
+            server_pids: vec![running.server_pid()],
+            feed_pids: running.feed_pid().into_iter().collect(),
             ..RunConfig::new(format!("ws://{}{}", running.addr, server.path()))
         }))
         .unwrap();
@@ -76,6 +77,8 @@ fn load_on(server: Server, streams: &str) -> bench::Report {
     assert_eq!((report.connected, report.ended_early), (3, 0), "{}", report.markdown());
     assert_eq!(report.undeclared_gaps, 0, "{server:?} lost data at a trivial rate");
     assert!(report.server_cpu_cores.is_some_and(|c| c > 0.0));
+    // feed-sim is a process of its own: its CPU is the feed's.
+    assert!(report.feed_cpu_cores.is_some_and(|c| c > 0.0), "{}", report.markdown());
     std::fs::remove_dir_all(&dir).unwrap();
     report
 }
@@ -236,6 +239,8 @@ fn compare_runs_every_server_and_writes_its_report() {
     for step in &cmp.steps {
         let r = step.report.as_ref().unwrap_or_else(|| panic!("{step:?}"));
         assert!(r.msgs > 0 && r.undeclared_gaps == 0, "{:?}: {}", step.server, r.markdown());
+        // Every server's feed is found: tickfan's thread, the baselines' feed-sim.
+        assert!(r.feed_cpu_cores.is_some_and(|c| c > 0.0), "{:?}: {}", step.server, r.markdown());
     }
     assert!(stdout.contains("wire bytes per tick"), "{stdout}");
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();

@@ -30,7 +30,7 @@ mod sweep;
 
 pub use render::write_results;
 use servers::NODE_PACKAGES;
-pub use servers::{ensure_node_modules, start, Running, Server};
+pub use servers::{ensure_node_modules, start, Running, Server, FEED_THREAD};
 pub use sweep::Step;
 
 /// What to compare, and how.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use super::sweep::{Figure, Spread, Step, BUSY_SHARE};
-use super::{Comparison, Server};
+use super::{Comparison, Server, FEED_THREAD};
 use crate::plot::{self, Chart, Series};
 
 pub(super) fn ms(us: u64) -> String {
@@ -19,12 +19,13 @@ pub(super) fn ms(us: u64) -> String {
 pub(super) fn step_line(s: &Step) -> String {
     match &s.report {
         Some(r) => format!(
-            "{:<11} {:>8} ticks/s: {:>10.0} msgs/s, p99 {:>8} ms, server {:.2} cores, client {:.2} cores: {}",
+            "{:<11} {:>8} ticks/s: {:>10.0} msgs/s, p99 {:>8} ms, server {:.2} + feed {:.2} cores, client {:.2} cores: {}",
             s.server.label(),
             plot::human(s.rate),
             r.msgs_per_sec,
             ms(r.latency_us.p99),
             r.server_cpu_cores.unwrap_or(0.0),
+            r.feed_cpu_cores.unwrap_or(0.0),
             r.client_cpu_cores.unwrap_or(0.0),
             s.verdict
         ),
@@ -94,10 +95,10 @@ impl Comparison {
         let _ = writeln!(
             s,
             "| server | repeat | offered ticks/s | expected msgs/s | delivered msgs/s | p50 ms | \
-             p99 ms | max ms | lost (declared / silent) | server cores | client cores | \
-             out of CPU | wire B/msg | verdict |"
+             p99 ms | max ms | lost (declared / silent) | server cores (no feed) | feed cores | \
+             client cores | out of CPU | wire B/msg | verdict |"
         );
-        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|---|");
+        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|---|");
         for st in &self.steps {
             let rate =
                 format!("{}{}", plot::human(st.rate), if st.bisect { " (bisect)" } else { "" });
@@ -105,7 +106,7 @@ impl Comparison {
                 Some(r) => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {:.2} | {:.2} | {} | {:.1} | {} |",
+                        "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {:.2} | {} | {:.2} | {} | {:.1} | {} |",
                         st.server.label(),
                         st.repeat + 1,
                         rate,
@@ -117,6 +118,7 @@ impl Comparison {
                         r.declared_gaps,
                         r.undeclared_missing,
                         r.server_cpu_cores.unwrap_or(0.0),
+                        r.feed_cpu_cores.map_or("n/a".to_owned(), |c| format!("{c:.2}")),
                         r.client_cpu_cores.unwrap_or(0.0),
                         st.side().label(),
                         r.wire_bytes_per_msg,
@@ -126,7 +128,7 @@ impl Comparison {
                 None => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {:.0} | | | | | | | | | | {} |",
+                        "| {} | {} | {} | {:.0} | | | | | | | | | | | {} |",
                         st.server.label(),
                         st.repeat + 1,
                         rate,
@@ -192,6 +194,12 @@ impl Comparison {
                 Some(false),
                 Box::new(|sv| self.at_reference(sv, Step::cpu_per_million)),
                 |v| format!("{v:.3}"),
+            ),
+            (
+                at_reference("feed CPU cores (not in the server's)"),
+                None,
+                Box::new(move |sv| self.at_reference(sv, report(|r| r.feed_cpu_cores))),
+                |v| format!("{v:.2}"),
             ),
             (
                 at_reference("server RSS per connection (KiB)"),
@@ -263,7 +271,11 @@ impl Comparison {
         let _ = writeln!(
             s,
             "\nEach cell is the median over the repeats, with the range (min–max) when they \
-             differ. Ratios compare medians and are {}'s advantage: how many times lower the \
+             differ. Server CPU never includes the feed: for the baselines that is the \
+             `feed-sim` process piped into them (generating and encoding NDJSON; the server \
+             parses and re-encodes each tick), for tickfan its `{FEED_THREAD}` thread \
+             (generating each tick and encoding its frame once, which the baselines' servers \
+             do in their server CPU). Ratios compare medians and are {}'s advantage: how many times lower the \
              baseline's throughput, or higher its latency, CPU, memory or bytes. The rows below \
              the first two are measured at {} ticks/s, the highest rate of the ladder every \
              server held in every repeat (or the lowest of the ladder). ‡k/n: in k of the n \

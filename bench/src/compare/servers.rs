@@ -69,6 +69,10 @@ impl Server {
     }
 }
 
+/// The name of the gateway's feed thread: the simulated feed, and the encoding of every tick
+/// into its frame.
+pub const FEED_THREAD: &str = "tickfan-feed";
+
 /// The npm packages of the Node baselines (in the root `package.json`).
 pub(super) const NODE_PACKAGES: [&str; 3] = ["socket.io", "ws", "@trufflesuite/uws-js-unofficial"];
 
@@ -101,9 +105,20 @@ pub struct Running {
 }
 
 impl Running {
-    /// The server's PID, then its feed's.
+    /// The server's PID, then its feed's if the feed is a process of its own.
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
+    }
+
+    /// The server's PID.
+    pub fn server_pid(&self) -> u32 {
+        self.children[0].id()
+    }
+
+    /// The PID of the feed process piped into a baseline (`None` for tickfan, whose feed is its
+    /// thread [`FEED_THREAD`]).
+    pub fn feed_pid(&self) -> Option<u32> {
+        self.children.get(1).map(Child::id)
     }
 }
 

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::render::{ms, step_line};
-use super::servers::{cpu_count, pinned, start, Server};
+use super::servers::{cpu_count, pinned, start, Server, FEED_THREAD};
 use super::{CompareConfig, Comparison};
 use crate::plot;
 use crate::report::{rss_bytes, Report};
@@ -39,10 +39,10 @@ pub struct Step {
     /// limit, not the server's (a failure then makes the server's limit a lower bound).
     #[serde(default, alias = "client_bound")]
     pub client_limited: bool,
-    /// The server (with its feed) used ≥ 80% of its CPUs.
+    /// The server and its feed (on the same CPUs) used ≥ 80% of them.
     #[serde(default)]
     pub server_busy: bool,
-    /// Server (+ feed) resident memory before any client connected.
+    /// Server resident memory before any client connected (a feed process's not included).
     pub idle_rss_bytes: Option<u64>,
     pub report: Option<Report>,
 }
@@ -231,7 +231,10 @@ fn run_step(
                 used.is_some_and(|c| c >= BUSY_SHARE * cores(cpus) as f64)
             };
             step.client_limited = busy(report.client_cpu_cores, &cfg.client_cpus);
-            step.server_busy = busy(report.server_cpu_cores, &cfg.server_cpus);
+            // The feed runs on the server's CPUs too.
+            let server_side =
+                report.server_cpu_cores.map(|c| c + report.feed_cpu_cores.unwrap_or(0.0));
+            step.server_busy = busy(server_side, &cfg.server_cpus);
             if step.client_limited && !step.holds {
                 step.verdict.push_str(" (client-limited)");
             }
@@ -255,8 +258,8 @@ fn measure(
     let running = start(cfg, server, rate, &log)?;
     // Let the server and its feed settle before reading their idle memory.
     std::thread::sleep(Duration::from_millis(500));
-    let pids = running.pids();
-    step.idle_rss_bytes = pids.iter().map(|&p| rss_bytes(p)).sum();
+    // The server's own memory: a feed process's is neither the server's nor per connection.
+    step.idle_rss_bytes = rss_bytes(running.server_pid());
     let json = cfg.out.join("runs").join(format!("{name}.json"));
     let _ = std::fs::remove_file(&json);
     let mut client = pinned(&cfg.client_cpus, std::env::current_exe().context("own executable")?);
@@ -279,9 +282,11 @@ fn measure(
     if threads > 0 {
         client.args(["--threads", &threads.to_string()]);
     }
-    for pid in &pids {
-        client.args(["--server-pid", &pid.to_string()]);
-    }
+    client.args(["--server-pid", &running.server_pid().to_string()]);
+    match running.feed_pid() {
+        Some(feed) => client.args(["--feed-pid", &feed.to_string()]),
+        None => client.args(["--feed-thread", FEED_THREAD]),
+    };
     let status = client
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
