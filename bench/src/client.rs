@@ -97,6 +97,9 @@ pub struct RunConfig {
     /// Threads of the server processes with this name (e.g. the gateway's `tickfan-feed`) are
     /// its feed: their CPU time is reported as the feed's, not the server's.
     pub feed_thread: Option<String>,
+    /// Count the server's write-family syscalls over the measured window with `perf stat`
+    /// (the feed's threads left out); the report says why not where that is impossible.
+    pub count_writes: bool,
     /// Draw progress bars on stderr (only when it is a terminal).
     pub progress: bool,
     /// The gateway's Prometheus endpoint (`http://HOST:PORT/metrics`), scraped when measuring
@@ -120,6 +123,7 @@ impl RunConfig {
             server_pids: Vec::new(),
             feed_pids: Vec::new(),
             feed_thread: None,
+            count_writes: false,
             progress: false,
             metrics_url: None,
         }
@@ -447,6 +451,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 
     let end = Instant::now() + cfg.warmup + cfg.duration;
     end_tx.send(end).expect("receivers live");
+    // perf attaches during the warm-up, its counters off until the measured window.
+    let mut cpu = CpuSources::find(&cfg);
+    let writes = cfg.count_writes.then(|| {
+        let pids = cfg.server_pids.clone();
+        let feed: Vec<(u32, u32)> = cpu.feed_threads.iter().map(|&(p, t, _)| (p, t)).collect();
+        tokio::task::spawn_blocking(move || crate::writes::start(&pids, &feed))
+    });
     let bar = ProgressBar::with_draw_target(None, progress());
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("constant template"));
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -458,10 +469,19 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         Some(url) => Some(crate::scrape::internal_latency(url).await?),
         None => None,
     };
-    let mut cpu = CpuSources::find(&cfg);
+    let mut writes = match writes {
+        None => None,
+        Some(task) => Some(task.await.unwrap_or_else(|e| Err(format!("perf: {e}")))),
+    };
     let (client_cpu0, cpu0) = (cpu_seconds(None), cpu.sample());
     shared.measuring.store(true, Ordering::Release);
     let measured_from = Instant::now();
+    if let Some(Ok(counter)) = &mut writes {
+        // A write to perf's FIFO and its ack: well under a millisecond.
+        if let Err(why) = tokio::task::block_in_place(|| counter.enable()) {
+            writes = Some(Err(why));
+        }
+    }
     // Sample throughput once a second while measuring: the series for the plot, and the bar.
     let mut series = Vec::new();
     let mut last = shared.live_msgs.load(Ordering::Relaxed);
@@ -481,6 +501,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         ));
     }
     let server_rss = rss_total(pids);
+    // The connections stop reading at `end`: the count stops with them.
+    tokio::time::sleep_until(end).await;
+    let writes = match writes {
+        None => None,
+        Some(Err(why)) => Some(Err(why)),
+        Some(Ok(counter)) => Some(
+            tokio::task::spawn_blocking(move || counter.finish())
+                .await
+                .unwrap_or_else(|e| Err(format!("perf: {e}"))),
+        ),
+    };
     let server_latency = match (&cfg.metrics_url, &metrics0) {
         (Some(url), Some(start)) => {
             let end = crate::scrape::internal_latency(url).await?;
@@ -545,6 +576,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         feed_cpu_cores: feed_cpu.map(|c| c / secs),
         msgs_per_server_cpu_sec: server_cpu.filter(|&c| c > 0.0).map(|c| t.msgs as f64 / c),
         server_rss_bytes: server_rss,
+        server_writes: writes.as_ref().and_then(|w| w.as_ref().ok().copied()),
+        writes_note: writes.and_then(Result::err),
         server_internal_latency: server_latency,
     })
 }

@@ -12,6 +12,7 @@ pub mod report;
 pub mod scan;
 pub mod scrape;
 pub mod seq;
+pub mod writes;
 
 pub use client::{run, RunConfig};
 

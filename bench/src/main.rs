@@ -87,6 +87,11 @@ struct RunArgs {
     /// `tickfan-feed`): their CPU is reported as the feed's, apart from the server's.
     #[arg(long, value_name = "NAME")]
     feed_thread: Option<String>,
+    /// Count the --server-pid processes' write, writev, sendto and sendmsg calls over the
+    /// measured window with `perf stat` (feed threads left out); "n/a" with the reason if perf
+    /// is missing or refused.
+    #[arg(long)]
+    count_writes: bool,
     /// The gateway's Prometheus endpoint, e.g. http://127.0.0.1:8080/metrics: its internal
     /// latency over the measured window goes into the report beside the end-to-end latency.
     #[arg(long)]
@@ -162,6 +167,10 @@ struct CompareArgs {
     /// Climb the whole ladder even after a rate that did not hold.
     #[arg(long)]
     keep_going: bool,
+    /// Do not count the servers' write syscalls with `perf stat` (its tracepoints cost the
+    /// server a little CPU per syscall).
+    #[arg(long)]
+    no_perf: bool,
     /// Measure nothing: re-render compare.md and the plots of an earlier run's compare.json
     /// into --out.
     #[arg(long, value_name = "COMPARE_JSON")]
@@ -210,6 +219,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         server_pids: args.server_pid,
         feed_pids: args.feed_pid,
         feed_thread: args.feed_thread,
+        count_writes: args.count_writes,
         progress: true,
         metrics_url: args.metrics_url,
     };
@@ -307,6 +317,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         baselines_dir: args.baselines_dir,
         out: args.out,
         keep_going: args.keep_going,
+        count_writes: !args.no_perf,
     };
     let cmp = bench::compare::compare(cfg)?;
     println!("{}", cmp.ratio_table());

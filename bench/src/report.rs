@@ -112,12 +112,31 @@ pub struct Report {
     /// Resident memory of the server processes (not of a `--feed-pid`) at the end of the
     /// measured window.
     pub server_rss_bytes: Option<u64>,
+    /// Write-family syscalls (`write`, `writev`, `sendto`, `sendmsg`) of the server (its
+    /// feed's threads left out) over the measured window, counted by `perf stat`.
+    #[serde(default)]
+    pub server_writes: Option<u64>,
+    /// Why `server_writes` is missing although it was asked for.
+    #[serde(default)]
+    pub writes_note: Option<String>,
     /// The gateway's internal latency over the measured window, from `--metrics-url`.
     #[serde(default)]
     pub server_internal_latency: Option<crate::scrape::ServerLatency>,
 }
 
 impl Report {
+    /// Server write-family syscalls per delivered message.
+    pub fn writes_per_msg(&self) -> Option<f64> {
+        let w = self.server_writes?;
+        (self.msgs > 0).then(|| w as f64 / self.msgs as f64)
+    }
+
+    /// Delivered messages per server write-family syscall.
+    pub fn msgs_per_write(&self) -> Option<f64> {
+        let w = self.server_writes?;
+        (w > 0).then(|| self.msgs as f64 / w as f64)
+    }
+
     /// Whether the run shows a correctness failure.
     pub fn failed(&self) -> bool {
         self.undeclared_gaps > 0 || self.msgs == 0
@@ -184,6 +203,21 @@ impl Report {
             "| msgs per server CPU-second | {} |",
             opt(self.msgs_per_server_cpu_sec, "")
         );
+        match (self.server_writes, &self.writes_note) {
+            (Some(w), _) => {
+                let _ = writeln!(
+                    s,
+                    "| server writes (write, writev, sendto, sendmsg) | {w}: {} per delivered \
+                     message, {} messages per write |",
+                    opt(self.writes_per_msg(), ""),
+                    opt(self.msgs_per_write(), "")
+                );
+            }
+            (None, Some(why)) => {
+                let _ = writeln!(s, "| server writes | n/a: {why} |");
+            }
+            (None, None) => {}
+        }
         if let Some(rss) = self.server_rss_bytes {
             let _ = writeln!(s, "| server RSS | {:.1} MiB |", rss as f64 / (1 << 20) as f64);
         }

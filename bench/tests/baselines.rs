@@ -241,8 +241,15 @@ fn compare_runs_every_server_and_writes_its_report() {
         assert!(r.msgs > 0 && r.undeclared_gaps == 0, "{:?}: {}", step.server, r.markdown());
         // Every server's feed is found: tickfan's thread, the baselines' feed-sim.
         assert!(r.feed_cpu_cores.is_some_and(|c| c > 0.0), "{:?}: {}", step.server, r.markdown());
+        // Writes counted by perf, or the reason why not (perf is part of the CI image).
+        match (r.server_writes, &r.writes_note) {
+            (Some(w), _) => assert!(w > 0, "{:?}: {}", step.server, r.markdown()),
+            (None, Some(_)) if std::env::var_os("TICKFAN_REQUIRE_TOOLS").is_none() => {}
+            _ => panic!("{:?}: writes not counted: {}", step.server, r.markdown()),
+        }
     }
     assert!(stdout.contains("wire bytes per tick"), "{stdout}");
+    assert!(stdout.contains("server writes per delivered message"), "{stdout}");
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
     assert!(md.contains("| socket.io |") && md.contains("| uWS.js |"), "{md}");
     assert!(md.contains("Every step"), "{md}");

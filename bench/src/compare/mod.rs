@@ -72,6 +72,9 @@ pub struct CompareConfig {
     pub out: PathBuf,
     /// Climb the whole ladder even after a rate failed.
     pub keep_going: bool,
+    /// Count the server's write-family syscalls per step with `perf stat`.
+    #[serde(default)]
+    pub count_writes: bool,
 }
 
 fn default_resolution() -> f64 {
@@ -112,6 +115,7 @@ impl CompareConfig {
             baselines_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/baselines")),
             out: PathBuf::from("target/bench-compare"),
             keep_going: false,
+            count_writes: true,
         }
     }
 }

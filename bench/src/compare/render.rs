@@ -96,9 +96,9 @@ impl Comparison {
             s,
             "| server | repeat | offered ticks/s | expected msgs/s | delivered msgs/s | p50 ms | \
              p99 ms | max ms | lost (declared / silent) | server cores (no feed) | feed cores | \
-             client cores | out of CPU | wire B/msg | verdict |"
+             client cores | out of CPU | writes per msg | wire B/msg | verdict |"
         );
-        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|---|");
+        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|---|");
         for st in &self.steps {
             let rate =
                 format!("{}{}", plot::human(st.rate), if st.bisect { " (bisect)" } else { "" });
@@ -106,7 +106,7 @@ impl Comparison {
                 Some(r) => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {:.2} | {} | {:.2} | {} | {:.1} | {} |",
+                        "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {:.2} | {} | {:.2} | {} | {} | {:.1} | {} |",
                         st.server.label(),
                         st.repeat + 1,
                         rate,
@@ -121,6 +121,7 @@ impl Comparison {
                         r.feed_cpu_cores.map_or("n/a".to_owned(), |c| format!("{c:.2}")),
                         r.client_cpu_cores.unwrap_or(0.0),
                         st.side().label(),
+                        r.writes_per_msg().map_or("n/a".to_owned(), |w| format!("{w:.3}")),
                         r.wire_bytes_per_msg,
                         st.verdict
                     );
@@ -128,7 +129,7 @@ impl Comparison {
                 None => {
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {:.0} | | | | | | | | | | | {} |",
+                        "| {} | {} | {} | {:.0} | | | | | | | | | | | | {} |",
                         st.server.label(),
                         st.repeat + 1,
                         rate,
@@ -205,6 +206,18 @@ impl Comparison {
                 at_reference("server RSS per connection (KiB)"),
                 Some(false),
                 Box::new(|sv| self.at_reference(sv, |st| st.rss_per_conn().map(|b| b / 1024.0))),
+                |v| format!("{v:.1}"),
+            ),
+            (
+                at_reference("server writes per delivered message"),
+                Some(false),
+                Box::new(move |sv| self.at_reference(sv, report(crate::Report::writes_per_msg))),
+                |v| format!("{v:.3}"),
+            ),
+            (
+                at_reference("delivered messages per server write"),
+                Some(true),
+                Box::new(move |sv| self.at_reference(sv, report(crate::Report::msgs_per_write))),
                 |v| format!("{v:.1}"),
             ),
             (
@@ -289,6 +302,24 @@ impl Comparison {
             100.0 * BUSY_SHARE,
             100.0 * BUSY_SHARE,
         );
+        if self.config.count_writes {
+            let _ = writeln!(
+                s,
+                "\nWrites are the server's `write`, `writev`, `sendto` and `sendmsg` calls in the \
+                 measured window (`perf stat` on the syscall tracepoints; the feed's threads and \
+                 process left out)."
+            );
+            let mut reasons: Vec<&str> = self
+                .steps
+                .iter()
+                .filter_map(|st| st.report.as_ref()?.writes_note.as_deref())
+                .collect();
+            reasons.sort_unstable();
+            reasons.dedup();
+            for why in reasons {
+                let _ = writeln!(s, "Writes not counted (n/a) in some steps: {why}.");
+            }
+        }
         s
     }
 }

@@ -238,6 +238,11 @@ fn run_step(
             if step.client_limited && !step.holds {
                 step.verdict.push_str(" (client-limited)");
             }
+            if let Some(why) = &report.writes_note {
+                // Said once per run: the reason is the same for every step.
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| eprintln!("bench: server writes not counted (n/a): {why}"));
+            }
             step.report = Some(report);
         }
         Err(e) => {
@@ -287,6 +292,9 @@ fn measure(
         Some(feed) => client.args(["--feed-pid", &feed.to_string()]),
         None => client.args(["--feed-thread", FEED_THREAD]),
     };
+    if cfg.count_writes {
+        client.arg("--count-writes");
+    }
     let status = client
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
