@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bench::client::Protocol;
-use bench::compare::{CompareConfig, Server};
+use bench::compare::{CompareConfig, Overrides, Scenario, Server};
 use bench::plot::{self, Chart, Series};
 use bench::{defaults, Report, RunConfig};
 use clap::{Parser, Subcommand};
@@ -35,10 +35,8 @@ enum Cmd {
 /// The settings `bench run` and `bench compare` share: one name, one meaning, one default.
 #[derive(Debug, clap::Args)]
 struct Workload {
-    /// Connections to open (per step, for compare).
-    #[arg(long, default_value_t = defaults::CONNS)]
-    conns: usize,
-    /// Each connection draws this many random symbols for the `{sym}` in --streams.
+    /// Each connection draws this many random symbols for the `{sym}` in --streams (for
+    /// compare: instead of the scenarios' own).
     #[arg(long, value_name = "K")]
     random_symbols: Option<usize>,
     /// Symbols the server has (the gateway's and feed-sim's --symbols), to draw from.
@@ -65,6 +63,9 @@ struct RunArgs {
     /// `trades.{sym},quotes.{sym}`.
     #[arg(long, visible_alias = "channels", default_value = "trades.*")]
     streams: String,
+    /// Connections to open.
+    #[arg(long, default_value_t = defaults::CONNS)]
+    conns: usize,
     #[command(flatten)]
     workload: Workload,
     /// Measured seconds, after warm-up.
@@ -117,17 +118,24 @@ struct CompareArgs {
         default_value = "tickfan,uws,socketio,ws,naive"
     )]
     servers: Vec<Server>,
+    /// Scenarios to run, each into its own directory under --out (repeatable; default: all):
+    /// hot (1,000 conns on trades.BTC-USD), fat (100 on trades.*,quotes.*), thin1k / thin10k
+    /// (1,000 / 10,000 conns, each on trades and quotes of 3 random symbols), idle (10,000
+    /// conns at 10 ticks/s: memory per idle connection).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenario: Vec<Scenario>,
     /// The ladder of offered tick rates (ticks/s), climbed in ascending order to the first
-    /// that does not hold; then bisection between it and the last rate held.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "500,1000,2000,4000,8000,16000,32000,64000,128000"
-    )]
-    rates: Vec<f64>,
-    /// Channels per connection (`{sym}`: each of the connection's --random-symbols).
-    #[arg(long, visible_alias = "channels", default_value = "trades.*,quotes.*")]
-    streams: String,
+    /// that does not hold, then bisection between it and the last rate held (default: each
+    /// scenario's own doubling ladder; idle keeps its 10 ticks/s).
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<f64>>,
+    /// Connections per step, instead of each scenario's.
+    #[arg(long)]
+    conns: Option<usize>,
+    /// Channels per connection (`{sym}`: each of the connection's --random-symbols), instead
+    /// of each scenario's.
+    #[arg(long, visible_alias = "channels")]
+    streams: Option<String>,
     #[command(flatten)]
     workload: Workload,
     /// Bisect until the last rate held and the first failed are within this ratio.
@@ -178,7 +186,11 @@ struct CompareArgs {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().cmd {
+    let cli = Cli::parse();
+    // Every connection is a file descriptor, here and in the servers compare starts (they
+    // inherit the limit): the soft limit goes up to the hard one.
+    bench::compare::raise_open_files_limit();
+    let result = match cli.cmd {
         Cmd::Run(args) => run(args),
         Cmd::Compare(args) => compare(args),
     };
@@ -209,7 +221,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = RunConfig {
         target: args.target,
         protocol: args.protocol,
-        conns: w.conns,
+        conns: args.conns,
         streams: args.streams,
         random_symbols,
         duration: Duration::from_secs_f64(args.duration),
@@ -277,11 +289,11 @@ fn run_plots(report: &Report, dir: &std::path::Path) -> anyhow::Result<Vec<PathB
 
 fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     if let Some(from) = &args.from {
-        let mut cmp = bench::compare::load(from)?;
-        cmp.config.out = args.out;
-        std::fs::create_dir_all(&cmp.config.out)?;
-        bench::compare::write_results(&cmp)?;
-        println!("{}", cmp.ratio_table());
+        let mut suite = bench::compare::load_suite(from)?;
+        bench::compare::rewrite_suite(&mut suite, &args.out)?;
+        for cmp in &suite.scenarios {
+            println!("{}", cmp.ratio_table());
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let bin_dir = match args.bin_dir {
@@ -292,19 +304,10 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| PathBuf::from(".")),
     };
     let pin = |cpus: String| (!args.no_pin).then_some(cpus);
-    let cfg = CompareConfig {
+    let base = CompareConfig {
         servers: args.servers,
-        rates: {
-            let mut r = args.rates;
-            r.sort_by(f64::total_cmp);
-            r.dedup();
-            r
-        },
         resolution: args.resolution,
         repeats: args.repeats,
-        conns: args.workload.conns,
-        streams: args.streams,
-        random_symbols: args.workload.random_symbols,
         symbols: args.workload.symbols,
         seed: args.workload.seed,
         duration: args.duration,
@@ -313,17 +316,42 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         min_delivery: args.min_delivery,
         server_cpus: pin(args.server_cpus),
         client_cpus: pin(args.client_cpus),
-        bin_dir,
         baselines_dir: args.baselines_dir,
         out: args.out,
         keep_going: args.keep_going,
         count_writes: !args.no_perf,
+        ..CompareConfig::new(bin_dir)
     };
-    let cmp = bench::compare::compare(cfg)?;
-    println!("{}", cmp.ratio_table());
+    let overrides = Overrides {
+        conns: args.conns,
+        streams: args.streams,
+        random_symbols: args.workload.random_symbols,
+        rates: args.rates.map(|mut r| {
+            r.sort_by(f64::total_cmp);
+            r.dedup();
+            r
+        }),
+    };
+    let mut scenarios =
+        if args.scenario.is_empty() { Scenario::ALL.to_vec() } else { args.scenario };
+    let mut seen = Vec::new();
+    scenarios.retain(|s| {
+        !seen.contains(s) && {
+            seen.push(*s);
+            true
+        }
+    });
+    let suite = bench::compare::compare_suite(&base, &scenarios, &overrides)?;
+    for cmp in &suite.scenarios {
+        if let Some(sc) = cmp.config.scenario {
+            println!("\n## {}: {}\n", sc.name(), sc.about());
+        }
+        println!("{}", cmp.ratio_table());
+    }
     println!(
-        "Full results: {}/compare.md (and compare.json, plots, logs/)",
-        cmp.config.out.display()
+        "Full results: {}/compare.md (every scenario's in its directory, with compare.json, \
+         plots and logs/)",
+        base.out.display()
     );
     Ok(ExitCode::SUCCESS)
 }

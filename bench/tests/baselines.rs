@@ -225,7 +225,8 @@ fn compare_runs_every_server_and_writes_its_report() {
     bin_dir();
     compare::ensure_node_modules(repo_root()).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["compare", "--rates", "1000", "--repeats", "1", "--conns", "4", "--symbols", "20"])
+        .args(["compare", "--scenario", "fat", "--rates", "1000", "--repeats", "1"])
+        .args(["--conns", "4", "--symbols", "20"])
         .args(["--duration", "1", "--warmup", "0.5", "--no-pin", "--p99-bound-ms", "1000"])
         .arg("--out")
         .arg(&out)
@@ -234,7 +235,12 @@ fn compare_runs_every_server_and_writes_its_report() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    let cmp = compare::load(&out.join("compare.json")).unwrap();
+    // The suite at the top, the scenario in its own directory.
+    let suite = compare::load_suite(&out.join("compare.json")).unwrap();
+    assert_eq!(suite.scenarios.len(), 1);
+    let cmp = compare::load(&out.join("fat/compare.json")).unwrap();
+    assert_eq!(cmp.config.scenario, Some(compare::Scenario::Fat));
+    assert_eq!((cmp.config.conns, cmp.config.streams.as_str()), (4, "trades.*,quotes.*"));
     assert_eq!(cmp.steps.len(), 5, "{stdout}");
     for step in &cmp.steps {
         let r = step.report.as_ref().unwrap_or_else(|| panic!("{step:?}"));
@@ -250,13 +256,27 @@ fn compare_runs_every_server_and_writes_its_report() {
     }
     assert!(stdout.contains("wire bytes per tick"), "{stdout}");
     assert!(stdout.contains("server writes per delivered message"), "{stdout}");
-    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    let md = std::fs::read_to_string(out.join("fat/compare.md")).unwrap();
     assert!(md.contains("| socket.io |") && md.contains("| uWS.js |"), "{md}");
-    assert!(md.contains("Every step"), "{md}");
+    assert!(md.contains("Every step") && md.contains("Scenario fat"), "{md}");
+    let top = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(top.contains("## fat:") && top.contains("(fat/compare.md)"), "{top}");
     if bench::plot::available() {
         for plot in ["throughput.png", "p99.svg", "latency.png"] {
-            assert!(out.join(plot).is_file(), "{plot} missing");
+            assert!(out.join("fat").join(plot).is_file(), "{plot} missing");
         }
     }
+    // Re-rendered from the suite into another directory.
+    let again = temp_dir("compare-again");
+    let status = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["compare", "--from"])
+        .arg(out.join("compare.json"))
+        .arg("--out")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(again.join("compare.md").is_file() && again.join("fat/compare.md").is_file());
     std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&again).unwrap();
 }

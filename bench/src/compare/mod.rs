@@ -25,10 +25,12 @@ use crate::client::{streams_for, RandomSymbols};
 use crate::defaults;
 
 mod render;
+mod scenario;
 mod servers;
 mod sweep;
 
 pub use render::write_results;
+pub use scenario::{compare_suite, rewrite_suite, write_suite, Overrides, Scenario, Suite};
 use servers::NODE_PACKAGES;
 pub use servers::{ensure_node_modules, start, Running, Server, FEED_THREAD};
 pub use sweep::Step;
@@ -36,6 +38,9 @@ pub use sweep::Step;
 /// What to compare, and how.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CompareConfig {
+    /// The named workload this is (`None`: the one given by hand).
+    #[serde(default)]
+    pub scenario: Option<Scenario>,
     pub servers: Vec<Server>,
     /// The ladder of offered tick rates (ticks/s over all symbols), climbed in ascending order
     /// to the first that does not hold; bisection then narrows the limit down.
@@ -90,6 +95,7 @@ impl CompareConfig {
     /// the binaries in `bin_dir` and the Node baselines next to this crate.
     pub fn new(bin_dir: impl Into<PathBuf>) -> CompareConfig {
         CompareConfig {
+            scenario: None,
             servers: vec![
                 Server::Tickfan,
                 Server::Uws,
@@ -143,6 +149,7 @@ pub fn compare(cfg: CompareConfig) -> anyhow::Result<Comparison> {
     Ok(cmp)
 }
 
+/// Checks that everything `cfg` needs is there before anything runs.
 fn preflight(cfg: &CompareConfig) -> anyhow::Result<()> {
     if cfg.servers.is_empty() || cfg.rates.is_empty() {
         bail!("--servers and --rates must not be empty");
@@ -152,6 +159,19 @@ fn preflight(cfg: &CompareConfig) -> anyhow::Result<()> {
     }
     if cfg.resolution.is_nan() || cfg.resolution <= 1.0 || cfg.repeats == 0 {
         bail!("--resolution must be above 1 and --repeats at least 1");
+    }
+    // Every connection is a file descriptor of the client and of the server, which inherit
+    // this process's limit (raised to the hard one by `bench`).
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        if cfg.conns as u64 + 64 > soft {
+            bail!(
+                "{} connections need about {} open files, but processes started here may open \
+                 {soft}; raise the hard limit (e.g. `ulimit -Hn {}` as root)",
+                cfg.conns,
+                cfg.conns + 64,
+                cfg.conns + 1024
+            );
+        }
     }
     let build_hint = "build them with `cargo build --release -p gateway -p feed-sim -p naive-ws`";
     let needed = [
@@ -246,11 +266,31 @@ fn machine() -> String {
     format!("{model}, {cores} cores visible")
 }
 
+/// Raises this process's soft limit on open files to its hard limit, for itself and for the
+/// servers and clients it starts (they inherit it): 10,000 connections need 10,000 files on
+/// each side. Returns the new soft limit.
+pub fn raise_open_files_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).ok()
+}
+
 /// Reads a comparison written by [`compare`] (to re-render its markdown and plots).
 pub fn load(path: &Path) -> anyhow::Result<Comparison> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not a comparison", path.display()))
+}
+
+/// Reads what `bench compare` wrote at the top of its results: a suite of scenarios, or (from
+/// a scenario's directory, or an older run) one comparison, as a suite of one.
+pub fn load_suite(path: &Path) -> anyhow::Result<Suite> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if let Ok(suite) = serde_json::from_str::<Suite>(&text) {
+        return Ok(suite);
+    }
+    let one = serde_json::from_str(&text)
+        .with_context(|| format!("{} is neither a suite nor a comparison", path.display()))?;
+    Ok(Suite { scenarios: vec![one] })
 }
 
 #[cfg(test)]

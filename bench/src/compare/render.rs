@@ -61,6 +61,9 @@ impl Comparison {
     pub fn markdown(&self) -> String {
         let c = &self.config;
         let mut s = String::new();
+        if let Some(sc) = c.scenario {
+            let _ = writeln!(s, "## Scenario {}: {}\n", sc.name(), sc.about());
+        }
         let _ = writeln!(s, "### Setup\n");
         let _ = writeln!(
             s,
