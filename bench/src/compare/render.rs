@@ -47,13 +47,17 @@ fn spread_text(sp: &Spread, fmt: fn(f64) -> String) -> String {
     }
 }
 
-/// The marker of a figure measured with the client limited in `k` of `n` steps.
+/// The markers of a figure: ‡k/n when k of its n steps had the client limited, †k/n when k
+/// did not hold.
 fn client_mark(f: &Figure) -> String {
+    let mut marks = String::new();
     if f.client_limited > 0 {
-        format!(" ‡{}/{}", f.client_limited, f.steps)
-    } else {
-        String::new()
+        marks.push_str(&format!(" ‡{}/{}", f.client_limited, f.steps));
     }
+    if f.not_held > 0 {
+        marks.push_str(&format!(" †{}/{}", f.not_held, f.steps));
+    }
+    marks
 }
 
 impl Comparison {
@@ -297,7 +301,9 @@ impl Comparison {
              server held in every repeat (or the lowest of the ladder). ‡k/n: in k of the n \
              steps behind the figure the load client used ≥ {:.0}% of its CPUs, so the client, \
              not the server, may have limited it; on the first row, the step where the limit \
-             was found: the server's real limit may be higher. \"Out of CPU\" says which side \
+             was found: the server's real limit may be higher. †k/n: k of the n steps did \
+             not hold (the server could not keep up at that rate in that repeat): the figure \
+             describes an overloaded server. \"Out of CPU\" says which side \
              used ≥ {:.0}% of its CPUs at the rate that failed (\"neither\": the latency bound \
              or a loss failed it with CPU to spare).",
             base.label(),

@@ -372,6 +372,9 @@ pub struct Figure {
     pub spread: Option<Spread>,
     /// Steps behind the figure whose client was limited.
     pub client_limited: usize,
+    /// Steps behind the figure that did not hold (at the reference rate: this server could
+    /// not keep up there in that repeat).
+    pub not_held: usize,
     /// Steps behind the figure.
     pub steps: usize,
 }
@@ -381,13 +384,14 @@ impl Figure {
         steps: impl Iterator<Item = &'a Step>,
         value: impl Fn(&Step) -> Option<f64>,
     ) -> Figure {
-        let (mut values, mut limited, mut n) = (Vec::new(), 0, 0);
+        let (mut values, mut limited, mut not_held, mut n) = (Vec::new(), 0, 0, 0);
         for st in steps {
             n += 1;
             limited += usize::from(st.client_limited);
+            not_held += usize::from(!st.holds);
             values.extend(value(st));
         }
-        Figure { spread: Spread::of(values), client_limited: limited, steps: n }
+        Figure { spread: Spread::of(values), client_limited: limited, not_held, steps: n }
     }
 }
 
@@ -430,6 +434,7 @@ impl Comparison {
                 .iter()
                 .filter(|l| l.failed.is_some_and(|f| f.client_limited))
                 .count(),
+            not_held: 0,
             steps: limits.len(),
         }
     }
@@ -594,5 +599,8 @@ mod tests {
         assert_eq!(cmp.reference_rate(), 500.0);
         assert_eq!(cmp.limited_by(T), vec![(Side::Client, 1), (Side::Server, 1)]);
         assert_eq!(cmp.limited_by(W), vec![(Side::Server, 2)]);
+        let at =
+            Figure::from_steps(cmp.steps.iter().filter(|s| s.rate == 1000.0), |s| Some(s.rate));
+        assert_eq!((at.not_held, at.client_limited, at.steps), (1, 0, 4));
     }
 }
