@@ -1,17 +1,23 @@
 //! `bench compare`: the same workload against tickfan and the baselines in `bench/baselines/`
 //! (uWebSockets.js, socket.io, ws, naive Rust), one server at a time, in one run.
 //!
-//! For every server and every offered rate (ascending) it starts the server fresh — tickfan
-//! with its embedded feed, a baseline with `feed-sim` piped into its stdin, both with the same
-//! seed, symbols and rate and no bursts — pinned with `taskset` to the server CPUs, then runs
-//! `bench run` as a child process pinned to the client CPUs. A rate *holds* when every
-//! connection stays up, nothing is lost (no gap of any kind), p99 latency stays under the bound
-//! and at least `min_delivery` of the expected messages arrive (a server that cannot keep up
-//! with its stdin slows the feed down instead of dropping). The highest rate that holds is the
-//! server's saturation point. The sweep of a server stops at its first rate that does not hold.
+//! For every step (one server at one offered rate) it starts the server fresh — tickfan with
+//! its embedded feed, a baseline with `feed-sim` piped into its stdin, both with the same seed,
+//! symbols and rate and no bursts — pinned with `taskset` to the server CPUs, then runs `bench
+//! run` as a child process pinned to the client CPUs. A rate *holds* when every connection
+//! stays up, nothing is lost (no gap of any kind), p99 latency stays under the bound and at
+//! least `min_delivery` of the expected messages arrive (a server that cannot keep up with its
+//! stdin slows the feed down instead of dropping).
 //!
-//! [`servers`] starts (and pins) the servers, [`sweep`] measures steps and searches for each
-//! server's limit, [`render`] writes the markdown, the ratio table and the plots.
+//! Each server's limit is searched up a ladder of rates to the first that does not hold, then
+//! by bisection; the search is repeated, and every figure reported as a median with its range,
+//! saying which side (server or load client) ran out of CPU. Server CPU never includes the
+//! feed's; the server's write syscalls are counted with `perf`. [`Scenario`]s name the
+//! workloads, each run into its own directory.
+//!
+//! `servers.rs` starts (and pins) the servers, `sweep.rs` measures steps and searches for each
+//! server's limit, `render.rs` writes the markdown, the ratio table and the plots,
+//! `scenario.rs` holds the presets and the suite.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
