@@ -29,7 +29,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::report::{cpu_seconds, latency_histogram, rss_bytes, LatencySummary, Report};
+use crate::report::{
+    cpu_seconds, latency_histogram, rss_bytes, thread_cpu_seconds, threads_named, LatencySummary,
+    Report,
+};
 use crate::scan::{scan, Scanned};
 use crate::seq::SeqTracker;
 
@@ -85,9 +88,18 @@ pub struct RunConfig {
     /// 127.0.0.x source addresses to spread connections over (0: one per 20,000 connections
     /// when the target is a 127.x address; the OS's choice otherwise).
     pub source_ips: usize,
-    /// Server processes (e.g. a gateway, or a baseline and the feed piped into it) whose CPU
-    /// time and memory are sampled from `/proc`.
+    /// Server processes (e.g. a gateway, or a baseline) whose CPU time and memory are sampled
+    /// from `/proc`.
     pub server_pids: Vec<u32>,
+    /// Processes that feed the server (e.g. `feed-sim` piped into a baseline): their CPU time
+    /// is reported as the feed's, not the server's.
+    pub feed_pids: Vec<u32>,
+    /// Threads of the server processes with this name (e.g. the gateway's `tickfan-feed`) are
+    /// its feed: their CPU time is reported as the feed's, not the server's.
+    pub feed_thread: Option<String>,
+    /// Count the server's write-family syscalls over the measured window with `perf stat`
+    /// (the feed's threads left out); the report says why not where that is impossible.
+    pub count_writes: bool,
     /// Draw progress bars on stderr (only when it is a terminal).
     pub progress: bool,
     /// The gateway's Prometheus endpoint (`http://HOST:PORT/metrics`), scraped when measuring
@@ -109,6 +121,9 @@ impl RunConfig {
             ramp: None,
             source_ips: 0,
             server_pids: Vec::new(),
+            feed_pids: Vec::new(),
+            feed_thread: None,
+            count_writes: false,
             progress: false,
             metrics_url: None,
         }
@@ -436,6 +451,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 
     let end = Instant::now() + cfg.warmup + cfg.duration;
     end_tx.send(end).expect("receivers live");
+    // perf attaches during the warm-up, its counters off until the measured window.
+    let mut cpu = CpuSources::find(&cfg);
+    let writes = cfg.count_writes.then(|| {
+        let pids = cfg.server_pids.clone();
+        let feed: Vec<(u32, u32)> = cpu.feed_threads.iter().map(|&(p, t, _)| (p, t)).collect();
+        tokio::task::spawn_blocking(move || crate::writes::start(&pids, &feed))
+    });
     let bar = ProgressBar::with_draw_target(None, progress());
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("constant template"));
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -447,9 +469,19 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         Some(url) => Some(crate::scrape::internal_latency(url).await?),
         None => None,
     };
-    let (client_cpu0, server_cpu0) = (cpu_seconds(None), server_cpu(pids));
+    let mut writes = match writes {
+        None => None,
+        Some(task) => Some(task.await.unwrap_or_else(|e| Err(format!("perf: {e}")))),
+    };
+    let (client_cpu0, cpu0) = (cpu_seconds(None), cpu.sample());
     shared.measuring.store(true, Ordering::Release);
     let measured_from = Instant::now();
+    if let Some(Ok(counter)) = &mut writes {
+        // A write to perf's FIFO and its ack: well under a millisecond.
+        if let Err(why) = tokio::task::block_in_place(|| counter.enable()) {
+            writes = Some(Err(why));
+        }
+    }
     // Sample throughput once a second while measuring: the series for the plot, and the bar.
     let mut series = Vec::new();
     let mut last = shared.live_msgs.load(Ordering::Relaxed);
@@ -469,6 +501,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         ));
     }
     let server_rss = rss_total(pids);
+    // The connections stop reading at `end`: the count stops with them.
+    tokio::time::sleep_until(end).await;
+    let writes = match writes {
+        None => None,
+        Some(Err(why)) => Some(Err(why)),
+        Some(Ok(counter)) => Some(
+            tokio::task::spawn_blocking(move || counter.finish())
+                .await
+                .unwrap_or_else(|e| Err(format!("perf: {e}"))),
+        ),
+    };
     let server_latency = match (&cfg.metrics_url, &metrics0) {
         (Some(url), Some(start)) => {
             let end = crate::scrape::internal_latency(url).await?;
@@ -494,7 +537,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         bail!("no connection succeeded: {}", first_error.unwrap_or_default());
     }
     let client_cpu = cpu_seconds(None).zip(client_cpu0).map(|(b, a)| b - a);
-    let server_cpu = server_cpu(pids).zip(server_cpu0).map(|(b, a)| b - a);
+    let cpu1 = cpu.sample();
+    let server_cpu = cpu1.server.zip(cpu0.server).map(|(b, a)| b - a);
+    let feed_cpu = cpu1.feed.zip(cpu0.feed).map(|(b, a)| b - a);
 
     let mut hist = latency_histogram();
     for shard in &shared.hist {
@@ -528,8 +573,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         msgs_per_sec_series: series,
         client_cpu_cores: client_cpu.map(|c| c / secs),
         server_cpu_cores: server_cpu.map(|c| c / secs),
+        feed_cpu_cores: feed_cpu.map(|c| c / secs),
         msgs_per_server_cpu_sec: server_cpu.filter(|&c| c > 0.0).map(|c| t.msgs as f64 / c),
         server_rss_bytes: server_rss,
+        server_writes: writes.as_ref().and_then(|w| w.as_ref().ok().copied()),
+        writes_note: writes.and_then(Result::err),
         server_internal_latency: server_latency,
     })
 }
@@ -541,12 +589,63 @@ fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Sum of the CPU seconds of `pids` (`None` if there are none or one is unreadable).
-fn server_cpu(pids: &[u32]) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
+/// Where the server's and the feed's CPU time are read: whole processes, and the feed's
+/// threads inside the server's.
+#[derive(Debug)]
+struct CpuSources {
+    server_pids: Vec<u32>,
+    feed_pids: Vec<u32>,
+    /// `(pid, tid, CPU seconds last read)` of the server's threads named `feed_thread`. A
+    /// thread that ended keeps its last reading (its time stays in its process's total).
+    feed_threads: Vec<(u32, u32, f64)>,
+    /// A feed was named (by pid or thread name) and found.
+    has_feed: bool,
+}
+
+/// CPU seconds so far of the server (its feed excluded) and of the feed.
+#[derive(Clone, Copy, Debug)]
+struct CpuSample {
+    server: Option<f64>,
+    feed: Option<f64>,
+}
+
+impl CpuSources {
+    fn find(cfg: &RunConfig) -> CpuSources {
+        let feed_threads: Vec<(u32, u32, f64)> = match &cfg.feed_thread {
+            Some(name) => cfg
+                .server_pids
+                .iter()
+                .flat_map(|&pid| {
+                    threads_named(pid, name).into_iter().map(move |tid| (pid, tid, 0.0))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        CpuSources {
+            server_pids: cfg.server_pids.clone(),
+            feed_pids: cfg.feed_pids.clone(),
+            has_feed: !cfg.feed_pids.is_empty() || !feed_threads.is_empty(),
+            feed_threads,
+        }
     }
-    pids.iter().map(|&p| cpu_seconds(Some(p))).sum()
+
+    /// `None` where nothing is named or a process is unreadable.
+    fn sample(&mut self) -> CpuSample {
+        let mut threads = 0.0;
+        for (pid, tid, last) in &mut self.feed_threads {
+            if let Some(now) = thread_cpu_seconds(*pid, *tid) {
+                *last = now;
+            }
+            threads += *last;
+        }
+        let sum =
+            |pids: &[u32]| -> Option<f64> { pids.iter().map(|&p| cpu_seconds(Some(p))).sum() };
+        let server = if self.server_pids.is_empty() { None } else { sum(&self.server_pids) };
+        CpuSample {
+            server: server.map(|s| s - threads),
+            feed: if self.has_feed { sum(&self.feed_pids).map(|p| p + threads) } else { None },
+        }
+    }
 }
 
 /// Sum of the resident memory of `pids`.

@@ -1,14 +1,15 @@
 //! `bench`: tickfan's load harness (DESIGN §5). `bench run` is the load client; `bench compare`
-//! runs the same workload against tickfan and the socket.io / ws / naive-Rust baselines.
+//! runs the same workload against tickfan and the uWebSockets.js / socket.io / ws / naive-Rust
+//! baselines.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bench::client::Protocol;
-use bench::compare::{CompareConfig, Server};
+use bench::compare::{CompareConfig, Overrides, Scenario, Server};
 use bench::plot::{self, Chart, Series};
-use bench::{Report, RunConfig};
+use bench::{defaults, Report, RunConfig};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -26,7 +27,8 @@ struct Cli {
 enum Cmd {
     /// Open N connections, subscribe, verify seq continuity, measure throughput and latency.
     Run(RunArgs),
-    /// Sweep tick rates against tickfan, socket.io, ws and naive Rust; print the ratios.
+    /// Sweep tick rates against tickfan, uWebSockets.js, socket.io, ws and naive Rust; print the
+    /// ratios.
     Compare(CompareArgs),
     /// The loopback floor: the least CPU that writing WebSocket frames to N TCP sockets costs.
     ///
@@ -41,6 +43,24 @@ enum Cmd {
     Floor(FloorArgs),
 }
 
+/// The settings `bench run` and `bench compare` share: one name, one meaning, one default.
+#[derive(Debug, clap::Args)]
+struct Workload {
+    /// Each connection draws this many random symbols for the `{sym}` in --streams (for
+    /// compare: instead of the scenarios' own).
+    #[arg(long, value_name = "K")]
+    random_symbols: Option<usize>,
+    /// Symbols the server has (the gateway's and feed-sim's --symbols), to draw from.
+    #[arg(long, default_value_t = defaults::SYMBOLS)]
+    symbols: usize,
+    /// Seed of the per-connection symbol draw (and, for compare, of the feed).
+    #[arg(long, default_value_t = defaults::SEED)]
+    seed: u64,
+    /// Seconds between the last connect and the start of measuring (per step, for compare).
+    #[arg(long, default_value_t = defaults::WARMUP_SECS)]
+    warmup: f64,
+}
+
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// WebSocket URL (for socket.io: ws://host:port).
@@ -49,29 +69,19 @@ struct RunArgs {
     /// Wire protocol of the server.
     #[arg(long, value_enum, default_value_t = Protocol::Tickfan)]
     protocol: Protocol,
-    /// Connections to open.
-    #[arg(long, default_value_t = 100)]
-    conns: usize,
     /// Channels per connection, comma-separated, e.g. `trades.*,book.BTC-USD`; with
     /// --random-symbols, `{sym}` stands for each of the connection's symbols:
     /// `trades.{sym},quotes.{sym}`.
     #[arg(long, visible_alias = "channels", default_value = "trades.*")]
     streams: String,
-    /// Each connection draws this many random symbols for the `{sym}` in --streams.
-    #[arg(long, value_name = "K")]
-    random_symbols: Option<usize>,
-    /// Symbols the server has (the gateway's and feed-sim's --symbols), to draw from.
-    #[arg(long, default_value_t = 50)]
-    symbols: usize,
-    /// Seed of the per-connection symbol draw.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Connections to open.
+    #[arg(long, default_value_t = defaults::CONNS)]
+    conns: usize,
+    #[command(flatten)]
+    workload: Workload,
     /// Measured seconds, after warm-up.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Seconds between the last connect and the start of measuring.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
     /// Connections opened per second (default: as fast as the server accepts).
     #[arg(long)]
     ramp: Option<f64>,
@@ -81,6 +91,19 @@ struct RunArgs {
     /// PID of a local server process, to report its CPU and memory (repeatable).
     #[arg(long)]
     server_pid: Vec<u32>,
+    /// PID of a process that feeds the server (e.g. feed-sim piped into it): its CPU is
+    /// reported as the feed's, apart from the server's (repeatable).
+    #[arg(long)]
+    feed_pid: Vec<u32>,
+    /// Threads of the --server-pid processes with this name are the feed (the gateway's is
+    /// `tickfan-feed`): their CPU is reported as the feed's, apart from the server's.
+    #[arg(long, value_name = "NAME")]
+    feed_thread: Option<String>,
+    /// Count the --server-pid processes' write, writev, sendto and sendmsg calls over the
+    /// measured window with `perf stat` (feed threads left out); "n/a" with the reason if perf
+    /// is missing or refused.
+    #[arg(long)]
+    count_writes: bool,
     /// The gateway's Prometheus endpoint, e.g. http://127.0.0.1:8080/metrics: its internal
     /// latency over the measured window goes into the report beside the end-to-end latency.
     #[arg(long)]
@@ -99,34 +122,43 @@ struct RunArgs {
 #[derive(Debug, clap::Args)]
 struct CompareArgs {
     /// Servers to compare; the first is the one ratios are computed for.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tickfan,socketio,ws,naive")]
-    servers: Vec<Server>,
-    /// Offered tick rates (ticks/s), swept in ascending order.
     #[arg(
         long,
+        value_enum,
         value_delimiter = ',',
-        default_value = "500,1000,2000,4000,8000,16000,32000,64000,128000"
+        default_value = "tickfan,uws,socketio,ws,naive"
     )]
-    rates: Vec<f64>,
-    /// Connections per step.
-    #[arg(long, default_value_t = 100)]
-    conns: usize,
-    /// Channels per connection (`{sym}`: each of the connection's --random-symbols).
-    #[arg(long, visible_alias = "channels", default_value = "trades.*,quotes.*")]
-    streams: String,
-    /// Each connection draws this many random symbols for the `{sym}` in --streams.
-    #[arg(long, value_name = "K")]
-    random_symbols: Option<usize>,
-    #[arg(long, default_value_t = 50)]
-    symbols: usize,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    servers: Vec<Server>,
+    /// Scenarios to run, each into its own directory under --out (repeatable; default: all):
+    /// hot (1,000 conns on trades.BTC-USD), fat (100 on trades.*,quotes.*), thin1k / thin10k
+    /// (1,000 / 10,000 conns, each on trades and quotes of 3 random symbols), idle (10,000
+    /// conns at 10 ticks/s: memory per idle connection).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenario: Vec<Scenario>,
+    /// The ladder of offered tick rates (ticks/s), climbed in ascending order to the first
+    /// that does not hold, then bisection between it and the last rate held (default: each
+    /// scenario's own doubling ladder; idle keeps its 10 ticks/s).
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<f64>>,
+    /// Connections per step, instead of each scenario's.
+    #[arg(long)]
+    conns: Option<usize>,
+    /// Channels per connection (`{sym}`: each of the connection's --random-symbols), instead
+    /// of each scenario's.
+    #[arg(long, visible_alias = "channels")]
+    streams: Option<String>,
+    #[command(flatten)]
+    workload: Workload,
+    /// Bisect until the last rate held and the first failed are within this ratio.
+    #[arg(long, default_value_t = 1.25)]
+    resolution: f64,
+    /// Run the whole search this many times per server (repeat r runs every server before
+    /// repeat r + 1) and report medians and ranges.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
     /// Measured seconds per step.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
-    /// Warm-up seconds per step.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
     /// A rate holds only with p99 latency under this.
     #[arg(long, default_value_t = 50.0)]
     p99_bound_ms: f64,
@@ -151,9 +183,13 @@ struct CompareArgs {
     /// Results directory.
     #[arg(long, default_value = "target/bench-compare")]
     out: PathBuf,
-    /// Go on sweeping a server after a rate it did not hold.
+    /// Climb the whole ladder even after a rate that did not hold.
     #[arg(long)]
     keep_going: bool,
+    /// Do not count the servers' write syscalls with `perf stat` (its tracepoints cost the
+    /// server a little CPU per syscall).
+    #[arg(long)]
+    no_perf: bool,
     /// Measure nothing: re-render compare.md and the plots of an earlier run's compare.json
     /// into --out.
     #[arg(long, value_name = "COMPARE_JSON")]
@@ -186,7 +222,11 @@ struct FloorArgs {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().cmd {
+    let cli = Cli::parse();
+    // Every connection is a file descriptor, here and in the servers compare starts (they
+    // inherit the limit): the soft limit goes up to the hard one.
+    bench::compare::raise_open_files_limit();
+    let result = match cli.cmd {
         Cmd::Run(args) => run(args),
         Cmd::Compare(args) => compare(args),
         Cmd::Floor(args) => floor(args),
@@ -201,7 +241,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if !(args.duration > 0.0 && args.warmup >= 0.0) {
+    let w = args.workload;
+    if !(args.duration > 0.0 && w.warmup >= 0.0) {
         eprintln!("bench: --duration must be > 0 and --warmup >= 0 (seconds)");
         return Ok(ExitCode::from(2));
     }
@@ -210,9 +251,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         rt.worker_threads(args.threads);
     }
     let rt = rt.enable_all().build()?;
-    let random_symbols = args
+    let random_symbols = w
         .random_symbols
-        .map(|k| bench::client::RandomSymbols::from_feed(k, args.symbols, args.seed))
+        .map(|k| bench::client::RandomSymbols::from_feed(k, w.symbols, w.seed))
         .transpose()?;
     let cfg = RunConfig {
         target: args.target,
@@ -221,10 +262,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         streams: args.streams,
         random_symbols,
         duration: Duration::from_secs_f64(args.duration),
-        warmup: Duration::from_secs_f64(args.warmup),
+        warmup: Duration::from_secs_f64(w.warmup),
         ramp: args.ramp,
         source_ips: args.source_ips,
         server_pids: args.server_pid,
+        feed_pids: args.feed_pid,
+        feed_thread: args.feed_thread,
+        count_writes: args.count_writes,
         progress: true,
         metrics_url: args.metrics_url,
     };
@@ -282,11 +326,11 @@ fn run_plots(report: &Report, dir: &std::path::Path) -> anyhow::Result<Vec<PathB
 
 fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     if let Some(from) = &args.from {
-        let mut cmp = bench::compare::load(from)?;
-        cmp.config.out = args.out;
-        std::fs::create_dir_all(&cmp.config.out)?;
-        bench::compare::write_results(&cmp)?;
-        println!("{}", cmp.ratio_table());
+        let mut suite = bench::compare::load_suite(from)?;
+        bench::compare::rewrite_suite(&mut suite, &args.out)?;
+        for cmp in &suite.scenarios {
+            println!("{}", cmp.ratio_table());
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let bin_dir = match args.bin_dir {
@@ -297,35 +341,54 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| PathBuf::from(".")),
     };
     let pin = |cpus: String| (!args.no_pin).then_some(cpus);
-    let cfg = CompareConfig {
+    let base = CompareConfig {
         servers: args.servers,
-        rates: {
-            let mut r = args.rates;
-            r.sort_by(f64::total_cmp);
-            r.dedup();
-            r
-        },
-        conns: args.conns,
-        streams: args.streams,
-        random_symbols: args.random_symbols,
-        symbols: args.symbols,
-        seed: args.seed,
+        resolution: args.resolution,
+        repeats: args.repeats,
+        symbols: args.workload.symbols,
+        seed: args.workload.seed,
         duration: args.duration,
-        warmup: args.warmup,
+        warmup: args.workload.warmup,
         p99_bound_ms: args.p99_bound_ms,
         min_delivery: args.min_delivery,
         server_cpus: pin(args.server_cpus),
         client_cpus: pin(args.client_cpus),
-        bin_dir,
         baselines_dir: args.baselines_dir,
         out: args.out,
         keep_going: args.keep_going,
+        count_writes: !args.no_perf,
+        ..CompareConfig::new(bin_dir)
     };
-    let cmp = bench::compare::compare(cfg)?;
-    println!("{}", cmp.ratio_table());
+    let overrides = Overrides {
+        conns: args.conns,
+        streams: args.streams,
+        random_symbols: args.workload.random_symbols,
+        rates: args.rates.map(|mut r| {
+            r.sort_by(f64::total_cmp);
+            r.dedup();
+            r
+        }),
+    };
+    let mut scenarios =
+        if args.scenario.is_empty() { Scenario::ALL.to_vec() } else { args.scenario };
+    let mut seen = Vec::new();
+    scenarios.retain(|s| {
+        !seen.contains(s) && {
+            seen.push(*s);
+            true
+        }
+    });
+    let suite = bench::compare::compare_suite(&base, &scenarios, &overrides)?;
+    for cmp in &suite.scenarios {
+        if let Some(sc) = cmp.config.scenario {
+            println!("\n## {}: {}\n", sc.name(), sc.about());
+        }
+        println!("{}", cmp.ratio_table());
+    }
     println!(
-        "Full results: {}/compare.md (and compare.json, plots, logs/)",
-        cmp.config.out.display()
+        "Full results: {}/compare.md (every scenario's in its directory, with compare.json, \
+         plots and logs/)",
+        base.out.display()
     );
     Ok(ExitCode::SUCCESS)
 }

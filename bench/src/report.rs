@@ -99,18 +99,44 @@ pub struct Report {
     pub msgs_per_sec_series: Vec<f64>,
     /// CPU cores the load client used on average (a saturated client shows here).
     pub client_cpu_cores: Option<f64>,
-    /// CPU cores the server used on average, with `--server-pid`.
+    /// CPU cores the server used on average, with `--server-pid`, its feed excluded (the
+    /// `--feed-thread` threads in it; a `--feed-pid` process is never counted here).
     pub server_cpu_cores: Option<f64>,
-    /// Delivered messages per server CPU-second: comparable even when the client is the limit.
+    /// CPU cores the feed used on average: `--feed-pid` processes and `--feed-thread`
+    /// threads of the server. `None` when no feed was named (or none found).
+    #[serde(default)]
+    pub feed_cpu_cores: Option<f64>,
+    /// Delivered messages per server CPU-second, the feed excluded: comparable even when the
+    /// client is the limit.
     pub msgs_per_server_cpu_sec: Option<f64>,
-    /// Resident memory of the server processes at the end of the measured window.
+    /// Resident memory of the server processes (not of a `--feed-pid`) at the end of the
+    /// measured window.
     pub server_rss_bytes: Option<u64>,
+    /// Write-family syscalls (`write`, `writev`, `sendto`, `sendmsg`) of the server (its
+    /// feed's threads left out) over the measured window, counted by `perf stat`.
+    #[serde(default)]
+    pub server_writes: Option<u64>,
+    /// Why `server_writes` is missing although it was asked for.
+    #[serde(default)]
+    pub writes_note: Option<String>,
     /// The gateway's internal latency over the measured window, from `--metrics-url`.
     #[serde(default)]
     pub server_internal_latency: Option<crate::scrape::ServerLatency>,
 }
 
 impl Report {
+    /// Server write-family syscalls per delivered message.
+    pub fn writes_per_msg(&self) -> Option<f64> {
+        let w = self.server_writes?;
+        (self.msgs > 0).then(|| w as f64 / self.msgs as f64)
+    }
+
+    /// Delivered messages per server write-family syscall.
+    pub fn msgs_per_write(&self) -> Option<f64> {
+        let w = self.server_writes?;
+        (w > 0).then(|| self.msgs as f64 / w as f64)
+    }
+
     /// Whether the run shows a correctness failure.
     pub fn failed(&self) -> bool {
         self.undeclared_gaps > 0 || self.msgs == 0
@@ -167,15 +193,31 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| CPU | client {} cores, server {} cores |",
+            "| CPU | client {} cores, server {} cores (feed excluded), feed {} cores |",
             opt(self.client_cpu_cores, ""),
-            opt(self.server_cpu_cores, "")
+            opt(self.server_cpu_cores, ""),
+            opt(self.feed_cpu_cores, "")
         );
         let _ = writeln!(
             s,
             "| msgs per server CPU-second | {} |",
             opt(self.msgs_per_server_cpu_sec, "")
         );
+        match (self.server_writes, &self.writes_note) {
+            (Some(w), _) => {
+                let _ = writeln!(
+                    s,
+                    "| server writes (write, writev, sendto, sendmsg) | {w}: {} per delivered \
+                     message, {} messages per write |",
+                    opt(self.writes_per_msg(), ""),
+                    opt(self.msgs_per_write(), "")
+                );
+            }
+            (None, Some(why)) => {
+                let _ = writeln!(s, "| server writes | n/a: {why} |");
+            }
+            (None, None) => {}
+        }
         if let Some(rss) = self.server_rss_bytes {
             let _ = writeln!(s, "| server RSS | {:.1} MiB |", rss as f64 / (1 << 20) as f64);
         }
@@ -186,10 +228,19 @@ impl Report {
 /// CPU time (user + system) of a process so far, in seconds, from `/proc/PID/stat`
 /// (`None` = this process). `None` where /proc is not readable.
 pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/stat"),
-        None => "/proc/self/stat".to_owned(),
-    };
+    match pid {
+        Some(p) => stat_cpu_seconds(&format!("/proc/{p}/stat")),
+        None => stat_cpu_seconds("/proc/self/stat"),
+    }
+}
+
+/// CPU time (user + system) of one thread of a process so far, in seconds, from
+/// `/proc/PID/task/TID/stat`.
+pub fn thread_cpu_seconds(pid: u32, tid: u32) -> Option<f64> {
+    stat_cpu_seconds(&format!("/proc/{pid}/task/{tid}/stat"))
+}
+
+fn stat_cpu_seconds(path: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = &stat[stat.rfind(')')? + 2..];
@@ -198,6 +249,21 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let stime: f64 = fields.next()?.parse().ok()?;
     // /proc reports in USER_HZ clock ticks, 100 per second on Linux.
     Some((utime + stime) / 100.0)
+}
+
+/// The threads of process `pid` named `name` (their `/proc/PID/task/TID/comm`, which the
+/// kernel cuts to 15 bytes).
+pub fn threads_named(pid: u32, name: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut tids: Vec<u32> = tasks
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .collect();
+    tids.sort_unstable();
+    tids
 }
 
 /// Resident memory of a process, from `/proc/PID/status` (`VmRSS`).
@@ -238,6 +304,32 @@ mod tests {
         assert_eq!(curve.first(), Some(&(0.0, 1)));
         assert_eq!(curve.last(), Some(&(1.0, 1000)));
         assert!(curve.windows(2).all(|w| w[0].1 <= w[1].1), "{curve:?}");
+    }
+
+    #[test]
+    fn a_named_thread_and_its_cpu_time() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let spinner = std::thread::Builder::new()
+            .name("bench-test-spin".into())
+            .spawn(move || {
+                let t = std::time::Instant::now();
+                let mut x = 0u64;
+                while t.elapsed().as_millis() < 60 {
+                    x = x.wrapping_mul(31).wrapping_add(7);
+                }
+                std::hint::black_box(x);
+                let _ = rx.recv();
+            })
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        let pid = std::process::id();
+        let tids = threads_named(pid, "bench-test-spin");
+        assert_eq!(tids.len(), 1, "{tids:?}");
+        let cpu = thread_cpu_seconds(pid, tids[0]).unwrap();
+        assert!(cpu > 0.0 && cpu <= cpu_seconds(None).unwrap(), "{cpu}");
+        assert!(threads_named(pid, "no-such-thread").is_empty());
+        tx.send(()).unwrap();
+        spinner.join().unwrap();
     }
 
     #[test]

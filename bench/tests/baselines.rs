@@ -1,8 +1,8 @@
 //! The baselines `bench compare` measures, started exactly as it starts them (feed-sim piped
 //! into each), and read by the same client: the engine.io/socket.io client against the real
-//! socket.io server from `npm ci`, the tickfan-protocol client against the Node `ws` server and
-//! the naive Rust server (both of its designs). Then one tiny `bench compare` through the real
-//! binary.
+//! socket.io server from `npm ci`, the tickfan-protocol client against the Node `ws` server,
+//! the uWebSockets.js server and the naive Rust server (both of its designs). Then one tiny
+//! `bench compare` through the real binary.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -49,8 +49,13 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Starts `server` fed at 2,000 ticks/s and runs 3 connections on `trades.*` for 1.5 s.
+/// Starts `server` fed at 2,000 ticks/s and runs 3 connections on `trades.*,quotes.BTC-USD`
+/// for 1.5 s.
 fn load(server: Server) -> bench::Report {
+    load_on(server, "trades.*,quotes.BTC-USD")
+}
+
+fn load_on(server: Server, streams: &str) -> bench::Report {
     let dir = temp_dir(&format!("{server:?}"));
     let cfg = config(&dir);
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
@@ -61,10 +66,11 @@ fn load(server: Server) -> bench::Report {
         .block_on(bench::run(RunConfig {
             protocol: server.protocol(),
             conns: 3,
-            streams: "trades.*,quotes.BTC-USD".into(),
+            streams: streams.into(),
             duration: Duration::from_millis(1500),
             warmup: Duration::from_millis(500),
-            server_pids: running.pids(),
+            server_pids: vec![running.server_pid()],
+            feed_pids: running.feed_pid().into_iter().collect(),
             ..RunConfig::new(format!("ws://{}{}", running.addr, server.path()))
         }))
         .unwrap();
@@ -74,6 +80,8 @@ fn load(server: Server) -> bench::Report {
     assert_eq!((report.connected, report.ended_early), (3, 0), "{}", report.markdown());
     assert_eq!(report.undeclared_gaps, 0, "{server:?} lost data at a trivial rate");
     assert!(report.server_cpu_cores.is_some_and(|c| c > 0.0));
+    // feed-sim is a process of its own: its CPU is the feed's.
+    assert!(report.feed_cpu_cores.is_some_and(|c| c > 0.0), "{}", report.markdown());
     std::fs::remove_dir_all(&dir).unwrap();
     report
 }
@@ -124,6 +132,89 @@ fn socket_io_baseline_under_the_load_client() {
 #[test]
 fn ws_baseline_under_the_load_client() {
     load(Server::Ws);
+}
+
+#[test]
+fn uws_baseline_under_the_load_client() {
+    // Overlapping specs: a tick delivered twice would be a repeated seq, an undeclared gap.
+    let r = load_on(Server::Uws, "trades.*,trades.BTC-USD,quotes.BTC-USD");
+    assert_eq!(r.declared_gaps, 0);
+}
+
+/// Reads text frames until `want` data messages arrived; returns their `(channel, seq)` and
+/// the replies (non-data frames) seen on the way.
+async fn read_data(
+    ws: &mut bench::client::ClientSocket,
+    want: usize,
+) -> (Vec<(String, u64)>, Vec<String>) {
+    let (mut data, mut replies) = (Vec::new(), Vec::new());
+    while data.len() < want {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.read_frame())
+            .await
+            .expect("a frame within 10 s")
+            .unwrap();
+        assert_eq!(frame.opcode, OpCode::Text);
+        match scan(&frame.payload) {
+            Scanned::Data { ch, seq, .. } => {
+                data.push((String::from_utf8(ch.to_vec()).unwrap(), seq))
+            }
+            _ => replies.push(String::from_utf8(frame.payload.to_vec()).unwrap()),
+        }
+    }
+    (data, replies)
+}
+
+#[test]
+fn uws_baseline_speaks_the_protocol_subset_and_sends_each_tick_once() {
+    let dir = temp_dir("uws-raw");
+    let cfg = config(&dir);
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    let running = compare::start(&cfg, Server::Uws, 2000.0, &log).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // `%2A` is `*`: the query is URL-decoded.
+        let path = "/ws?streams=trades.%2A,trades.BTC-USD";
+        let mut ws = connect(running.addr, path, None).await.unwrap();
+        let (data, replies) = read_data(&mut ws, 300).await;
+        assert_eq!(
+            replies.first().map(String::as_str),
+            Some(r#"{"op":"subscribed","channels":["trades.*","trades.BTC-USD"]}"#)
+        );
+        assert!(data.iter().all(|(ch, _)| ch.starts_with("trades.")), "{data:?}");
+        // Each channel's seqs go up by one: nothing twice (BTC-USD is in both specs), no loss.
+        let mut next = std::collections::HashMap::new();
+        for (ch, seq) in &data {
+            if let Some(expected) = next.insert(ch.clone(), seq + 1) {
+                assert_eq!(*seq, expected, "{ch}: {data:?}");
+            }
+        }
+        assert!(next.contains_key("trades.BTC-USD") && next.len() > 3, "{next:?}");
+
+        // Without the wildcard, the exact channel alone goes on.
+        let req = br#"{"op":"unsubscribe","id":7,"channels":["trades.*"]}"#;
+        ws.write_frame(fastwebsockets::Frame::text(fastwebsockets::Payload::Borrowed(req)))
+            .await
+            .unwrap();
+        let (data, replies) = read_data(&mut ws, 400).await;
+        assert!(replies.iter().any(|r| r.contains(r#""op":"unsubscribed","id":7"#)), "{replies:?}");
+        let after = data.iter().position(|(ch, _)| ch != "trades.BTC-USD").map_or(0, |i| i + 1);
+        let tail = &data[after..];
+        assert!(tail.len() > 20, "trades.BTC-USD stopped: {data:?}");
+        assert!(tail.iter().all(|(ch, _)| ch == "trades.BTC-USD"), "{tail:?}");
+        assert!(tail.windows(2).all(|w| w[1].1 == w[0].1 + 1), "{tail:?}");
+
+        let req = br#"{"op":"subscribe","id":8,"channels":["nope.X"]}"#;
+        ws.write_frame(fastwebsockets::Frame::text(fastwebsockets::Payload::Borrowed(req)))
+            .await
+            .unwrap();
+        let (_, replies) = read_data(&mut ws, 30).await;
+        assert!(
+            replies.iter().any(|r| r.contains(r#""op":"error","id":8,"code":"unknown_channel""#)),
+            "{replies:?}"
+        );
+    });
+    drop(running);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -258,7 +349,8 @@ fn compare_runs_every_server_and_writes_its_report() {
     bin_dir();
     compare::ensure_node_modules(repo_root()).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["compare", "--rates", "1000", "--conns", "4", "--symbols", "20"])
+        .args(["compare", "--scenario", "fat", "--rates", "1000", "--repeats", "1"])
+        .args(["--conns", "4", "--symbols", "20"])
         .args(["--duration", "1", "--warmup", "0.5", "--no-pin", "--p99-bound-ms", "1000"])
         .arg("--out")
         .arg(&out)
@@ -267,19 +359,48 @@ fn compare_runs_every_server_and_writes_its_report() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    let cmp = compare::load(&out.join("compare.json")).unwrap();
-    assert_eq!(cmp.steps.len(), 4, "{stdout}");
+    // The suite at the top, the scenario in its own directory.
+    let suite = compare::load_suite(&out.join("compare.json")).unwrap();
+    assert_eq!(suite.scenarios.len(), 1);
+    let cmp = compare::load(&out.join("fat/compare.json")).unwrap();
+    assert_eq!(cmp.config.scenario, Some(compare::Scenario::Fat));
+    assert_eq!((cmp.config.conns, cmp.config.streams.as_str()), (4, "trades.*,quotes.*"));
+    assert_eq!(cmp.steps.len(), 5, "{stdout}");
     for step in &cmp.steps {
         let r = step.report.as_ref().unwrap_or_else(|| panic!("{step:?}"));
         assert!(r.msgs > 0 && r.undeclared_gaps == 0, "{:?}: {}", step.server, r.markdown());
-    }
-    assert!(stdout.contains("wire bytes per tick"), "{stdout}");
-    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
-    assert!(md.contains("| socket.io |") && md.contains("Every step"), "{md}");
-    if bench::plot::available() {
-        for plot in ["throughput.png", "p99.svg", "latency.png"] {
-            assert!(out.join(plot).is_file(), "{plot} missing");
+        // Every server's feed is found: tickfan's thread, the baselines' feed-sim.
+        assert!(r.feed_cpu_cores.is_some_and(|c| c > 0.0), "{:?}: {}", step.server, r.markdown());
+        // Writes counted by perf, or the reason why not (perf is part of the CI image).
+        match (r.server_writes, &r.writes_note) {
+            (Some(w), _) => assert!(w > 0, "{:?}: {}", step.server, r.markdown()),
+            (None, Some(_)) if std::env::var_os("TICKFAN_REQUIRE_TOOLS").is_none() => {}
+            _ => panic!("{:?}: writes not counted: {}", step.server, r.markdown()),
         }
     }
+    assert!(stdout.contains("wire bytes per tick"), "{stdout}");
+    assert!(stdout.contains("server writes per delivered message"), "{stdout}");
+    let md = std::fs::read_to_string(out.join("fat/compare.md")).unwrap();
+    assert!(md.contains("| socket.io |") && md.contains("| uWS.js |"), "{md}");
+    assert!(md.contains("Every step") && md.contains("Scenario fat"), "{md}");
+    let top = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(top.contains("## fat:") && top.contains("(fat/compare.md)"), "{top}");
+    if bench::plot::available() {
+        for plot in ["throughput.png", "p99.svg", "latency.png"] {
+            assert!(out.join("fat").join(plot).is_file(), "{plot} missing");
+        }
+    }
+    // Re-rendered from the suite into another directory.
+    let again = temp_dir("compare-again");
+    let status = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["compare", "--from"])
+        .arg(out.join("compare.json"))
+        .arg("--out")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(again.join("compare.md").is_file() && again.join("fat/compare.md").is_file());
     std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&again).unwrap();
 }

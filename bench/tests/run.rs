@@ -21,6 +21,8 @@ fn run_against_a_live_gateway_delivers_without_undeclared_gaps() {
             duration: Duration::from_secs(2),
             warmup: Duration::from_millis(300),
             server_pids: vec![std::process::id()],
+            // The gateway runs in this process: its feed is a thread of ours.
+            feed_thread: Some(bench::compare::FEED_THREAD.into()),
             metrics_url: Some(format!("http://{}/metrics", gw.local_addr())),
             ..RunConfig::new(format!("ws://{}/ws", gw.local_addr()))
         }))
@@ -31,6 +33,9 @@ fn run_against_a_live_gateway_delivers_without_undeclared_gaps() {
     assert_eq!(report.latency_us.samples, report.msgs);
     assert!(report.latency_us.p50 > 0 && report.latency_us.p50 <= report.latency_us.max);
     assert!(report.server_cpu_cores.is_some_and(|c| c > 0.0));
+    // The feed at 10,000 ticks/s is busy, and its CPU is not counted as the server's.
+    let feed = report.feed_cpu_cores.expect("the feed thread was found");
+    assert!(feed > 0.0, "{}", report.markdown());
     assert!(!report.failed());
     let json: serde_json::Value =
         serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
