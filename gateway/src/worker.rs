@@ -192,9 +192,12 @@ impl Snapshot {
 /// interval and the internal latency of the ticks fanned out in it (all workers together).
 async fn publish_stats(ctx: Rc<WorkerCtx>, id: usize, cancel: CancellationToken) {
     let mut prev = Snapshot::take(&ctx.stats);
+    let mut churn = crate::memory::Churn::default();
     every(STATS_INTERVAL, &cancel, || {
         ctx.shard.borrow_mut().trim_queues();
-        crate::memory::release_freed();
+        if churn.settled(ctx.shard.borrow().len()) {
+            crate::memory::release_freed();
+        }
         // The queue-depth gauges of /metrics, sampled here rather than on the fan-out path.
         if let Some(q) = ctx.stats.queues.get(id) {
             let (total, max, blocked) = ctx.shard.borrow().queue_sample();

@@ -108,6 +108,7 @@ impl CompareConfig {
                 Server::Socketio,
                 Server::Ws,
                 Server::Naive,
+                Server::NaiveStrong,
             ],
             rates: vec![500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0, 64000.0, 128000.0],
             resolution: default_resolution(),
@@ -182,7 +183,7 @@ fn preflight(cfg: &CompareConfig) -> anyhow::Result<()> {
     let build_hint = "build them with `cargo build --release -p gateway -p feed-sim -p naive-ws`";
     let needed = [
         ("tickfan", cfg.servers.contains(&Server::Tickfan)),
-        ("naive-ws", cfg.servers.contains(&Server::Naive)),
+        ("naive-ws", cfg.servers.iter().any(|s| matches!(s, Server::Naive | Server::NaiveStrong))),
         // Every baseline is fed by feed-sim through a pipe.
         ("feed-sim", cfg.servers.iter().any(|s| *s != Server::Tickfan)),
     ];

@@ -29,6 +29,11 @@ pub enum Server {
     Uws,
     /// tokio-tungstenite + `tokio::sync::broadcast`, serialised per client.
     Naive,
+    /// The same libraries as a competent engineer uses them (`naive-ws --design strong`): one
+    /// broadcast per channel, each tick serialised once, many frames fed per flush.
+    #[value(name = "naive-strong")]
+    #[serde(rename = "naive-strong")]
+    NaiveStrong,
 }
 
 impl Server {
@@ -39,6 +44,7 @@ impl Server {
             Server::Ws => "ws (Node)",
             Server::Uws => "uWS.js",
             Server::Naive => "naive Rust",
+            Server::NaiveStrong => "strong Rust",
         }
     }
 
@@ -56,7 +62,7 @@ impl Server {
             Server::Socketio => Some("socketio-server.js"),
             Server::Ws => Some("ws-server.js"),
             Server::Uws => Some("uws-server.js"),
-            Server::Tickfan | Server::Naive => None,
+            Server::Tickfan | Server::Naive | Server::NaiveStrong => None,
         }
     }
 
@@ -205,6 +211,9 @@ pub fn start(
                 None => {
                     let mut cmd = pinned(&cfg.server_cpus, cfg.bin_dir.join("naive-ws"));
                     cmd.args(["--listen", "127.0.0.1:0"]);
+                    if server == Server::NaiveStrong {
+                        cmd.args(["--design", "strong"]);
+                    }
                     cmd
                 }
                 Some(script) => {
