@@ -72,4 +72,26 @@ function listen(server, { host, port }) {
 
 for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => process.exit(0));
 
-module.exports = { parseArgs, parseSpec, readTicks, listen };
+/**
+ * One client message in tickfan's protocol subset: `subscribe` / `unsubscribe` with `channels`,
+ * applied through `subscribe(channels, add)` (which returns an error text or nothing). Returns
+ * the reply to send. `text` is null for a binary message.
+ */
+function handleRequest(text, subscribe) {
+  let req;
+  try {
+    if (text === null) throw new Error('binary');
+    req = JSON.parse(text);
+  } catch {
+    return { op: 'error', code: 'bad_request', msg: 'not a JSON text message' };
+  }
+  const add = req?.op === 'subscribe';
+  if ((add || req?.op === 'unsubscribe') && Array.isArray(req.channels)) {
+    const error = subscribe(req.channels, add);
+    if (error) return { op: 'error', id: req.id, code: 'unknown_channel', msg: error };
+    return { op: add ? 'subscribed' : 'unsubscribed', id: req.id, channels: req.channels };
+  }
+  return { op: 'error', id: req?.id, code: 'bad_request', msg: 'expected subscribe or unsubscribe with channels' };
+}
+
+module.exports = { parseArgs, parseSpec, readTicks, listen, handleRequest };

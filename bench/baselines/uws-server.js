@@ -21,7 +21,7 @@
 // Speaks tickfan's protocol subset, as ws-server.js does: `?streams=` on /ws, subscribe /
 // unsubscribe ops, `kind.SYMBOL` and `kind.*` channels, error replies.
 
-const { parseArgs, parseSpec, readTicks } = require('./common');
+const { parseArgs, parseSpec, readTicks, handleRequest } = require('./common');
 
 const uWS = require('@trufflesuite/uws-js-unofficial');
 // The package falls back to a pure-JS implementation on top of `ws` (with a warning) when its
@@ -117,20 +117,8 @@ app.ws('/ws', {
     else reply(ws, { op: 'subscribed', channels });
   },
   message: (ws, message, isBinary) => {
-    let req;
-    try {
-      if (isBinary) throw new Error('binary');
-      req = JSON.parse(decoder.decode(message));
-    } catch {
-      return reply(ws, { op: 'error', code: 'bad_request', msg: 'not a JSON text message' });
-    }
-    const add = req?.op === 'subscribe';
-    if ((add || req?.op === 'unsubscribe') && Array.isArray(req.channels)) {
-      const error = subscribe(ws, req.channels, add);
-      if (error) return reply(ws, { op: 'error', id: req.id, code: 'unknown_channel', msg: error });
-      return reply(ws, { op: add ? 'subscribed' : 'unsubscribed', id: req.id, channels: req.channels });
-    }
-    reply(ws, { op: 'error', id: req?.id, code: 'bad_request', msg: 'expected subscribe or unsubscribe with channels' });
+    const text = isBinary ? null : decoder.decode(message);
+    reply(ws, handleRequest(text, (channels, add) => subscribe(ws, channels, add)));
   },
   close: (ws) => {
     sockets.delete(ws);

@@ -7,7 +7,7 @@
 
 const http = require('node:http');
 const { WebSocket, WebSocketServer } = require('ws');
-const { parseArgs, parseSpec, readTicks, listen } = require('./common');
+const { parseArgs, parseSpec, readTicks, listen, handleRequest } = require('./common');
 
 const opts = parseArgs(process.argv.slice(2));
 const exact = new Map(); // channel -> Set of sockets
@@ -64,20 +64,8 @@ server.on('upgrade', (req, socket, head) => {
       else reply(ws, { op: 'subscribed', channels });
     }
     ws.on('message', (data, isBinary) => {
-      let req;
-      try {
-        if (isBinary) throw new Error('binary');
-        req = JSON.parse(data.toString());
-      } catch {
-        return reply(ws, { op: 'error', code: 'bad_request', msg: 'not a JSON text message' });
-      }
-      const add = req?.op === 'subscribe';
-      if ((add || req?.op === 'unsubscribe') && Array.isArray(req.channels)) {
-        const error = subscribe(ws, req.channels, add);
-        if (error) return reply(ws, { op: 'error', id: req.id, code: 'unknown_channel', msg: error });
-        return reply(ws, { op: add ? 'subscribed' : 'unsubscribed', id: req.id, channels: req.channels });
-      }
-      reply(ws, { op: 'error', id: req?.id, code: 'bad_request', msg: 'expected subscribe or unsubscribe with channels' });
+      const text = isBinary ? null : data.toString();
+      reply(ws, handleRequest(text, (channels, add) => subscribe(ws, channels, add)));
     });
     ws.on('close', () => subscribe(ws, [...ws.specs], false));
   });
