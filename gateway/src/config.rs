@@ -102,6 +102,13 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_FEED_BATCH_US", default_value_t = 250)]
     pub feed_batch_us: u64,
 
+    /// Longest time, in microseconds, a busy worker holds frames to write several in one
+    /// syscall: each write costs several µs of kernel CPU whatever it carries. The hold grows
+    /// from 0 (worker busy under half the time: every batch is written at once) to this
+    /// (worker busy ~90 % of the time or more). 0 disables holding.
+    #[arg(long, env = "TICKFAN_FLUSH_WINDOW_US", default_value_t = 1000)]
+    pub flush_window_us: u64,
+
     /// Fan-out workers (threads owning a shard of connections). 0 = one per core.
     #[arg(long, env = "TICKFAN_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -208,6 +215,9 @@ impl Config {
         }
         if self.ring_capacity < 16 {
             return Err("--ring-capacity must be at least 16 frames".into());
+        }
+        if self.flush_window_us > 100_000 {
+            return Err("--flush-window-us must be at most 100000 (0.1 s)".into());
         }
         if self.queue_bytes < 64 << 10 {
             return Err("--queue-bytes must be at least 65536".into());

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tickfan_proto::{unix_now_ns, SymbolTable};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -217,17 +217,25 @@ async fn publish_stats(ctx: Rc<WorkerCtx>, id: usize, cancel: CancellationToken)
     .await;
 }
 
-/// Drains the ring into the shard in batches, flushing touched connections after each batch.
+/// Drains the ring into the shard in batches and flushes the connections they touched: at once
+/// while the worker has time to spare, after a hold of up to `--flush-window-us` when it is
+/// busy (see [`Hold`]), so that a busy worker writes several frames per syscall.
 async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: CancellationToken) {
-    // Producer timestamps of the batch, then their latencies in µs once it is flushed.
+    // Producer timestamps of the frames delivered since the last flush, then their latencies
+    // in µs once flushed.
     let mut batch_ts: Vec<u64> = Vec::with_capacity(DRAIN_BATCH);
+    let mut hold = Hold::new(Duration::from_micros(ctx.cfg.flush_window_us));
+    // When the frames held now must be written at the latest.
+    let mut deadline: Option<Instant> = None;
     loop {
         let stopping = tokio::select! {
             biased;
             _ = cancel.cancelled() => true,
             _ = ring.woken() => false,
+            _ = sleep_until_some(deadline) => false,
         };
         loop {
+            let started = Instant::now();
             {
                 let mut shard = ctx.shard.borrow_mut();
                 for _ in 0..DRAIN_BATCH {
@@ -235,14 +243,23 @@ async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: Cancell
                     batch_ts.push(frame.ts);
                     shard.deliver(&frame);
                 }
-                shard.flush_dirty();
+                if deadline.is_none() && !batch_ts.is_empty() {
+                    deadline = Some(started + hold.current());
+                }
+                if stopping || deadline.is_some_and(|d| started >= d) {
+                    shard.flush_dirty();
+                    deadline = None;
+                }
             }
-            let now = unix_now_ns();
-            for ts in &mut batch_ts {
-                *ts = now.saturating_sub(*ts) / 1000;
+            if deadline.is_none() && !batch_ts.is_empty() {
+                let now = unix_now_ns();
+                for ts in &mut batch_ts {
+                    *ts = now.saturating_sub(*ts) / 1000;
+                }
+                ctx.stats.record_latency(id, &batch_ts);
+                batch_ts.clear();
             }
-            ctx.stats.record_latency(id, &batch_ts);
-            batch_ts.clear();
+            hold.worked(started.elapsed());
             if ring.is_empty() {
                 break;
             }
@@ -252,5 +269,95 @@ async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: Cancell
         if stopping {
             return;
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a worker holds delivered frames before writing them, from how busy it has been.
+///
+/// A write costs several µs of kernel CPU whether it carries one frame or ten
+/// (`docs/performance.md`), so a worker that keeps up writes every batch at once (lowest
+/// latency), and one that runs out of time holds frames for up to `max`, writing more of them
+/// per syscall exactly when CPU is short. Busy is the share of wall time spent delivering and
+/// writing, averaged over ~100 ms windows: under 50 % no hold, then linearly up to `max` at
+/// 90 %.
+#[derive(Debug)]
+pub struct Hold {
+    max: Duration,
+    /// Start of the current measuring window, and the work done in it.
+    window_start: Instant,
+    busy_in_window: Duration,
+    /// Smoothed busy share, 0.0 to 1.0.
+    busy: f64,
+}
+
+/// Length of one measuring window of [`Hold`].
+const HOLD_WINDOW: Duration = Duration::from_millis(100);
+
+impl Hold {
+    pub fn new(max: Duration) -> Hold {
+        Hold { max, window_start: Instant::now(), busy_in_window: Duration::ZERO, busy: 0.0 }
+    }
+
+    /// Notes `work` of delivering and writing just done.
+    pub fn worked(&mut self, work: Duration) {
+        self.worked_at(work, Instant::now());
+    }
+
+    fn worked_at(&mut self, work: Duration, now: Instant) {
+        self.busy_in_window += work;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= HOLD_WINDOW {
+            let share = (self.busy_in_window.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
+            // A long quiet gap counts as one window: the worker was idle through it.
+            self.busy = 0.5 * self.busy + 0.5 * share;
+            self.window_start = now;
+            self.busy_in_window = Duration::ZERO;
+        }
+    }
+
+    /// The hold to apply now.
+    pub fn current(&self) -> Duration {
+        let scale = ((self.busy - 0.5) / 0.4).clamp(0.0, 1.0);
+        self.max.mul_f64(scale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_with_time_to_spare_holds_nothing_a_busy_one_up_to_the_window() {
+        let max = Duration::from_micros(1000);
+        let mut hold = Hold::new(max);
+        let t0 = Instant::now();
+        // 20 % busy for a second: no hold.
+        for i in 1..=10 {
+            hold.worked_at(Duration::from_millis(20), t0 + HOLD_WINDOW * i);
+        }
+        assert_eq!(hold.current(), Duration::ZERO);
+        // Saturated for a second: the whole window.
+        for i in 11..=20 {
+            hold.worked_at(HOLD_WINDOW, t0 + HOLD_WINDOW * i);
+        }
+        assert!(hold.current() >= max.mul_f64(0.99), "{:?}", hold.current());
+        // 70 % busy for a while: about half of it.
+        for i in 21..=40 {
+            hold.worked_at(Duration::from_millis(70), t0 + HOLD_WINDOW * i);
+        }
+        let half = hold.current().as_secs_f64() / max.as_secs_f64();
+        assert!((0.45..0.55).contains(&half), "{half}");
+        // Disabled: never.
+        let mut off = Hold::new(Duration::ZERO);
+        off.worked_at(HOLD_WINDOW, t0 + HOLD_WINDOW);
+        assert_eq!(off.current(), Duration::ZERO);
     }
 }
