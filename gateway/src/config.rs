@@ -105,8 +105,9 @@ pub struct Config {
     /// Longest time, in microseconds, a busy worker holds frames to write several in one
     /// syscall: each write costs several µs of kernel CPU whatever it carries. The hold grows
     /// from 0 (worker busy under half the time: every batch is written at once) to this
-    /// (worker busy ~90 % of the time or more). 0 disables holding.
-    #[arg(long, env = "TICKFAN_FLUSH_WINDOW_US", default_value_t = 1000)]
+    /// (worker busy ~90 % of the time or more). 0 (the default) disables holding: it saves
+    /// CPU on fat streams but raised p99 on many thin ones (docs/performance.md).
+    #[arg(long, env = "TICKFAN_FLUSH_WINDOW_US", default_value_t = 0)]
     pub flush_window_us: u64,
 
     /// Fan-out workers (threads owning a shard of connections). 0 = one per core.
