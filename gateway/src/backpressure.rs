@@ -564,7 +564,7 @@ impl<'a> GapNotice<'a> {
 
     /// Length of the whole frame.
     fn len(&self) -> usize {
-        header_len(self.payload) + self.payload
+        frame::header_len(self.payload) + self.payload
     }
 
     /// Appends the whole frame.
@@ -577,15 +577,6 @@ impl<'a> GapNotice<'a> {
             self.to,
             self.reason,
         );
-    }
-}
-
-/// Length of the header [`frame::put_header`] writes for a payload of `len` bytes.
-fn header_len(payload: usize) -> usize {
-    match payload {
-        0..126 => 2,
-        126..=0xffff => 4,
-        _ => 10,
     }
 }
 
@@ -892,7 +883,10 @@ mod tests {
             }
         }
         for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
-            assert_eq!(header_len(len) + len, frame::build(Opcode::Text, &vec![b'x'; len]).len());
+            assert_eq!(
+                frame::header_len(len) + len,
+                frame::build(Opcode::Text, &vec![b'x'; len]).len()
+            );
         }
     }
 

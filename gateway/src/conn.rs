@@ -337,7 +337,7 @@ impl Reader {
             end.is_none()
         });
         match decoded {
-            Err(v) => Some(End::Close(v.code, v.reason)),
+            Err(v) => Some(v.into()),
             Ok(()) => end,
         }
     }
@@ -375,7 +375,7 @@ impl Session {
             }
             OpIn::Text if frame.fin => match std::str::from_utf8(frame.payload) {
                 Ok(_) => self.on_text(frame.payload),
-                Err(_) => Some(bad_utf8()),
+                Err(_) => Some(Violation::bad_utf8().into()),
             },
             OpIn::Text => {
                 self.partial = Some(Box::new(Partial::Text(frame.payload.to_vec())));
@@ -391,12 +391,12 @@ impl Session {
                 Some(Partial::Text(mut buf)) => {
                     buf.extend_from_slice(frame.payload);
                     if buf.len() > max_frame {
-                        Some(too_big(max_frame))
+                        Some(Violation::too_big(max_frame).into())
                     } else if !frame.fin {
                         self.partial = Some(Box::new(Partial::Text(buf)));
                         None
                     } else if std::str::from_utf8(&buf).is_err() {
-                        Some(bad_utf8())
+                        Some(Violation::bad_utf8().into())
                     } else {
                         self.on_text(&mut buf)
                     }
@@ -404,7 +404,7 @@ impl Session {
                 Some(Partial::Binary(n)) => {
                     let n = n + frame.payload.len();
                     if n > max_frame {
-                        Some(too_big(max_frame))
+                        Some(Violation::too_big(max_frame).into())
                     } else if frame.fin {
                         self.refuse_binary()
                     } else {
@@ -630,18 +630,14 @@ fn resolve(
     Ok(specs)
 }
 
+impl From<Violation> for End {
+    fn from(v: Violation) -> End {
+        End::Close(v.code, v.reason)
+    }
+}
+
 fn protocol_error(reason: &str) -> End {
-    End::Close(1002, reason.to_owned())
-}
-
-fn too_big(max: usize) -> End {
-    let v = Violation::too_big(max);
-    End::Close(v.code, v.reason)
-}
-
-fn bad_utf8() -> End {
-    let v = Violation::bad_utf8();
-    End::Close(v.code, v.reason)
+    Violation::protocol(reason).into()
 }
 
 #[cfg(test)]

@@ -638,11 +638,6 @@ impl Shard {
             }
         }
     }
-
-    /// Whether the connection's queue is empty (or the connection is gone or dead).
-    pub fn is_drained(&self, key: ConnKey) -> bool {
-        self.conns.get(key).is_none_or(|c| c.dead || c.out.is_empty())
-    }
 }
 
 /// One frame on its way to this shard's subscribers of its channel.

@@ -44,6 +44,15 @@ pub fn put_header(out: &mut BytesMut, opcode: Opcode, payload_len: usize) {
     }
 }
 
+/// Length of the header [`put_header`] writes for a payload of `payload_len` bytes.
+pub fn header_len(payload_len: usize) -> usize {
+    match payload_len {
+        0..126 => 2,
+        126..=0xffff => 4,
+        _ => MAX_HEADER_LEN,
+    }
+}
+
 /// Builds a complete unmasked server frame in its own allocation (control replies, notices).
 pub fn build(opcode: Opcode, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(MAX_HEADER_LEN + payload.len());

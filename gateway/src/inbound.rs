@@ -97,11 +97,6 @@ impl Decoder {
         Decoder { held: Vec::new(), max_payload }
     }
 
-    /// Whether part of a frame is waiting for more bytes.
-    pub fn is_mid_frame(&self) -> bool {
-        !self.held.is_empty()
-    }
-
     /// Decodes the frames in `fresh` (just read; the decoder may unmask it in place), preceded
     /// by any unfinished frame from before, and calls `each` for every complete frame in order.
     /// `each` returns `false` to stop (the connection is ending); then the rest is dropped.
@@ -119,8 +114,7 @@ impl Decoder {
         }
         self.held.extend_from_slice(fresh);
         let mut held = std::mem::take(&mut self.held);
-        let used = self.frames(&mut held, &mut each);
-        let used = used?;
+        let used = self.frames(&mut held, &mut each)?;
         if used < held.len() {
             held.drain(..used);
             self.held = held; // keep the allocation: the frame is still coming
@@ -269,7 +263,7 @@ mod tests {
             assert_eq!(got[0], (true, OpIn::Text, br#"{"op":"ping"}"#.to_vec()));
             assert_eq!(got[1], (true, OpIn::Ping, b"hi".to_vec()));
             assert_eq!(got[2].2.len(), 300);
-            assert!(!d.is_mid_frame());
+            assert!(d.held.is_empty());
             assert_eq!(d.held.capacity(), 0, "cut at {cut}: the buffer outlived the frame");
         }
     }
@@ -312,6 +306,6 @@ mod tests {
         })
         .unwrap();
         assert_eq!(n, 1);
-        assert!(!d.is_mid_frame());
+        assert!(d.held.is_empty());
     }
 }
