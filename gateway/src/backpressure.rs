@@ -64,9 +64,10 @@ impl std::fmt::Debug for dyn TryWrite {
     }
 }
 
-impl TryWrite for tokio::net::TcpStream {
+/// A non-blocking socket (the gateway's are: see `readiness`).
+impl TryWrite for std::net::TcpStream {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        tokio::net::TcpStream::try_write_vectored(self, bufs)
+        io::Write::write_vectored(&mut &*self, bufs)
     }
 }
 
@@ -437,18 +438,23 @@ impl Outbound {
     /// that only gets a message once in a while holds no queue memory in between (the next
     /// message allocates it again: one allocation per connection per trim, not per message).
     /// Notice memory and scratch go too once the connection owes nothing: a lag episode costs
-    /// a few allocations when it starts, and nothing is held after it.
-    pub fn trim(&mut self) {
+    /// a few allocations when it starts, and nothing is held after it. Returns about how many
+    /// bytes it freed.
+    pub fn trim(&mut self) -> usize {
         if !self.queue.is_empty() {
-            return;
+            return 0;
         }
-        if self.queue.capacity() > 0 {
+        let mut freed = self.queue.capacity() * std::mem::size_of::<Bytes>();
+        if freed > 0 {
             self.queue = VecDeque::new();
         }
         if self.behind == 0 {
+            freed += self.owed.capacity() * std::mem::size_of::<ChannelId>();
+            freed += self.notices.chunks.iter().map(|c| c.capacity()).sum::<usize>();
             self.notices = NoticeMemory::default();
             self.owed = Vec::new();
         }
+        freed
     }
 
     /// Queues a close frame; nothing is queued after it. Pending state is dropped with it.

@@ -1,14 +1,15 @@
-//! One WebSocket connection after the upgrade: one small task per connection reads client
-//! frames (decoded by `inbound`) and applies control messages, and waits for writability when
-//! the socket would block. Data never passes through here: the fan-out writes shared frames
-//! straight into the socket (see `fanout`).
+//! One WebSocket connection after the upgrade: its reader (frames decoded by `inbound`, control
+//! messages applied), serviced by the worker's readiness driver (`readiness`) when the socket
+//! is readable, and its closing task. Data never passes through here: the fan-out writes
+//! shared frames straight into the socket (see `fanout`).
 
-use std::future::Future;
-use std::pin::Pin;
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use fastwebsockets::upgrade::UpgradeFut;
@@ -17,10 +18,10 @@ use serde_json::json;
 use tickfan_proto::{
     unix_now_ns, ChannelId, ChannelSpec, ErrorCode, ParseChannelError, SymbolTable,
 };
-use tokio::net::TcpStream;
+use tokio::io::unix::AsyncFd;
 
 use crate::channels::ConnKey;
-use crate::fanout::{FlushState, Subscribed, TaskView, SYS_STATS};
+use crate::fanout::{FlushState, Subscribed, SYS_STATS};
 use crate::frame::{self, Opcode};
 use crate::inbound::{Decoder, FrameIn, OpIn, Violation};
 use crate::metrics::{CloseReason, Stats};
@@ -110,10 +111,10 @@ impl RequestLimiter {
 
 /// Why reading stopped.
 #[derive(Debug)]
-enum End {
+pub enum End {
     /// Close the connection with this RFC 6455 code and reason.
     Close(u16, String),
-    /// A close frame is already queued (echo of the client's, or fastwebsockets' 1002).
+    /// A close frame is already queued (echo of the client's).
     CloseQueued,
     /// The peer is gone (EOF, reset).
     Gone,
@@ -122,6 +123,7 @@ enum End {
 }
 
 /// A text or binary message being received in fragments (RFC 6455 §5.4).
+#[derive(Debug)]
 enum Partial {
     Text(Vec<u8>),
     Binary(usize),
@@ -129,16 +131,13 @@ enum Partial {
 
 /// Bytes read from a socket per `read` call; on the stack, not kept per connection.
 const READ_CHUNK: usize = 4096;
-/// Reads per wake-up before the task lets the worker's other tasks run.
-const READS_PER_POLL: usize = 16;
+/// Reads per round before the driver services other connections.
+const READS_PER_ROUND: usize = 16;
 
-/// Runs a connection from the completed upgrade to its close.
-///
-/// One task per connection, and a small one: while the client sends nothing (the common case
-/// for a market-data subscriber) the task holds no buffer, only its decoder's empty state and
-/// the request limiter. It waits for the socket to become readable, reads into a buffer on the
-/// stack and decodes what came; it also waits for writability when the fan-out found the
-/// socket full. Data frames never pass through here: the fan-out writes them.
+/// Takes over a connection from the completed upgrade: registers it with the shard (which
+/// writes to it) and with the worker's readiness driver (which reads it), then returns. No
+/// task stays behind: while the client sends nothing, which is the common case for a
+/// market-data subscriber, the connection is its [`Live`] reader state and its shard entry.
 pub async fn run(
     ctx: Rc<WorkerCtx>,
     upgrade: UpgradeFut,
@@ -149,13 +148,17 @@ pub async fn run(
         Ok(ws) => ws,
         Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
     };
-    // Take the raw socket back from hyper: the fan-out writes pre-built frames to it directly.
-    let parts = match ws.into_inner().into_inner().downcast::<TokioIo<TcpStream>>() {
+    // Take the raw socket back from hyper and tokio: the fan-out writes pre-built frames to it
+    // directly, and the worker's own epoll set watches it.
+    let parts = match ws.into_inner().into_inner().downcast::<TokioIo<tokio::net::TcpStream>>() {
         Ok(parts) => parts,
         Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
     };
     let (io, read_buf) = (parts.io, parts.read_buf);
-    let sock = Rc::new(io.into_inner());
+    let sock = match io.into_inner().into_std() {
+        Ok(sock) => Rc::new(sock),
+        Err(e) => return tracing::warn!(error = %e, "cannot take the upgraded socket"),
+    };
     let _ = sock.set_nodelay(true);
     let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes);
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +167,6 @@ pub async fn run(
     let mut reader = Reader {
         decoder: Decoder::new(ctx.cfg.max_frame_bytes),
         session: Session {
-            ctx: ctx.clone(),
             key,
             limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec),
             partial: None,
@@ -172,42 +174,101 @@ pub async fn run(
     };
     if let Some(streams) = streams {
         let channels = streams.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
-        reader.session.apply(Request { id: None, op: Op::Subscribe { channels, resume: None } });
+        let subscribe = Request { id: None, op: Op::Subscribe { channels, resume: None } };
+        reader.session.apply(&ctx, subscribe);
     }
     // Bytes the client sent right after its handshake, already read by hyper, come first.
     // Copied, so that hyper's read buffer is freed now rather than held for the connection's life.
     let early_end = {
         let mut early = read_buf.to_vec();
         drop(read_buf);
-        reader.on_bytes(&mut early)
+        reader.on_bytes(&ctx, &mut early)
     };
-    let permit = Some(permit);
+    let live = Live { reader, sock, permit: Some(permit) };
     match early_end {
-        Some(end) => finish(ctx, key, sock, end, permit).await,
-        None => drop(tokio::task::spawn_local(Live { reader, sock, permit })),
+        Some(end) => live.end(ctx, key, end),
+        None => {
+            if let Err((e, live)) = ctx.io.adopt(key, live) {
+                tracing::warn!(error = %e, "cannot watch the connection");
+                live.end(ctx, key, End::Close(1011, "server cannot watch the socket".into()));
+            }
+        }
     }
 }
 
-/// An open connection's task, from the upgrade until it ends: nothing but what it needs while
-/// it waits (an async fn would keep its arguments and the handshake's state beside them). It
-/// hands over to [`finish`] in a task of its own.
-struct Live {
+/// An open connection as the readiness driver keeps it, from the upgrade until it ends: its
+/// reader's state, its socket and its place in the connection limit.
+#[derive(Debug)]
+pub struct Live {
     reader: Reader,
     sock: Rc<TcpStream>,
     /// Held until the connection is forgotten (then by `finish`).
     permit: Option<ConnPermit>,
 }
 
-impl Future for Live {
-    type Output = ();
+/// What one round of [`Live::step`] came to.
+#[derive(Debug)]
+pub enum Step {
+    /// Nothing more to read until the next readiness edge.
+    Wait,
+    /// Input is left (a client that keeps sending): service again after the others.
+    More,
+    /// The connection is ending.
+    End(End),
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        let Poll::Ready(end) = this.reader.poll(cx, &this.sock) else { return Poll::Pending };
-        let Session { ctx, key, .. } = &this.reader.session;
-        let ending = finish(ctx.clone(), *key, this.sock.clone(), end, this.permit.take());
-        drop(tokio::task::spawn_local(ending));
-        Poll::Ready(())
+impl Live {
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// One round: flushes the socket if it was full, stops if the shard ended the connection,
+    /// and (when `read`) reads and applies what the client sent, until the socket has no more.
+    pub fn step(&mut self, ctx: &WorkerCtx, key: ConnKey, read: bool) -> Step {
+        for _ in 0..READS_PER_ROUND {
+            {
+                let mut shard = ctx.shard.borrow_mut();
+                let Some(view) = shard.view(key) else { return Step::End(End::Stopped) };
+                if view.blocked {
+                    // An error shows as `stop` below.
+                    shard.flush(key);
+                }
+                match shard.view(key) {
+                    Some(view) if !view.stop => {}
+                    _ => return Step::End(End::Stopped),
+                }
+            }
+            if !read {
+                return Step::Wait;
+            }
+            let mut buf = [0u8; READ_CHUNK];
+            match (&*self.sock).read(&mut buf) {
+                Ok(0) => return Step::End(End::Gone),
+                Ok(n) => {
+                    if let Some(end) = self.reader.on_bytes(ctx, &mut buf[..n]) {
+                        return Step::End(end);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Step::End(End::Gone),
+            }
+        }
+        Step::More
+    }
+
+    /// Hands the ending connection to a closing task of its own (see [`finish`]).
+    pub fn end(self, ctx: Rc<WorkerCtx>, key: ConnKey, end: End) {
+        drop(tokio::task::spawn_local(finish(ctx, key, self.sock, end, self.permit)));
+    }
+}
+
+/// The socket as tokio's reactor sees it while the connection closes.
+struct Fd(Rc<TcpStream>);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
     }
 }
 
@@ -234,106 +295,81 @@ async fn finish(
     }
     // A dead peer reads nothing: waiting for its queue to drain would only hold the socket.
     let dead_peer = closed_for == Some(CloseReason::PingTimeout);
+    let interest = tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE;
     if !matches!(end, End::Gone) && !dead_peer {
-        // Let the queue, close frame last, reach the peer; then FIN and drain its input.
-        let drained = std::future::poll_fn(|cx| match service_writes(&ctx, key, &sock, cx) {
-            Some(view) if !view.drained => Poll::Pending,
-            _ => Poll::Ready(()),
-        });
-        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, drained).await;
-        let _ = socket2::SockRef::from(&*sock).shutdown(std::net::Shutdown::Write);
-        let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
-            let mut sink = [0u8; 1024];
-            loop {
-                if sock.readable().await.is_err() {
-                    return;
-                }
-                match sock.try_read(&mut sink) {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-            }
-        })
-        .await;
+        // SAFETY: `Fd` holds the socket (an `Rc<TcpStream>`), so its descriptor stays open and
+        // the same for as long as the `AsyncFd` lives.
+        #[allow(unsafe_code)]
+        let registered = unsafe { AsyncFd::register_with_interest(Fd(sock.clone()), interest) };
+        if let Ok(fd) = registered {
+            // Let the queue, close frame last, reach the peer; then FIN and drain its input.
+            let drained = std::future::poll_fn(|cx| drain(&ctx, key, &fd, cx));
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, drained).await;
+            let _ = socket2::SockRef::from(&*sock).shutdown(std::net::Shutdown::Write);
+            let _ = tokio::time::timeout(LINGER_TIMEOUT, linger(&fd)).await;
+        }
     }
     ctx.shard.borrow_mut().remove(key);
     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// The shard's side of a connection's task: notes the task's waker with the shard and, while
-/// the socket is full, waits for writability and flushes. `None` once the connection is gone.
-fn service_writes(
+/// Flushes a closing connection whenever its socket has room, until its queue is empty (or it
+/// cannot be written any more).
+fn drain(
     ctx: &WorkerCtx,
     key: ConnKey,
-    sock: &TcpStream,
-    cx: &mut Context<'_>,
-) -> Option<TaskView> {
-    let mut shard = ctx.shard.borrow_mut();
+    fd: &AsyncFd<Fd>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<()> {
     loop {
-        let view = shard.task_view(key, cx.waker())?;
-        if !view.blocked {
-            return Some(view);
+        {
+            let mut shard = ctx.shard.borrow_mut();
+            let Some(view) = shard.view(key) else { return Poll::Ready(()) };
+            if view.drained {
+                return Poll::Ready(());
+            }
+            if !view.blocked && shard.flush(key) != FlushState::Blocked {
+                continue;
+            }
         }
-        match sock.poll_write_ready(cx) {
-            Poll::Pending => return Some(view),
-            // An error shows in the next write, which marks the connection dead.
-            Poll::Ready(_) => {
-                if shard.flush(key) == FlushState::Blocked {
-                    // `try_write` saw `WouldBlock` and cleared the readiness: the next
-                    // `poll_write_ready` registers for the next edge.
-                    continue;
-                }
+        match fd.poll_write_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(mut guard)) => {
+                // Cleared before writing: the edge after a `WouldBlock` sets it again.
+                guard.clear_ready();
+                ctx.shard.borrow_mut().flush(key);
             }
         }
     }
 }
 
+/// Reads and discards the peer's input until it closes.
+async fn linger(fd: &AsyncFd<Fd>) {
+    let mut sink = [0u8; 1024];
+    loop {
+        let Ok(mut guard) = fd.readable().await else { return };
+        match guard.try_io(|fd| (&*fd.get_ref().0).read(&mut sink)) {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+}
+
 /// A connection's reading side: the frame decoder and what the frames mean.
+#[derive(Debug)]
 struct Reader {
     decoder: Decoder,
     session: Session,
 }
 
 impl Reader {
-    /// Waits for input (and, meanwhile, for writability when needed) until the connection ends.
-    fn poll(&mut self, cx: &mut Context<'_>, sock: &TcpStream) -> Poll<End> {
-        for _ in 0..READS_PER_POLL {
-            match service_writes(&self.session.ctx, self.session.key, sock, cx) {
-                None => return Poll::Ready(End::Stopped),
-                Some(view) if view.stop => return Poll::Ready(End::Stopped),
-                Some(_) => {}
-            }
-            match sock.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(End::Gone),
-                Poll::Ready(Ok(())) => {}
-            }
-            let mut buf = [0u8; READ_CHUNK];
-            match sock.try_read(&mut buf) {
-                Ok(0) => return Poll::Ready(End::Gone),
-                Ok(n) => {
-                    if let Some(end) = self.on_bytes(&mut buf[..n]) {
-                        return Poll::Ready(end);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Poll::Ready(End::Gone),
-            }
-        }
-        // A client that keeps sending: let the worker's other tasks run, then go on.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
     /// Decodes and applies the frames in `bytes`; `Some` when the connection must end.
-    fn on_bytes(&mut self, bytes: &mut [u8]) -> Option<End> {
+    fn on_bytes(&mut self, ctx: &WorkerCtx, bytes: &mut [u8]) -> Option<End> {
         let Reader { decoder, session } = self;
         let mut end = None;
         let decoded = decoder.feed(bytes, |frame| {
-            end = session.on_frame(frame);
+            end = session.on_frame(ctx, frame);
             end.is_none()
         });
         match decoded {
@@ -344,29 +380,29 @@ impl Reader {
 }
 
 /// The reading side of one connection.
+#[derive(Debug)]
 struct Session {
-    ctx: Rc<WorkerCtx>,
     key: ConnKey,
     limiter: RequestLimiter,
-    /// A fragmented message being received (boxed: rare, and every idle task would pay for it).
+    /// A fragmented message being received (boxed: rare, and every idle connection would pay for it).
     partial: Option<Box<Partial>>,
 }
 
 impl Session {
     /// One complete client frame (RFC 6455 §5.4–5.6); `Some` when the connection must end.
-    fn on_frame(&mut self, frame: FrameIn<'_>) -> Option<End> {
+    fn on_frame(&mut self, ctx: &WorkerCtx, frame: FrameIn<'_>) -> Option<End> {
         // Any frame (a pong above all) shows the peer is alive.
-        self.ctx.shard.borrow_mut().alive(self.key);
-        let max_frame = self.ctx.cfg.max_frame_bytes;
+        ctx.shard.borrow_mut().alive(self.key);
+        let max_frame = ctx.cfg.max_frame_bytes;
         match frame.op {
             OpIn::Close => {
                 let echo = frame::build(Opcode::Close, frame.payload);
-                self.ctx.shard.borrow_mut().echo_close(self.key, echo);
+                ctx.shard.borrow_mut().echo_close(self.key, echo);
                 Some(End::CloseQueued)
             }
             OpIn::Ping => {
                 let pong = frame::build(Opcode::Pong, frame.payload);
-                self.ctx.shard.borrow_mut().send_control(self.key, pong);
+                ctx.shard.borrow_mut().send_control(self.key, pong);
                 None
             }
             OpIn::Pong => None,
@@ -374,14 +410,14 @@ impl Session {
                 Some(protocol_error("a new message began before the fragmented one was finished"))
             }
             OpIn::Text if frame.fin => match std::str::from_utf8(frame.payload) {
-                Ok(_) => self.on_text(frame.payload),
+                Ok(_) => self.on_text(ctx, frame.payload),
                 Err(_) => Some(Violation::bad_utf8().into()),
             },
             OpIn::Text => {
                 self.partial = Some(Box::new(Partial::Text(frame.payload.to_vec())));
                 None
             }
-            OpIn::Binary if frame.fin => self.refuse_binary(),
+            OpIn::Binary if frame.fin => self.refuse_binary(ctx),
             OpIn::Binary => {
                 self.partial = Some(Box::new(Partial::Binary(frame.payload.len())));
                 None
@@ -398,7 +434,7 @@ impl Session {
                     } else if std::str::from_utf8(&buf).is_err() {
                         Some(Violation::bad_utf8().into())
                     } else {
-                        self.on_text(&mut buf)
+                        self.on_text(ctx, &mut buf)
                     }
                 }
                 Some(Partial::Binary(n)) => {
@@ -406,7 +442,7 @@ impl Session {
                     if n > max_frame {
                         Some(Violation::too_big(max_frame).into())
                     } else if frame.fin {
-                        self.refuse_binary()
+                        self.refuse_binary(ctx)
                     } else {
                         self.partial = Some(Box::new(Partial::Binary(n)));
                         None
@@ -417,74 +453,88 @@ impl Session {
     }
 
     /// A complete text message: one control request.
-    fn on_text(&mut self, buf: &mut [u8]) -> Option<End> {
-        let max = self.ctx.cfg.max_message_bytes;
+    fn on_text(&mut self, ctx: &WorkerCtx, buf: &mut [u8]) -> Option<End> {
+        let max = ctx.cfg.max_message_bytes;
         if buf.len() > max {
-            self.refuse(Rejection::new(
-                None,
-                ErrorCode::MessageTooLarge,
-                format!("requests are limited to {max} bytes; this one has {}", buf.len()),
-            ));
+            self.refuse(
+                ctx,
+                Rejection::new(
+                    None,
+                    ErrorCode::MessageTooLarge,
+                    format!("requests are limited to {max} bytes; this one has {}", buf.len()),
+                ),
+            );
             return None;
         }
         match self.limiter.check(Instant::now()) {
             Verdict::Allow => {}
             Verdict::Refuse => {
-                self.refuse(Rejection::new(
-                    None,
-                    ErrorCode::RateLimited,
-                    format!("at most {} requests per second", self.ctx.cfg.max_requests_per_sec),
-                ));
+                self.refuse(
+                    ctx,
+                    Rejection::new(
+                        None,
+                        ErrorCode::RateLimited,
+                        format!("at most {} requests per second", ctx.cfg.max_requests_per_sec),
+                    ),
+                );
                 return None;
             }
             Verdict::Flood => return Some(End::Close(1008, "request flood".into())),
         }
-        match protocol::parse_request(buf, self.ctx.cfg.max_channels) {
-            Ok(req) => self.apply(req),
-            Err(rejection) => self.refuse(rejection),
+        match protocol::parse_request(buf, ctx.cfg.max_channels) {
+            Ok(req) => self.apply(ctx, req),
+            Err(rejection) => self.refuse(ctx, rejection),
         }
         None
     }
 
-    fn refuse_binary(&mut self) -> Option<End> {
-        self.refuse(Rejection::new(
-            None,
-            ErrorCode::BinaryFrame,
-            "binary frames are not supported: send JSON requests as text frames",
-        ));
+    fn refuse_binary(&mut self, ctx: &WorkerCtx) -> Option<End> {
+        self.refuse(
+            ctx,
+            Rejection::new(
+                None,
+                ErrorCode::BinaryFrame,
+                "binary frames are not supported: send JSON requests as text frames",
+            ),
+        );
         None
     }
 
-    fn refuse(&self, rejection: Rejection) {
-        self.ctx.stats.reject(rejection.code);
-        self.ctx.shard.borrow_mut().send_json(self.key, &rejection.to_json());
+    fn refuse(&self, ctx: &WorkerCtx, rejection: Rejection) {
+        ctx.stats.reject(rejection.code);
+        ctx.shard.borrow_mut().send_json(self.key, &rejection.to_json());
     }
 
     /// Applies one valid request and sends its reply.
-    fn apply(&mut self, req: Request) {
-        let symbols = self.ctx.symbols.clone();
+    fn apply(&mut self, ctx: &WorkerCtx, req: Request) {
+        let symbols = ctx.symbols.clone();
         let Request { id, op } = req;
         let reply = match op {
             Op::Subscribe { channels, resume } => {
                 let (stats, channels) = take_sys_stats(channels);
                 let specs = match resolve(&symbols, &channels, &id) {
                     Ok(specs) => specs,
-                    Err(rejection) => return self.refuse(rejection),
+                    Err(rejection) => return self.refuse(ctx, rejection),
                 };
                 let resume = match resolve_resume(&symbols, &specs, resume, &id) {
                     Ok(resume) => resume,
-                    Err(rejection) => return self.refuse(rejection),
+                    Err(rejection) => return self.refuse(ctx, rejection),
                 };
-                let mut shard = self.ctx.shard.borrow_mut();
+                let mut shard = ctx.shard.borrow_mut();
                 let Some(after) = shard.subscriptions_with(self.key, &specs) else { return };
-                let max = self.ctx.cfg.max_channels;
+                let max = ctx.cfg.max_channels;
                 if after > max {
                     drop(shard);
-                    return self.refuse(Rejection::new(
-                        id,
-                        ErrorCode::TooManyChannels,
-                        format!("at most {max} channels per connection; unsubscribe some first"),
-                    ));
+                    return self.refuse(
+                        ctx,
+                        Rejection::new(
+                            id,
+                            ErrorCode::TooManyChannels,
+                            format!(
+                                "at most {max} channels per connection; unsubscribe some first"
+                            ),
+                        ),
+                    );
                 }
                 if stats {
                     shard.set_stats(self.key, true);
@@ -506,7 +556,7 @@ impl Session {
                     }
                     protocol::reply("subscribed", &id, fields)
                 };
-                let limit = self.ctx.cfg.queue_bytes;
+                let limit = ctx.cfg.queue_bytes;
                 let client_epoch = resume.epoch.as_deref();
                 shard.subscribe(self.key, &specs, &resume.seqs, client_epoch, reply, limit);
                 return;
@@ -515,9 +565,9 @@ impl Session {
                 let (stats, channels) = take_sys_stats(channels);
                 let specs = match resolve(&symbols, &channels, &id) {
                     Ok(specs) => specs,
-                    Err(rejection) => return self.refuse(rejection),
+                    Err(rejection) => return self.refuse(ctx, rejection),
                 };
-                let mut shard = self.ctx.shard.borrow_mut();
+                let mut shard = ctx.shard.borrow_mut();
                 shard.unsubscribe(self.key, &specs);
                 if stats {
                     shard.set_stats(self.key, false);
@@ -530,7 +580,7 @@ impl Session {
                 protocol::reply("unsubscribed", &id, json!({ "channels": names }))
             }
             Op::List => {
-                let names = self.ctx.shard.borrow().subscription_names(self.key);
+                let names = ctx.shard.borrow().subscription_names(self.key);
                 protocol::reply("list", &id, json!({ "channels": names }))
             }
             Op::Symbols => {
@@ -539,7 +589,7 @@ impl Session {
             }
             Op::Ping => protocol::pong(&id, unix_now_ns()),
         };
-        self.ctx.shard.borrow_mut().send_json(self.key, &reply);
+        ctx.shard.borrow_mut().send_json(self.key, &reply);
     }
 }
 

@@ -4,8 +4,9 @@
 //! Cost model (DESIGN §1.4): a batch of frames popped from the ring is appended to every
 //! subscriber's queue (a reference-count increment and a deque push each: no lock, no
 //! allocation, no task wake-up per message per subscriber); then every connection that got
-//! something is flushed once, many frames per `writev`. Only a connection whose socket would
-//! block has its task woken, to wait for writability.
+//! something is flushed once, many frames per `writev`. A connection whose socket would block
+//! waits for the worker's readiness driver (`readiness`) to see it writable; one the shard ends
+//! is put on its woken list for the driver to stop reading it.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -35,17 +36,13 @@ pub struct Conn {
     subs: ConnSubscriptions,
     /// The socket, as far as the fan-out needs it: written directly with vectored writes.
     sock: Rc<dyn TryWrite>,
-    /// The connection's task, woken when its socket is found full (to wait for writability),
-    /// when the connection must end, and when its queue drains while closing.
-    waker: Option<Waker>,
     /// Queued something this batch and is in the shard's dirty list.
     dirty: bool,
-    /// Its socket would block: only its task flushes until writable again.
+    /// Its socket would block: only the readiness driver flushes it, once writable again.
     blocked: bool,
     /// A write failed: the connection is finished, nothing more is queued or written.
     dead: bool,
-    /// The shard ended the connection (write error, server-initiated close): its task stops
-    /// reading.
+    /// The shard ended the connection (write error, server-initiated close): its reader stops.
     stop: bool,
     /// Subscribed to `sys.stats`: the seq its next stats message gets.
     stats_seq: Option<u64>,
@@ -67,7 +64,6 @@ impl Conn {
             idle_since: Some(Instant::now()),
             closed_for: None,
             sock,
-            waker: None,
             dirty: false,
             blocked: false,
             dead: false,
@@ -89,22 +85,36 @@ impl Conn {
         }
     }
 
-    fn wake(&self) {
-        if let Some(w) = &self.waker {
-            w.wake_by_ref();
+    /// Ends the connection from the shard's side: its reader is told to stop.
+    fn stop(&mut self, key: ConnKey, woken: &mut Woken) {
+        if !self.stop {
+            self.stop = true;
+            woken.push(key);
         }
-    }
-
-    /// Ends the connection from the shard's side: its task stops reading.
-    fn stop(&mut self) {
-        self.stop = true;
-        self.wake();
     }
 }
 
-/// What a connection's task needs to know about it (see [`Shard::task_view`]).
+/// Connections the shard ended since the readiness driver last looked, and the driver's waker.
+#[derive(Debug, Default)]
+struct Woken {
+    keys: Vec<ConnKey>,
+    driver: Option<Waker>,
+}
+
+impl Woken {
+    fn push(&mut self, key: ConnKey) {
+        if self.keys.is_empty() {
+            if let Some(w) = &self.driver {
+                w.wake_by_ref();
+            }
+        }
+        self.keys.push(key);
+    }
+}
+
+/// What a connection's reader needs to know about it (see [`Shard::view`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskView {
+pub struct View {
     /// Stop reading: the shard ended the connection.
     pub stop: bool,
     /// The socket is full: wait for writability, then [`Shard::flush`].
@@ -113,7 +123,7 @@ pub struct TaskView {
     pub drained: bool,
 }
 
-/// Outcome of a flush, for the connection's task.
+/// Outcome of a flush, for the connection's reader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushState {
     Drained,
@@ -134,6 +144,8 @@ pub struct Shard {
     expected: Vec<u64>,
     /// Connections that queued data in the current batch.
     dirty: Vec<ConnKey>,
+    /// Connections ended by the shard, for the readiness driver.
+    woken: Woken,
     /// Books, resume history and symbol names.
     market: Arc<Market>,
     /// Slow-consumer policy per channel kind.
@@ -179,6 +191,7 @@ impl Shard {
             index: SubscriptionIndex::new(n),
             expected: vec![0; n],
             dirty: Vec::new(),
+            woken: Woken::default(),
             market,
             policies,
             budget,
@@ -222,18 +235,28 @@ impl Shard {
         self.conns.is_empty()
     }
 
-    /// The connection's state for its task, after noting `waker` as the one to wake; `None`
-    /// once the connection is gone.
-    pub fn task_view(&mut self, key: ConnKey, waker: &Waker) -> Option<TaskView> {
-        let conn = self.conns.get_mut(key)?;
-        if !conn.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            conn.waker = Some(waker.clone());
-        }
-        Some(TaskView {
+    /// The connection's state for its reader; `None` once the connection is gone.
+    pub fn view(&self, key: ConnKey) -> Option<View> {
+        let conn = self.conns.get(key)?;
+        Some(View {
             stop: conn.stop || conn.dead,
             blocked: conn.blocked && !conn.dead,
             drained: conn.dead || conn.out.is_empty(),
         })
+    }
+
+    /// Moves the connections ended since the last call into `keys`; whether there were any.
+    pub fn take_woken(&mut self, keys: &mut Vec<ConnKey>) -> bool {
+        let any = !self.woken.keys.is_empty();
+        keys.append(&mut self.woken.keys);
+        any
+    }
+
+    /// Notes the readiness driver's waker, woken when the shard ends a connection.
+    pub fn set_driver(&mut self, driver: &Waker) {
+        if !self.woken.driver.as_ref().is_some_and(|w| w.will_wake(driver)) {
+            self.woken.driver = Some(driver.clone());
+        }
     }
 
     /// The client showed it is alive (it sent a frame): its ping count starts again.
@@ -446,7 +469,7 @@ impl Shard {
                 format!("slow consumer: more than {} bytes queued", conn.out.queued_bytes());
             conn.out.close_now(frame::close(1008, &reason));
             conn.closed_for.get_or_insert(CloseReason::SlowConsumer);
-            conn.stop();
+            conn.stop(key, &mut self.woken);
             if !conn.blocked {
                 self.flush(key);
             }
@@ -472,8 +495,9 @@ impl Shard {
         Stats::add(&self.stats.snapshots_sent, t.snapshots);
     }
 
-    /// Writes what the socket takes now. On `WouldBlock` the connection's task is woken to wait
-    /// for writability; on error the connection is marked dead and its task told to stop.
+    /// Writes what the socket takes now. On `WouldBlock` the connection is marked blocked (the
+    /// readiness driver flushes it once writable); on error it is marked dead and its reader
+    /// told to stop.
     pub fn flush(&mut self, key: ConnKey) -> FlushState {
         let Some(conn) = self.conns.get_mut(key) else { return FlushState::Dead };
         if conn.dead {
@@ -494,34 +518,27 @@ impl Shard {
                             continue;
                         }
                     }
-                    if conn.out.is_closing() {
-                        conn.wake();
-                    }
                     return FlushState::Drained;
                 }
                 Ok((n, Flushed::Blocked)) => {
                     self.tally.bytes_out += n as u64;
-                    if !conn.blocked {
-                        conn.blocked = true;
-                        conn.wake();
-                    }
+                    conn.blocked = true;
                     return FlushState::Blocked;
                 }
                 Err(e) => {
                     tracing::debug!(conn = key, error = %e, "write failed; dropping connection");
                     conn.dead = true;
-                    conn.stop();
+                    conn.stop(key, &mut self.woken);
                     return FlushState::Dead;
                 }
             }
         }
     }
 
-    /// Frees the queue memory of connections that have nothing queued (see [`Outbound::trim`]).
-    pub fn trim_queues(&mut self) {
-        for (_, conn) in self.conns.iter_mut() {
-            conn.out.trim();
-        }
+    /// Frees the queue memory of connections that have nothing queued (see [`Outbound::trim`]); about how many
+    /// bytes that freed.
+    pub fn trim_queues(&mut self) -> usize {
+        self.conns.iter_mut().map(|(_, conn)| conn.out.trim()).sum()
     }
 
     /// Bytes queued over all connections, the largest queue, and how many sockets are blocked.
@@ -588,7 +605,7 @@ impl Shard {
     pub fn close(&mut self, key: ConnKey, code: u16, reason: &str) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.out.push_close(frame::close(code, reason));
-        conn.stop();
+        conn.stop(key, &mut self.woken);
         if !conn.blocked {
             self.flush(key);
         }

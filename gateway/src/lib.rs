@@ -28,6 +28,7 @@ pub mod market;
 pub mod memory;
 pub mod metrics;
 pub mod protocol;
+pub mod readiness;
 pub mod ring;
 pub mod source;
 pub mod worker;

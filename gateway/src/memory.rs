@@ -8,7 +8,20 @@
 //! (`docs/performance.md`). Each worker therefore asks mimalloc to finish pending frees and
 //! purges on its thread once its connections have settled after coming or going. Not every
 //! second regardless: purged pages fault in again when the fan-out reuses them, which showed
-//! as a doubled p99 with 1,000 busy connections.
+//! as a doubled p99 with 1,000 busy connections. Nor after every trim of the outbound queues,
+//! only after one that freed at least [`RELEASE_AFTER_TRIM`]: a burst that made thousands of
+//! queues grow (10,000 idle subscribers through one of the simulator's bursts kept about
+//! 500 bytes per connection resident without it).
+//!
+//! mimalloc is also built without transparent huge pages (`libmimalloc-sys`'s `no_thp`
+//! feature): it would otherwise `madvise` its arenas for them, and the resident size of a
+//! gateway holding many small long-lived objects then grew in 2 MiB steps as they were touched.
+//! 10,000 idle subscribers on one worker measured about 1,050 bytes each just after connecting
+//! and 1,350–1,800 a few seconds later; without huge pages, 680–720 throughout
+//! (`docs/performance.md`).
+
+/// Queue memory freed in one trim (`Shard::trim_queues`) worth asking mimalloc to give back.
+pub const RELEASE_AFTER_TRIM: usize = 1 << 20;
 
 /// Finishes the calling thread's deferred frees and lets mimalloc return pages whose purge
 /// delay has passed. Cheap (no forced return of memory); meant for a periodic task.

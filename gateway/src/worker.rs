@@ -39,6 +39,8 @@ pub struct WorkerCtx {
     pub symbols: Arc<SymbolTable>,
     /// Gateway-wide connection limit.
     pub conn_limit: Arc<ConnLimit>,
+    /// This worker's open connections as its readiness driver watches them.
+    pub io: crate::readiness::Io,
 }
 
 /// What a worker thread is started with.
@@ -71,7 +73,13 @@ async fn run(setup: WorkerSetup) {
     let symbols = market.symbols().clone();
     let budget = Budget::new(cfg.max_queued_bytes / cfg.worker_count());
     let shard = Shard::new(market, stats.clone(), cfg.slow_consumer, budget);
-    let ctx = Rc::new(WorkerCtx { shard: RefCell::new(shard), cfg, stats, symbols, conn_limit });
+    let (io, poll) = match crate::readiness::Io::new() {
+        Ok(io) => io,
+        Err(e) => return tracing::error!(error = %e, "cannot create the worker's epoll set"),
+    };
+    let shard = RefCell::new(shard);
+    let ctx = Rc::new(WorkerCtx { shard, cfg, stats, symbols, conn_limit, io });
+    let driver = tokio::task::spawn_local(crate::readiness::drive(ctx.clone(), poll));
     let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), id, ring, cancel.clone()));
     let stats_task = tokio::task::spawn_local(publish_stats(ctx.clone(), id, cancel.clone()));
     let liveness_task = tokio::task::spawn_local(liveness(ctx.clone(), cancel.clone()));
@@ -97,6 +105,8 @@ async fn run(setup: WorkerSetup) {
         }
     })
     .await;
+    driver.abort();
+    ctx.io.clear();
     tracing::debug!(worker = id, "worker stopped");
 }
 
@@ -194,8 +204,9 @@ async fn publish_stats(ctx: Rc<WorkerCtx>, id: usize, cancel: CancellationToken)
     let mut prev = Snapshot::take(&ctx.stats);
     let mut churn = crate::memory::Churn::default();
     every(STATS_INTERVAL, &cancel, || {
-        ctx.shard.borrow_mut().trim_queues();
-        if churn.settled(ctx.shard.borrow().len()) {
+        let trimmed = ctx.shard.borrow_mut().trim_queues();
+        let settled = churn.settled(ctx.shard.borrow().len());
+        if settled || trimmed >= crate::memory::RELEASE_AFTER_TRIM {
             crate::memory::release_freed();
         }
         // The queue-depth gauges of /metrics, sampled here rather than on the fan-out path.

@@ -31,6 +31,8 @@ pub enum Scenario {
 
 /// The tick rate of the idle scenario (ticks/s over all symbols).
 pub const IDLE_RATE: f64 = 10.0;
+/// Seconds at rest before the idle scenario reads the servers' memory (at least).
+const IDLE_SECONDS: f64 = 15.0;
 
 /// `start`, doubled up to `max`.
 fn doubling(start: f64, max: f64) -> Vec<f64> {
@@ -74,7 +76,8 @@ impl Scenario {
             }
             Scenario::Idle => {
                 "memory at rest: 10,000 subscribed connections (trades and quotes of 3 random \
-                 symbols each) at 10 ticks/s; the figure is RSS per idle connection"
+                 symbols each) at 10 ticks/s; the figure is RSS per idle connection after \
+                 15 s at rest"
             }
         }
     }
@@ -131,6 +134,13 @@ impl Scenario {
                 _ => self.rates(),
             },
             out: base.out.join(self.name()),
+            // Memory is read at the end of the run: long enough at rest to include what the
+            // feed's bursts and the servers' pings leave behind, not only the state just after
+            // connecting.
+            duration: match self {
+                Scenario::Idle => base.duration.max(IDLE_SECONDS),
+                _ => base.duration,
+            },
             ..base.clone()
         }
     }
@@ -249,6 +259,7 @@ mod tests {
         assert_eq!(thin.rates.first(), Some(&250.0));
         assert!(thin.rates.windows(2).all(|w| w[1] == 2.0 * w[0]));
         assert_eq!(Scenario::Idle.config(&base, &none).rates, vec![IDLE_RATE]);
+        assert!(Scenario::Idle.config(&base, &none).duration >= IDLE_SECONDS);
         let o = Overrides {
             conns: Some(4),
             streams: Some("trades.*".into()),
