@@ -144,8 +144,11 @@ pub struct Skipped {
 /// File descriptors a measurement of `conns` connections needs: two per connection (both
 /// ends live in this process) and some for stdio, the listener and epoll.
 fn fds_needed(conns: usize) -> u64 {
-    2 * conns as u64 + 64
+    2 * conns as u64 + FDS_SPARE
 }
+
+/// Descriptors beyond two per connection: the listener, epoll, stdio, the runtime.
+const FDS_SPARE: u64 = 64;
 
 /// Measures every (N, k) of `cfg`; an N the file-descriptor limit cannot hold is skipped
 /// (and said so on stderr).
@@ -206,6 +209,32 @@ pub fn measure(cfg: &FloorConfig) -> anyhow::Result<FloorResult> {
 }
 
 impl FloorResult {
+    /// CPU µs one `writev` of `k` frames costs at the floor with `conns` connections (the
+    /// measured N nearest to it), interpolated linearly between the measured k; beyond the
+    /// largest k measured, that point's cost per frame times k. `None` without a point.
+    pub fn us_per_write(&self, conns: usize, k: f64) -> Option<f64> {
+        let n = self.points.iter().map(|p| p.conns).min_by_key(|&n| n.abs_diff(conns))?;
+        let mut pts: Vec<(f64, f64)> = self
+            .points
+            .iter()
+            .filter(|p| p.conns == n)
+            .map(|p| (p.k as f64, p.cpu_us_per_write))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let &(k0, c0) = pts.first()?;
+        let &(kn, cn) = pts.last()?;
+        if k <= k0 {
+            return Some(c0);
+        }
+        if k >= kn {
+            return Some(cn / kn * k);
+        }
+        pts.windows(2).find(|w| k <= w[1].0).map(|w| {
+            let ((ka, ca), (kb, cb)) = (w[0], w[1]);
+            ca + (cb - ca) * (k - ka) / (kb - ka)
+        })
+    }
+
     /// The results as a markdown table, with the setup above it.
     pub fn markdown(&self) -> String {
         let mut md = String::new();
@@ -246,6 +275,14 @@ impl FloorResult {
         }
         md
     }
+}
+
+/// The largest number of connections the floor can open with this process's open-files limit
+/// (two descriptors each), up to `wanted`.
+pub fn conns_within_limit(wanted: usize) -> usize {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let fit = usize::try_from(limit.saturating_sub(FDS_SPARE) / 2).unwrap_or(usize::MAX);
+    wanted.min(fit).max(1)
 }
 
 /// The JSON of `k` distinct trades on `trades.BTC-USD`, all of one length, as
@@ -648,6 +685,47 @@ mod tests {
         assert!((110..=140).contains(&frames[0].len()), "{}", frames[0].len());
         let long = ws_text_frame(&[b'x'; 300]);
         assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
+    }
+
+    #[test]
+    fn cost_per_write_interpolates_between_measured_batches() {
+        let point = |conns, k, us| FloorPoint {
+            conns,
+            k,
+            writes: 0,
+            frames: 0,
+            warmup_writes: 0,
+            bytes_written: 0,
+            bytes_read: 0,
+            short_writes: 0,
+            wall_s: 1.0,
+            cpu_s: 1.0,
+            cpu_us_per_write: us,
+            cpu_ns_per_frame: 0.0,
+            writes_per_s: 0.0,
+            frames_per_s: 0.0,
+            frames_per_cpu_s: 0.0,
+            writer_cpu_share: 1.0,
+            writer_waits: 0,
+            writer_preemptions: 0,
+        };
+        let floor = FloorResult {
+            frame_bytes: 130,
+            payload_bytes: 126,
+            duration_s: 1.0,
+            writer_cpu: None,
+            reader_cpu: None,
+            nofile_limit: 20_000,
+            points: vec![point(100, 1, 5.0), point(100, 4, 8.0), point(1000, 1, 7.0)],
+            skipped: vec![],
+        };
+        assert_eq!(floor.us_per_write(100, 1.0), Some(5.0));
+        assert_eq!(floor.us_per_write(100, 0.5), Some(5.0), "never below one frame's write");
+        assert_eq!(floor.us_per_write(100, 2.5), Some(6.5));
+        assert_eq!(floor.us_per_write(100, 8.0), Some(16.0), "per frame beyond the largest k");
+        assert_eq!(floor.us_per_write(900, 1.0), Some(7.0), "the nearest N measured");
+        let empty = FloorResult { points: vec![], ..floor };
+        assert_eq!(empty.us_per_write(100, 1.0), None);
     }
 
     #[test]

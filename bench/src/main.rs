@@ -190,6 +190,9 @@ struct CompareArgs {
     /// server a little CPU per syscall).
     #[arg(long)]
     no_perf: bool,
+    /// Do not measure the loopback floor (`bench floor`) before the steps.
+    #[arg(long)]
+    no_floor: bool,
     /// Measure nothing: re-render compare.md and the plots of an earlier run's compare.json
     /// into --out.
     #[arg(long, value_name = "COMPARE_JSON")]
@@ -357,6 +360,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         out: args.out,
         keep_going: args.keep_going,
         count_writes: !args.no_perf,
+        floor: !args.no_floor,
         ..CompareConfig::new(bin_dir)
     };
     let overrides = Overrides {

@@ -29,6 +29,7 @@ use tickfan_proto::{ChannelId, ChannelSpec};
 
 use crate::client::{streams_for, RandomSymbols};
 use crate::defaults;
+use crate::floor::{self, FloorConfig, FloorResult};
 
 mod render;
 mod scenario;
@@ -86,6 +87,10 @@ pub struct CompareConfig {
     /// Count the server's write-family syscalls per step with `perf stat`.
     #[serde(default)]
     pub count_writes: bool,
+    /// Measure the loopback floor (`bench floor`) at this many connections first, to report
+    /// each server's CPU beyond what its writes cost there.
+    #[serde(default)]
+    pub floor: bool,
 }
 
 fn default_resolution() -> f64 {
@@ -129,6 +134,7 @@ impl CompareConfig {
             out: PathBuf::from("target/bench-compare"),
             keep_going: false,
             count_writes: true,
+            floor: true,
         }
     }
 }
@@ -142,6 +148,9 @@ pub struct Comparison {
     /// Share of the feed's ticks that one connection's streams select.
     pub stream_share: f64,
     pub steps: Vec<Step>,
+    /// The loopback floor measured before the steps, if it was.
+    #[serde(default)]
+    pub floor: Option<FloorResult>,
 }
 
 /// Runs the comparison and writes its results under `cfg.out`.
@@ -150,10 +159,36 @@ pub fn compare(cfg: CompareConfig) -> anyhow::Result<Comparison> {
     let stream_share = stream_share(&cfg)?;
     std::fs::create_dir_all(cfg.out.join("logs"))?;
     std::fs::create_dir_all(cfg.out.join("runs"))?;
+    let floor = if cfg.floor { measure_floor(&cfg) } else { None };
     let steps = sweep::sweep(&cfg, stream_share);
-    let cmp = Comparison { machine: machine(), stream_share, steps, config: cfg };
+    let cmp = Comparison { machine: machine(), stream_share, steps, floor, config: cfg };
     write_results(&cmp)?;
     Ok(cmp)
+}
+
+/// The loopback floor at the comparison's number of connections (as many as the open-files
+/// limit allows: the floor holds both ends), writer on the server's first CPU and reader on the
+/// client's, k = 1 to 16 frames per write. `None`, said on stderr, if it cannot be measured.
+fn measure_floor(cfg: &CompareConfig) -> Option<FloorResult> {
+    let first_cpu = |cpus: &Option<String>| -> Option<usize> {
+        cpus.as_deref()?.split([',', '-']).next()?.trim().parse().ok()
+    };
+    let conns = floor::conns_within_limit(cfg.conns);
+    let fc = FloorConfig {
+        conns: vec![conns],
+        batches: vec![1, 2, 4, 8, 16],
+        duration: std::time::Duration::from_secs(1),
+        writer_cpu: first_cpu(&cfg.server_cpus),
+        reader_cpu: first_cpu(&cfg.client_cpus),
+    };
+    eprintln!("bench compare: measuring the loopback floor at {conns} connections");
+    match floor::measure(&fc) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!("bench compare: loopback floor not measured: {e:#}");
+            None
+        }
+    }
 }
 
 /// Checks that everything `cfg` needs is there before anything runs.

@@ -37,6 +37,11 @@ pub(super) fn step_line(s: &Step) -> String {
 /// figure per server, and how to print a value.
 type Row<'a> = (String, Option<bool>, Box<dyn Fn(Server) -> Figure + 'a>, fn(f64) -> String);
 
+/// One row of the head-to-head table: its label, whether higher is better (`None`: no ratio),
+/// the figure of a server at a rate, and how to print a value.
+type PairRow<'a> =
+    (&'a str, Option<bool>, Box<dyn Fn(Server, f64) -> Option<f64> + 'a>, fn(f64) -> String);
+
 /// `median (min–max)`, or the value alone when the repeats agree or there was one.
 fn spread_text(sp: &Spread, fmt: fn(f64) -> String) -> String {
     let (median, min, max) = (fmt(sp.median), fmt(sp.min), fmt(sp.max));
@@ -228,6 +233,12 @@ impl Comparison {
                 |v| format!("{v:.1}"),
             ),
             (
+                at_reference("server CPU beyond its writes at the loopback floor (%)"),
+                None,
+                Box::new(|sv| self.at_reference(sv, |st| self.beyond_floor(st))),
+                |v| format!("{v:.0}"),
+            ),
+            (
                 at_reference("wire bytes per tick"),
                 Some(false),
                 Box::new(move |sv| self.at_reference(sv, report(|r| Some(r.wire_bytes_per_msg)))),
@@ -328,6 +339,116 @@ impl Comparison {
             for why in reasons {
                 let _ = writeln!(s, "Writes not counted (n/a) in some steps: {why}.");
             }
+        }
+        s.push_str(&self.floor_note());
+        s.push_str(&self.head_to_head());
+        s
+    }
+}
+
+impl Comparison {
+    /// What the loopback floor measured, and how the "beyond the floor" row uses it.
+    fn floor_note(&self) -> String {
+        let Some(floor) = &self.floor else { return String::new() };
+        let points: Vec<String> = floor
+            .points
+            .iter()
+            .map(|p| format!("k = {}: {:.2} µs per write", p.k, p.cpu_us_per_write))
+            .collect();
+        let n = floor.points.first().map_or(0, |p| p.conns);
+        format!(
+            "\nLoopback floor (`bench floor`, measured before the steps, writer on the server's \
+             CPU, reader on the client's): one `writev` of k {}-byte frames to each of {n} \
+             sockets in turn costs {}. \"Beyond the floor\" is the share of a server's CPU \
+             left after taking away what its writes, with as many frames each as it put in \
+             them on average, would cost at that floor: its own work (event loop, encoding, \
+             bookkeeping) and what makes its writes dearer than a tight loop's.\n",
+            floor.frame_bytes,
+            points.join(", ")
+        )
+    }
+
+    /// The first server against each other one at the highest rate of the ladder both held
+    /// in every repeat: head to head above the rate the weakest server caps the main table at.
+    fn head_to_head(&self) -> String {
+        let servers = &self.config.servers;
+        let Some((&base, others)) = servers.split_first() else { return String::new() };
+        if others.is_empty() {
+            return String::new();
+        }
+        let median = |f: Figure| f.spread.map(|sp| sp.median);
+        let report =
+            |f: fn(&crate::Report) -> Option<f64>| move |st: &Step| st.report.as_ref().and_then(f);
+        let rows: Vec<PairRow<'_>> = vec![
+            (
+                "delivered msgs per server CPU-second",
+                Some(true),
+                Box::new(|sv, rate| {
+                    median(self.at_rate(sv, rate, report(|r| r.msgs_per_server_cpu_sec)))
+                }),
+                plot::human,
+            ),
+            (
+                "p99 latency (ms)",
+                Some(false),
+                Box::new(|sv, rate| {
+                    median(self.at_rate(sv, rate, report(|r| Some(r.latency_us.p99 as f64 / 1e3))))
+                }),
+                |v| format!("{v:.2}"),
+            ),
+            (
+                "server writes per delivered message",
+                Some(false),
+                Box::new(|sv, rate| {
+                    median(self.at_rate(sv, rate, report(crate::Report::writes_per_msg)))
+                }),
+                |v| format!("{v:.3}"),
+            ),
+            (
+                "server CPU beyond its writes at the floor (%)",
+                None,
+                Box::new(|sv, rate| median(self.at_rate(sv, rate, |st| self.beyond_floor(st)))),
+                |v| format!("{v:.0}"),
+            ),
+        ];
+        let mut s = format!(
+            "\n{} head to head with each server, at the highest rate of the ladder both held in \
+             every repeat (medians; ratio = {}'s advantage):\n\n| | ",
+            base.label(),
+            base.label()
+        );
+        s.push_str(&others.iter().map(|sv| sv.label()).collect::<Vec<_>>().join(" | "));
+        s.push_str(" |\n|---|");
+        s.push_str(&"--:|".repeat(others.len()));
+        s.push('\n');
+        let rates: Vec<Option<f64>> = others.iter().map(|&sv| self.common_rate(base, sv)).collect();
+        s.push_str("| rate both held (ticks/s) |");
+        for rate in &rates {
+            let text = rate.map_or("– (none)".to_owned(), plot::human);
+            let _ = write!(s, " {text} |");
+        }
+        s.push('\n');
+        for (label, higher, cell, fmt) in &rows {
+            let _ = write!(s, "| {label}: {} / other |", base.label());
+            for (&sv, rate) in others.iter().zip(&rates) {
+                let pair = rate.map(|r| (cell(base, r), cell(sv, r)));
+                let text = match pair {
+                    Some((Some(ours), Some(theirs))) => {
+                        let ratio = match higher {
+                            Some(true) if theirs > 0.0 => Some(ours / theirs),
+                            Some(false) if ours > 0.0 => Some(theirs / ours),
+                            _ => None,
+                        };
+                        match ratio {
+                            Some(x) => format!("{} / {} ({x:.2}×)", fmt(ours), fmt(theirs)),
+                            None => format!("{} / {}", fmt(ours), fmt(theirs)),
+                        }
+                    }
+                    _ => "–".to_owned(),
+                };
+                let _ = write!(s, " {text} |");
+            }
+            s.push('\n');
         }
         s
     }

@@ -466,20 +466,42 @@ impl Comparison {
     /// ladder that every server held in every repeat, else the lowest of the ladder.
     pub fn reference_rate(&self) -> f64 {
         let lowest = self.config.rates.iter().copied().fold(f64::INFINITY, f64::min);
+        self.held_by_all(&self.config.servers).unwrap_or(lowest)
+    }
+
+    /// The highest rate of the ladder that `a` and `b` both held in every repeat: where the
+    /// two are compared head to head, above what the weakest server holds.
+    pub fn common_rate(&self, a: Server, b: Server) -> Option<f64> {
+        self.held_by_all(&[a, b])
+    }
+
+    fn held_by_all(&self, servers: &[Server]) -> Option<f64> {
         let repeats = self.repeats();
         self.config
             .rates
             .iter()
             .copied()
             .filter(|&rate| {
-                self.config.servers.iter().all(|&sv| {
+                servers.iter().all(|&sv| {
                     (0..repeats).all(|r| {
                         self.steps_of(sv).any(|s| s.repeat == r && s.rate == rate && s.holds)
                     })
                 })
             })
             .fold(None, |best: Option<f64>, r| Some(best.map_or(r, |b| b.max(r))))
-            .unwrap_or(lowest)
+    }
+
+    /// Share (%) of a step's server CPU beyond what its writes would cost at the loopback
+    /// floor: writes × the floor's CPU per write of as many frames as the server put in one.
+    /// Needs the floor and the write count.
+    pub fn beyond_floor(&self, st: &Step) -> Option<f64> {
+        let floor = self.floor.as_ref()?;
+        let r = st.report.as_ref()?;
+        let writes = r.server_writes.filter(|&w| w > 0)? as f64;
+        let cpu_us = r.server_cpu_cores? * r.measured_seconds * 1e6;
+        let frames_per_write = r.msgs as f64 / writes;
+        let floor_us = writes * floor.us_per_write(self.config.conns, frames_per_write)?;
+        (cpu_us > 0.0 && r.msgs > 0).then(|| 100.0 * (1.0 - floor_us / cpu_us))
     }
 
     /// The steps of `server` at `rate` that have a report, one per repeat at most.
@@ -489,7 +511,17 @@ impl Comparison {
 
     /// A figure of `server`'s steps at the reference rate.
     pub fn at_reference(&self, server: Server, value: impl Fn(&Step) -> Option<f64>) -> Figure {
-        Figure::from_steps(self.all_at(server, self.reference_rate()), value)
+        self.at_rate(server, self.reference_rate(), value)
+    }
+
+    /// A figure of `server`'s steps at `rate` (of the ladder).
+    pub fn at_rate(
+        &self,
+        server: Server,
+        rate: f64,
+        value: impl Fn(&Step) -> Option<f64>,
+    ) -> Figure {
+        Figure::from_steps(self.all_at(server, rate), value)
     }
 }
 
@@ -588,6 +620,7 @@ mod tests {
             machine: String::new(),
             stream_share: 1.0,
             steps,
+            floor: None,
         };
         assert_eq!(cmp.repeats(), 2);
         let t = cmp.saturation(T);
@@ -597,6 +630,9 @@ mod tests {
         assert_eq!(cmp.saturation(W).spread.map(|s| s.median), Some(750.0));
         // W failed 1000 in repeat 0: 500 is the highest every server held every time.
         assert_eq!(cmp.reference_rate(), 500.0);
+        // Head to head: W caps the pair at 500; T alone held 1000 in every repeat (2000 once).
+        assert_eq!(cmp.common_rate(T, W), Some(500.0));
+        assert_eq!(cmp.common_rate(T, T), Some(1000.0));
         assert_eq!(cmp.limited_by(T), vec![(Side::Client, 1), (Side::Server, 1)]);
         assert_eq!(cmp.limited_by(W), vec![(Side::Server, 2)]);
         let at =
