@@ -186,6 +186,11 @@ impl Outbound {
         self.queue.is_empty()
     }
 
+    /// Frames queued (replies and notices included).
+    pub fn frames(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
     }

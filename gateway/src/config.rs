@@ -102,12 +102,13 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_FEED_BATCH_US", default_value_t = 250)]
     pub feed_batch_us: u64,
 
-    /// Longest time, in microseconds, a busy worker holds frames to write several in one
-    /// syscall: each write costs several µs of kernel CPU whatever it carries. The hold grows
-    /// from 0 (worker busy under half the time: every batch is written at once) to this
-    /// (worker busy ~90 % of the time or more). 0 (the default) disables holding: it saves
-    /// CPU on fat streams but raised p99 on many thin ones (docs/performance.md).
-    #[arg(long, env = "TICKFAN_FLUSH_WINDOW_US", default_value_t = 0)]
+    /// Longest time, in microseconds, a busy worker holds the frames of its fat streams
+    /// (connections whose last write carried several frames) to write more in one syscall:
+    /// each write costs several µs of kernel CPU whatever it carries. Thin streams are written
+    /// at once. The hold grows from 0 (worker busy under half the time: every batch is written
+    /// at once) to this (worker busy ~90 % of the time or more). 0 disables holding
+    /// (docs/performance.md).
+    #[arg(long, env = "TICKFAN_FLUSH_WINDOW_US", default_value_t = 1000)]
     pub flush_window_us: u64,
 
     /// Fan-out workers (threads owning a shard of connections). 0 = one per core.

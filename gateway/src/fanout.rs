@@ -38,6 +38,9 @@ pub struct Conn {
     sock: Rc<dyn TryWrite>,
     /// Queued something this batch and is in the shard's dirty list.
     dirty: bool,
+    /// Its last write carried several frames: a fat stream, which a busy worker holds for a
+    /// moment to write more frames per syscall (see [`Shard::flush_dirty_holding`]).
+    fat: bool,
     /// Its socket would block: only the readiness driver flushes it, once writable again.
     blocked: bool,
     /// A write failed: the connection is finished, nothing more is queued or written.
@@ -65,6 +68,7 @@ impl Conn {
             closed_for: None,
             sock,
             dirty: false,
+            fat: false,
             blocked: false,
             dead: false,
             stop: false,
@@ -458,6 +462,15 @@ impl Shard {
     /// Flushes every connection that queued something since the last call, then publishes
     /// the batch's counters.
     pub fn flush_dirty(&mut self) {
+        self.flush_dirty_holding(false);
+    }
+
+    /// [`flush_dirty`](Self::flush_dirty), except that with `hold` the connections that took
+    /// several frames per write lately (fat streams) are left queued, for the worker to flush
+    /// with their next frames, after its hold (`worker::Hold`); everyone else is written now.
+    /// A thin stream gains nothing from waiting (its next frame is likely far off) and is never
+    /// held. Whether any connection was held.
+    pub fn flush_dirty_holding(&mut self, hold: bool) -> bool {
         for key in std::mem::take(&mut self.slow) {
             let Some(conn) = self.conns.get_mut(key) else { continue };
             if conn.out.is_closing() {
@@ -476,15 +489,20 @@ impl Shard {
             Stats::add(&self.stats.slow_consumer_actions[2], 1);
         }
         let mut dirty = std::mem::take(&mut self.dirty);
-        for key in dirty.drain(..) {
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.dirty = false;
-                if !conn.blocked {
-                    self.flush(key);
-                }
+        dirty.retain(|&key| {
+            let Some(conn) = self.conns.get_mut(key) else { return false };
+            if hold && conn.fat && !conn.blocked && !conn.out.is_closing() {
+                return true;
             }
-        }
-        self.dirty = dirty; // keep the allocation
+            conn.dirty = false;
+            if !conn.blocked {
+                self.flush(key);
+            }
+            false
+        });
+        // Flushing marks nothing dirty: what is left is what was held (and the allocation).
+        let held = !dirty.is_empty();
+        self.dirty = dirty;
         let t = std::mem::take(&mut self.tally);
         Stats::add(&self.stats.frames_out, t.frames_out);
         Stats::add(&self.stats.bytes_out, t.bytes_out);
@@ -493,6 +511,7 @@ impl Shard {
         Stats::add(&self.stats.slow_consumer_actions[1], t.drops[1]);
         Stats::add(&self.stats.gaps_sent, t.gaps);
         Stats::add(&self.stats.snapshots_sent, t.snapshots);
+        held
     }
 
     /// Writes what the socket takes now. On `WouldBlock` the connection is marked blocked (the
@@ -502,6 +521,9 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else { return FlushState::Dead };
         if conn.dead {
             return FlushState::Dead;
+        }
+        if !conn.out.is_empty() {
+            conn.fat = conn.out.frames() >= 2;
         }
         loop {
             match conn.out.write_to(&*conn.sock) {
@@ -689,5 +711,106 @@ impl Delivery<'_> {
             Offer::Disconnect => self.slow.push(key),
             Offer::Skipped | Offer::Closed => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::io::{self, IoSlice};
+
+    use feed_sim::{Feed, SimConfig};
+    use tickfan_proto::Kind;
+
+    use super::*;
+    use crate::market::ResumeWindow;
+    use crate::source::Encoder;
+
+    /// A socket that takes everything and notes how many frames (iovecs) each write carried.
+    #[derive(Default)]
+    struct Counting {
+        writes: RefCell<Vec<usize>>,
+    }
+
+    impl TryWrite for Counting {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.writes.borrow_mut().push(bufs.len());
+            Ok(bufs.iter().map(|b| b.len()).sum())
+        }
+    }
+
+    /// A shard, the frames of a feed, a connection on `trades.*` and one on `thin_ch`, a single
+    /// quotes channel.
+    struct Setup {
+        shard: Shard,
+        frames: Vec<Frame>,
+        fat: Rc<Counting>,
+        thin: Rc<Counting>,
+        thin_ch: ChannelId,
+    }
+
+    fn setup() -> Setup {
+        let mut feed =
+            Feed::new(SimConfig { symbols: 20, burst_every_s: 0.0, ..SimConfig::default() });
+        let window = ResumeWindow { frames: 64, max_age_ns: 10_000_000_000 };
+        let market = Arc::new(Market::new(Arc::new(feed.symbols().clone()), window));
+        let mut enc = Encoder::new(market.clone());
+        let frames: Vec<Frame> = (0..4000).map(|_| enc.encode(&feed.next_tick_virtual())).collect();
+        let stats = Arc::new(Stats::new(1));
+        let mut shard = Shard::new(market, stats, Policies::default(), Budget::new(1 << 30));
+        let thin_ch = frames.iter().find(|f| f.ch.kind() == Kind::Quotes).expect("quotes").ch;
+        let conns = [(); 2].map(|_| {
+            let sock = Rc::new(Counting::default());
+            (shard.open(sock.clone(), 1 << 20), sock)
+        });
+        let none = |_: &Subscribed| Vec::new();
+        shard.subscribe(
+            conns[0].0,
+            &[ChannelSpec::Wildcard(Kind::Trades)],
+            &[],
+            None,
+            none,
+            1 << 20,
+        );
+        shard.subscribe(conns[1].0, &[ChannelSpec::Exact(thin_ch)], &[], None, none, 1 << 20);
+        shard.flush_dirty();
+        let [(_, fat), (_, thin)] = conns;
+        fat.writes.borrow_mut().clear();
+        thin.writes.borrow_mut().clear();
+        Setup { shard, frames, fat, thin, thin_ch }
+    }
+
+    #[test]
+    fn a_busy_worker_holds_fat_streams_and_writes_thin_ones_at_once() {
+        let Setup { mut shard, frames, fat, thin, thin_ch } = setup();
+        let mut thin_frames = frames.iter().filter(|f| f.ch == thin_ch);
+        let others: Vec<&Frame> =
+            frames.iter().filter(|f| f.ch.kind() == Kind::Trades).take(12).collect();
+        // A batch of three frames for the fat stream: written at once (not fat yet), three in
+        // one write; the thin stream's frame too.
+        for f in &others[..3] {
+            shard.deliver(f);
+        }
+        shard.deliver(thin_frames.next().unwrap());
+        assert!(!shard.flush_dirty_holding(true), "nothing was fat before this write");
+        assert_eq!(*fat.writes.borrow(), vec![3]);
+        assert_eq!(*thin.writes.borrow(), vec![1]);
+        // Now fat: while the worker holds, its frames wait; the thin stream's go at once.
+        for f in &others[3..5] {
+            shard.deliver(f);
+            shard.deliver(thin_frames.next().unwrap());
+            assert!(shard.flush_dirty_holding(true), "the fat stream is held");
+        }
+        assert_eq!(*fat.writes.borrow(), vec![3]);
+        assert_eq!(*thin.writes.borrow(), vec![1, 1, 1]);
+        // The hold ends: one write for both held frames.
+        assert!(!shard.flush_dirty_holding(false));
+        assert_eq!(*fat.writes.borrow(), vec![3, 2]);
+        // A fat stream that thinned out (one frame in its last write) is not held any more.
+        shard.deliver(others[5]);
+        assert!(!shard.flush_dirty_holding(false));
+        shard.deliver(others[6]);
+        assert!(!shard.flush_dirty_holding(true));
+        assert_eq!(*fat.writes.borrow(), vec![3, 2, 1, 1]);
     }
 }

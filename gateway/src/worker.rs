@@ -229,8 +229,10 @@ async fn publish_stats(ctx: Rc<WorkerCtx>, id: usize, cancel: CancellationToken)
 }
 
 /// Drains the ring into the shard in batches and flushes the connections they touched: at once
-/// while the worker has time to spare, after a hold of up to `--flush-window-us` when it is
-/// busy (see [`Hold`]), so that a busy worker writes several frames per syscall.
+/// while the worker has time to spare; when it is busy (see [`Hold`]), the fat streams among
+/// them (several frames per write lately) after a hold of up to `--flush-window-us`, so that a
+/// busy worker writes more frames per syscall where that pays, and thin streams at once.
+/// Latency is recorded when a batch's frames are all written.
 async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: CancellationToken) {
     // Producer timestamps of the frames delivered since the last flush, then their latencies
     // in µs once flushed.
@@ -254,11 +256,13 @@ async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: Cancell
                     batch_ts.push(frame.ts);
                     shard.deliver(&frame);
                 }
-                if deadline.is_none() && !batch_ts.is_empty() {
-                    deadline = Some(started + hold.current());
-                }
-                if stopping || deadline.is_some_and(|d| started >= d) {
+                let window = hold.current();
+                if stopping || window.is_zero() || deadline.is_some_and(|d| started >= d) {
                     shard.flush_dirty();
+                    deadline = None;
+                } else if shard.flush_dirty_holding(true) {
+                    deadline.get_or_insert(started + window);
+                } else {
                     deadline = None;
                 }
             }
@@ -295,8 +299,9 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 ///
 /// A write costs several µs of kernel CPU whether it carries one frame or ten
 /// (`docs/performance.md`), so a worker that keeps up writes every batch at once (lowest
-/// latency), and one that runs out of time holds frames for up to `max`, writing more of them
-/// per syscall exactly when CPU is short. Busy is the share of wall time spent delivering and
+/// latency), and one that runs out of time holds the frames of its fat streams for up to `max`,
+/// writing more of them per syscall exactly when CPU is short (thin streams are not held: see
+/// `Shard::flush_dirty_holding`). Busy is the share of wall time spent delivering and
 /// writing, averaged over ~100 ms windows: under 50 % no hold, then linearly up to `max` at
 /// 90 %.
 #[derive(Debug)]
