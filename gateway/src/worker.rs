@@ -120,11 +120,21 @@ async fn liveness(ctx: Rc<WorkerCtx>, cancel: CancellationToken) {
         return;
     };
     let misses = ping.map(|_| ctx.cfg.ping_misses);
-    every(period, &cancel, || {
-        ctx.shard.borrow_mut().check_liveness(misses, idle, std::time::Instant::now());
+    // One slice of the connections every ~100 ms, each connection once per period: a round
+    // over all of them at once stalled the fan-out for the time of one write per connection
+    // (~100 ms for 10,000 here), which showed as a p99 of 50–85 ms at 10 ticks/s.
+    let slices = (period.as_millis() / LIVENESS_SLICE.as_millis()).clamp(1, 1000) as usize;
+    let mut part = 0;
+    every(period / slices as u32, &cancel, || {
+        let now = std::time::Instant::now();
+        ctx.shard.borrow_mut().check_liveness(misses, idle, now, (part, slices));
+        part = (part + 1) % slices;
     })
     .await;
 }
+
+/// How often the liveness check looks at one slice of the connections.
+const LIVENESS_SLICE: Duration = Duration::from_millis(100);
 
 /// Runs `step` every `period` (first after one period; late ticks delay the next ones) until
 /// `cancel` fires.
