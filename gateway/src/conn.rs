@@ -229,13 +229,9 @@ impl Live {
             {
                 let mut shard = ctx.shard.borrow_mut();
                 let Some(view) = shard.view(key) else { return Step::End(End::Stopped) };
-                if view.blocked {
-                    // An error shows as `stop` below.
-                    shard.flush(key);
-                }
-                match shard.view(key) {
-                    Some(view) if !view.stop => {}
-                    _ => return Step::End(End::Stopped),
+                // A full socket may have room again; a write that fails ends the connection.
+                if view.stop || (view.blocked && shard.flush(key) == FlushState::Dead) {
+                    return Step::End(End::Stopped);
                 }
             }
             if !read {

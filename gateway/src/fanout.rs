@@ -557,8 +557,8 @@ impl Shard {
         }
     }
 
-    /// Frees the queue memory of connections that have nothing queued (see [`Outbound::trim`]); about how many
-    /// bytes that freed.
+    /// Frees the queue memory of connections that have nothing queued (see [`Outbound::trim`]);
+    /// returns about how many bytes that freed.
     pub fn trim_queues(&mut self) -> usize {
         self.conns.iter_mut().map(|(_, conn)| conn.out.trim()).sum()
     }

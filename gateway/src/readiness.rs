@@ -61,15 +61,6 @@ impl Io {
         Ok(())
     }
 
-    /// Number of connections watched.
-    pub fn len(&self) -> usize {
-        self.live.borrow().iter().filter(|l| l.is_some()).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn take(&self, key: ConnKey) -> Option<Live> {
         self.live.borrow_mut().get_mut(key).and_then(Option::take)
     }
