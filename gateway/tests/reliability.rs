@@ -209,9 +209,16 @@ async fn a_slow_client_is_disconnected_under_that_policy_and_fast_ones_are_untou
         let c = Client::connect(addr, "/ws?streams=trades.*").await;
         readers.push(tokio::spawn(c.seq_check_for(Duration::from_secs(4))));
     }
-    // The slow client reads nothing for a while (it is disconnected in this time), then
-    // finds the close frame right behind what its socket buffers held.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The slow client reads nothing until the gateway has disconnected it, then finds the
+    // close frame right behind what its socket buffers held. (Waiting on the counter, not a
+    // fixed sleep: the close frame is kept for the peer only so long, and a loaded CI machine
+    // may wake a sleeper late.)
+    let disconnects = &gw.stats().slow_consumer_actions[2];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disconnects.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the slow client was never disconnected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (code, reason) = slow.expect_close().await;
     for r in readers {
         let seq = r.await.unwrap();
@@ -220,7 +227,6 @@ async fn a_slow_client_is_disconnected_under_that_policy_and_fast_ones_are_untou
     }
     assert_eq!(code, 1008);
     assert!(reason.starts_with("slow consumer"), "{reason}");
-    let disconnects = &gw.stats().slow_consumer_actions[2];
     assert_eq!(disconnects.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
