@@ -1,9 +1,12 @@
-//! `feed-sim`: writes the simulated feed as NDJSON on stdout, one data message per line, exactly
-//! as the gateway would send it (`tickfan_proto::encode::write_tick_json`).
+//! `feed-sim`: writes the simulated feed as NDJSON on stdout in tickfan's feed format
+//! (`docs/feed-format.md`): first a symbols announcement (`{"op":"symbols",…}`), then one data
+//! message per line, exactly as the gateway would send it
+//! (`tickfan_proto::encode::write_tick_json`).
 //!
 //! ```text
 //! feed-sim --count 5 --clock virtual --no-pace     # five ticks, the same bytes every time
 //! feed-sim --rate 1000 --duration 10 | jq .        # ten seconds in real time
+//! feed-sim | tickfan --source stdin                # the gateway fed through a pipe
 //! ```
 
 use std::io::{self, BufWriter, Write};
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use feed_sim::{Clock, Feed, PaceOptions, SimConfig};
 use tickfan_proto::encode::write_tick_json;
+use tickfan_proto::feed::Announcement;
 use tickfan_proto::{SymbolTable, Tick};
 
 /// Writes a deterministic simulated exchange feed (trades, quotes, L2 book deltas) as NDJSON.
@@ -134,6 +138,7 @@ fn run(mut feed: Feed, args: &Args, limit: Option<Duration>) -> io::Result<()> {
         ClockArg::Real => Clock::Real,
         ClockArg::Virtual => Clock::Virtual,
     };
+    out.announce(epoch(clock, args.seed))?;
     if args.no_pace {
         let started = Instant::now();
         for i in 0..count {
@@ -188,6 +193,16 @@ fn run(mut feed: Feed, args: &Args, limit: Option<Duration>) -> io::Result<()> {
     out.flush()
 }
 
+/// The epoch this run announces: the start time (as gateways make theirs), or, on the virtual
+/// clock, one fixed per seed (the output is byte-identical from run to run, and so are its
+/// seqs).
+fn epoch(clock: Clock, seed: u64) -> String {
+    match clock {
+        Clock::Real => format!("{:016x}", tickfan_proto::unix_now_ns()),
+        Clock::Virtual => format!("{:016x}-{seed}", feed_sim::VIRTUAL_EPOCH_NS),
+    }
+}
+
 /// Encodes ticks as NDJSON lines into a buffered writer, reusing one line buffer.
 struct NdjsonWriter<W: Write> {
     /// Where the lines go.
@@ -201,6 +216,14 @@ struct NdjsonWriter<W: Write> {
 impl<W: Write> NdjsonWriter<W> {
     fn new(out: W, symbols: SymbolTable) -> Self {
         NdjsonWriter { out: BufWriter::with_capacity(64 << 10, out), symbols, line: Vec::new() }
+    }
+
+    /// The symbols announcement: the feed's first line.
+    fn announce(&mut self, epoch: String) -> io::Result<()> {
+        let symbols = self.symbols.iter().cloned().collect();
+        let mut line = Announcement { epoch: Some(epoch), symbols }.to_line();
+        line.push(b'\n');
+        self.out.write_all(&line)
     }
 
     fn write(&mut self, tick: &Tick) -> io::Result<()> {

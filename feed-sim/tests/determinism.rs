@@ -113,10 +113,17 @@ fn binary_virtual_clock_output_is_byte_identical_and_valid() {
     assert_eq!(first_difference(&first.stdout, &second.stdout), None, "two runs differ");
 
     let text = String::from_utf8(first.stdout).expect("UTF-8 output");
+    let mut text_lines = text.lines();
+    // First the symbols announcement, with the epoch fixed by the virtual clock and the seed.
+    let ann = tickfan_proto::feed::Announcement::parse(text_lines.next().unwrap().as_bytes())
+        .expect("an announcement first");
+    assert_eq!(ann.epoch.as_deref(), Some("187b16d8ed8f0000-7"));
+    assert_eq!(ann.symbols.len(), 50);
+    assert_eq!(ann.symbols[0].name, "BTC-USD");
     let mut lines = 0;
     let mut last_ts = 0;
     let mut seqs: HashMap<String, u64> = HashMap::new();
-    for line in text.lines() {
+    for line in text_lines {
         lines += 1;
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -187,6 +194,9 @@ fn binary_exits_quietly_when_the_reader_goes_away() {
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("{\"op\":\"symbols\""), "{line}");
+    line.clear();
+    reader.read_line(&mut line).unwrap();
     assert!(line.starts_with("{\"ch\":"), "{line}");
     drop(reader); // like `| head -1`
     let out = child.wait_with_output().unwrap();
@@ -208,7 +218,7 @@ fn binary_paces_in_real_time() {
         "{elapsed:?}"
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let n = text.lines().count();
+    let n = text.lines().count() - 1; // the announcement
     assert!((300..=1100).contains(&n), "{n} ticks in 0.5 s at 2000/s");
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     let ts = last["ts"].as_u64().unwrap();
@@ -217,5 +227,5 @@ fn binary_paces_in_real_time() {
     // --count stops a paced run exactly.
     let out = feed_sim(&["--rate", "10000", "--count", "50"]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 50);
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1 + 50);
 }

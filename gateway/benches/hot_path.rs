@@ -24,7 +24,7 @@ fn feed() -> Feed {
 /// The gateway's market state for `feed`'s symbols, with the default resume window.
 fn market(feed: &Feed) -> Arc<Market> {
     let window = ResumeWindow { frames: 2048, max_age_ns: 10_000_000_000 };
-    Arc::new(Market::new(Arc::new(feed.symbols().clone()), window))
+    Arc::new(Market::new(Arc::new(feed.symbols().clone()), window, None))
 }
 
 fn encode(c: &mut Criterion) {

@@ -80,6 +80,22 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Where ticks come from: `embedded` (the built-in simulator, configured by the flags
+    /// below), `stdin` (NDJSON, e.g. `feed-sim | tickfan --source stdin`) or `file:PATH` (an
+    /// NDJSON recording, replayed at --replay-speed). The feed format is docs/feed-format.md.
+    #[arg(long, env = "TICKFAN_SOURCE", default_value = "embedded", value_parser = crate::source::parse_source)]
+    pub source: crate::source::SourceSpec,
+
+    /// `--source file:…`: replay at this multiple of the recording's own pace (by its `ts`);
+    /// 0 replays as fast as the gateway takes it.
+    #[arg(long, env = "TICKFAN_REPLAY_SPEED", default_value_t = 1.0)]
+    pub replay_speed: f64,
+
+    /// Seconds without any tick after which the feed counts as stale: `/readyz` answers 503 and
+    /// clients get `{"op":"status","feed":"stale"}` (then `"live"` when ticks return). 0: never.
+    #[arg(long, env = "TICKFAN_STALE_AFTER", default_value_t = 5.0)]
+    pub stale_after: f64,
+
     /// Number of symbols of the embedded simulated feed.
     #[arg(long, env = "TICKFAN_SYMBOLS", default_value_t = 50)]
     pub symbols: usize,
@@ -237,6 +253,9 @@ impl Config {
             return Err("--resume-secs must be a number of seconds >= 0".into());
         }
         let seconds = |x: f64| x.is_finite() && x >= 0.0;
+        if !seconds(self.replay_speed) || !seconds(self.stale_after) {
+            return Err("--replay-speed and --stale-after must be numbers >= 0".into());
+        }
         if !seconds(self.ping_interval) || !seconds(self.idle_timeout) {
             return Err("--ping-interval and --idle-timeout must be seconds >= 0".into());
         }

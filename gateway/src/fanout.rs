@@ -162,6 +162,15 @@ pub struct Shard {
     stats: Arc<Stats>,
     /// Per-batch tallies, published to `stats` by `flush_dirty`.
     tally: Tally,
+    /// Whether this shard's connections were last told that the feed is stale.
+    feed_stale: bool,
+}
+
+/// `{"op":"status","feed":"stale"}` or `…"live"}`: the feed's state, as exchanges announce it
+/// on their status channels.
+fn status_frame(stale: bool) -> Bytes {
+    let word = if stale { "stale" } else { "live" };
+    frame::build(Opcode::Text, format!(r#"{{"op":"status","feed":"{word}"}}"#).as_bytes())
 }
 
 #[derive(Debug, Default)]
@@ -202,6 +211,7 @@ impl Shard {
             slow: Vec::new(),
             stats,
             tally: Tally::default(),
+            feed_stale: false,
         }
     }
 
@@ -382,6 +392,10 @@ impl Shard {
         if !conn.out.push_control(frame::build(Opcode::Text, &reply)) {
             return self.close_for(key, CloseReason::UnreadReplies);
         }
+        if self.feed_stale {
+            // Told now, as every connection was when the feed went stale.
+            conn.out.push_control(status_frame(true));
+        }
         for (ch, frames, last) in replays {
             new_books.retain(|&b| b != ch);
             conn.out.replay(ch, frames, last);
@@ -438,19 +452,21 @@ impl Shard {
         }
     }
 
-    /// Frames of `ch` numbered `from..=to` were dropped in this worker's ring (the producer
-    /// outran the worker): subscribers get a gap notice (reason `ring_overflow`), or, for
-    /// books, a fresh snapshot; not for what a snapshot or replay already covered.
+    /// Frames of `ch` numbered `from..=to` never came out of this worker's ring: the upstream
+    /// skipped them (reason `feed`) or the ring dropped them because the producer outran the
+    /// worker (reason `ring_overflow`). Subscribers get a gap notice, or, for books, a fresh
+    /// snapshot; not for what a snapshot or replay already covered.
     fn declare_ring_loss(&mut self, ch: ChannelId, from: u64, to: u64) {
         if !self.index.has_subscribers(ch) {
             return;
         }
+        let reason = if self.market.lost_upstream(ch, from, to) { "feed" } else { "ring_overflow" };
         let (wild, exact) = self.index.subscribers(ch);
         let keys: Vec<ConnKey> = wild.iter().chain(exact).copied().collect();
         for key in keys {
             let conn = &mut self.conns[key];
             if let Some((from, to)) = conn.out.lost(ch, from, to) {
-                let notice = gap_notice(self.market.symbols(), ch, from, to, "ring_overflow");
+                let notice = gap_notice(self.market.symbols(), ch, from, to, reason);
                 if conn.out.push_control(notice) {
                     self.tally.gaps += 1;
                 }
@@ -633,6 +649,21 @@ impl Shard {
         }
     }
 
+    /// Tells every connection that the feed went stale or is live again (once per change),
+    /// after what is already queued for it.
+    pub fn set_feed_stale(&mut self, stale: bool) {
+        if std::mem::replace(&mut self.feed_stale, stale) == stale {
+            return;
+        }
+        let notice = status_frame(stale);
+        for (key, conn) in self.conns.iter_mut() {
+            if !conn.out.is_closing() && conn.out.push_control(notice.clone()) {
+                conn.mark_dirty(key, &mut self.dirty);
+            }
+        }
+        self.flush_dirty();
+    }
+
     /// Closes every connection (shutdown: 1001 going away).
     pub fn close_all(&mut self, code: u16, reason: &str) {
         let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| k).collect();
@@ -759,7 +790,7 @@ mod tests {
         let mut feed =
             Feed::new(SimConfig { symbols: 20, burst_every_s: 0.0, ..SimConfig::default() });
         let window = ResumeWindow { frames: 64, max_age_ns: 10_000_000_000 };
-        let market = Arc::new(Market::new(Arc::new(feed.symbols().clone()), window));
+        let market = Arc::new(Market::new(Arc::new(feed.symbols().clone()), window, None));
         let mut enc = Encoder::new(market.clone());
         let frames: Vec<Frame> = (0..4000).map(|_| enc.encode(&feed.next_tick_virtual())).collect();
         let stats = Arc::new(Stats::new(1));

@@ -44,6 +44,7 @@ fn route(ctx: Rc<WorkerCtx>, mut req: Request<Incoming>) -> Response<Full<Bytes>
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(ctx, &mut req),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => ready(&ctx),
         (&Method::GET, "/dashboard" | "/dashboard/") => {
             asset(DASHBOARD, "text/html; charset=utf-8")
         }
@@ -62,10 +63,29 @@ fn route(ctx: Rc<WorkerCtx>, mut req: Request<Incoming>) -> Response<Full<Bytes>
             resp
         }
         (&Method::GET, "/") => index(&ctx),
-        (_, "/ws" | "/healthz" | "/metrics" | "/") => {
+        (_, "/ws" | "/healthz" | "/readyz" | "/metrics" | "/") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found; see / for what this server offers\n"),
+    }
+}
+
+/// Readiness, for load balancers: 200 while the feed is live, 503 with the reason otherwise
+/// (no tick yet, no tick for `--stale-after`, upstream disconnected).
+fn ready(ctx: &WorkerCtx) -> Response<Full<Bytes>> {
+    use crate::source::FeedState;
+    let now = tickfan_proto::unix_now_ns();
+    let feed = &ctx.stats.feed;
+    match feed.state(now) {
+        FeedState::Live => text(StatusCode::OK, "ready\n"),
+        FeedState::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no tick yet\n"),
+        FeedState::Stale => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: feed stale, no tick for {:.1} s\n", feed.quiet_secs(now)),
+        ),
+        FeedState::Down => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the source lost its upstream\n")
+        }
     }
 }
 
@@ -97,6 +117,7 @@ fn index(ctx: &WorkerCtx) -> Response<Full<Bytes>> {
         "tickfan market-data gateway (protocol v{})\n\n\
          GET /ws       WebSocket: {{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}\n\
          GET /healthz  liveness\n\
+         GET /readyz   readiness: 200 while the feed is live, 503 with the reason otherwise\n\
          GET /dashboard  live dashboard (open it in a browser)\n\
          GET /metrics  Prometheus metrics (OpenMetrics when asked for, else text 0.0.4)\n\n\
          {} symbols; channels trades.<SYM>, quotes.<SYM>, book.<SYM>, and <kind>.*\n",

@@ -39,7 +39,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use feed_sim::{Feed, PaceOptions, SimConfig};
 use tickfan_proto::SymbolTable;
 use tokio_util::sync::CancellationToken;
 
@@ -54,9 +53,11 @@ pub struct Gateway {
     stats: Arc<Stats>,
     /// Stops the listener and the workers.
     cancel: CancellationToken,
-    /// Stops the producer thread.
+    /// Stops the source's thread.
     stop_feed: Arc<AtomicBool>,
     producer: Option<JoinHandle<()>>,
+    /// False for a source that may block in a read `stop_feed` cannot interrupt (stdin).
+    wait_for_producer: bool,
     listener: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -66,23 +67,15 @@ impl Gateway {
     pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let cfg = Arc::new(cfg);
-        let sim = SimConfig {
-            symbols: cfg.symbols,
-            rate: cfg.rate,
-            seed: cfg.seed,
-            burst_every_s: cfg.burst_every,
-            book_depth: cfg.book_depth,
-            ..SimConfig::default()
-        };
-        sim.validate().map_err(anyhow::Error::msg)?;
-        let feed = Feed::new(sim);
-        let symbols = Arc::new(feed.symbols().clone());
+        let opened = source::open(&cfg)?;
+        let symbols = Arc::new(opened.symbols);
         let window = market::ResumeWindow {
             frames: cfg.resume_frames,
             max_age_ns: (cfg.resume_secs * 1e9) as u64,
         };
-        let market = Arc::new(market::Market::new(symbols.clone(), window));
+        let market = Arc::new(market::Market::new(symbols.clone(), window, opened.epoch));
         let stats = Arc::new(Stats::new(cfg.worker_count()));
+        stats.feed.stale_after_ns.store((cfg.stale_after * 1e9) as u64, Ordering::Relaxed);
         let socket = std::net::TcpListener::bind(cfg.listen).with_context(|| {
             format!("cannot listen on {}: is another tickfan running? choose another address with --listen", cfg.listen)
         })?;
@@ -113,14 +106,11 @@ impl Gateway {
         let listener = listener::Listener::new(socket, inboxes, cancel.clone()).spawn()?;
         let stop_feed = Arc::new(AtomicBool::new(false));
         let producer = {
-            let (market, stats, stop) = (market.clone(), stats.clone(), stop_feed.clone());
-            let pace = PaceOptions {
-                min_batch_interval: std::time::Duration::from_micros(cfg.feed_batch_us),
-                ..PaceOptions::default()
-            };
+            let publisher = source::Publisher::new(market.clone(), rings, stats.clone());
+            let (run, stop) = (opened.run, stop_feed.clone());
             std::thread::Builder::new()
                 .name("tickfan-feed".into())
-                .spawn(move || source::run_embedded(feed, market, rings, stats, pace, &stop))?
+                .spawn(move || run(publisher, &stop))?
         };
         Ok(Gateway {
             addr,
@@ -129,6 +119,7 @@ impl Gateway {
             cancel,
             stop_feed,
             producer: Some(producer),
+            wait_for_producer: !opened.may_block,
             listener: Some(listener),
             workers,
         })
@@ -155,7 +146,7 @@ impl Gateway {
 
     fn stop(&mut self) {
         self.stop_feed.store(true, Ordering::Relaxed);
-        if let Some(p) = self.producer.take() {
+        if let Some(p) = self.producer.take().filter(|_| self.wait_for_producer) {
             let _ = p.join();
         }
         self.cancel.cancel();

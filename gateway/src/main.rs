@@ -1,5 +1,6 @@
-//! `tickfan`: the gateway binary. Parses flags, starts the gateway with its embedded simulated
-//! feed, prints how to connect, and shuts down gracefully on SIGINT/SIGTERM.
+//! `tickfan`: the gateway binary. Parses flags, starts the gateway with its source (by default
+//! the embedded simulated feed), prints how to connect, and shuts down gracefully on
+//! SIGINT/SIGTERM.
 
 use std::process::ExitCode;
 
@@ -30,7 +31,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let files = raise_open_files_limit();
-    let (symbols, rate, workers) = (cfg.symbols, cfg.rate, cfg.worker_count());
+    let workers = cfg.worker_count();
+    let feed = match &cfg.source {
+        gateway::source::SourceSpec::Embedded => format!("embedded feed, {} ticks/s", cfg.rate),
+        other => format!("source {other}"),
+    };
     let gateway = match Gateway::start(cfg) {
         Ok(g) => g,
         Err(e) => {
@@ -39,7 +44,8 @@ fn main() -> ExitCode {
         }
     };
     let addr = gateway.local_addr();
-    println!("tickfan listening on http://{addr}  ({symbols} symbols, {rate} ticks/s, {workers} workers)");
+    let symbols = gateway.symbols().len();
+    println!("tickfan listening on http://{addr}  ({symbols} symbols, {feed}, {workers} workers)");
     println!("  WebSocket  ws://{addr}/ws");
     println!(
         "  try        npx wscat -c ws://{addr}/ws -x '{{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}' -w 5"
@@ -47,7 +53,7 @@ fn main() -> ExitCode {
     println!("  or         npx wscat -c 'ws://{addr}/ws?streams=trades.BTC-USD,quotes.BTC-USD'");
     println!("  dashboard  http://{addr}/dashboard      (open in a browser)");
     println!("  metrics    http://{addr}/metrics        (Prometheus)");
-    println!("  health     http://{addr}/healthz        stop with Ctrl-C");
+    println!("  health     http://{addr}/healthz  http://{addr}/readyz   stop with Ctrl-C");
     println!("  open files {files}");
 
     if let Err(e) = wait_for_signal() {

@@ -55,6 +55,8 @@ struct ChannelState {
     crc: u32,
     /// Scratch for the checksum string.
     text: Vec<u8>,
+    /// The last seqs the upstream skipped on this channel (`from..=to`; 0..=0 when none).
+    upstream_gap: (u64, u64),
 }
 
 impl ChannelState {
@@ -88,9 +90,12 @@ pub struct Market {
 }
 
 impl Market {
-    pub fn new(symbols: Arc<SymbolTable>, window: ResumeWindow) -> Market {
+    /// The market of `symbols`, numbered under the source's `epoch`, or under a new one of its
+    /// own when the source has none.
+    pub fn new(symbols: Arc<SymbolTable>, window: ResumeWindow, epoch: Option<String>) -> Market {
         let channels = (0..symbols.channel_count()).map(|_| Mutex::default()).collect();
-        Market { symbols, channels, window, epoch: format!("{:016x}", unix_now_ns()) }
+        let epoch = epoch.unwrap_or_else(|| format!("{:016x}", unix_now_ns()));
+        Market { symbols, channels, window, epoch }
     }
 
     pub fn symbols(&self) -> &Arc<SymbolTable> {
@@ -122,6 +127,9 @@ impl Market {
         write_tick_json_with_crc(json, tick, sym, crc);
         let frame =
             Frame { ch, seq: tick.seq, ts: tick.ts, bytes: frame::build(Opcode::Text, json) };
+        if st.last_seq != 0 && tick.seq > st.last_seq + 1 {
+            st.upstream_gap = (st.last_seq + 1, tick.seq - 1);
+        }
         st.last_seq = tick.seq;
         st.last_ts = tick.ts;
         if self.window.frames > 0 {
@@ -143,6 +151,13 @@ impl Market {
     /// Seq of the last frame published on `ch` (0 before any).
     pub fn last_seq(&self, ch: ChannelId) -> u64 {
         self.state(ch).last_seq
+    }
+
+    /// Whether seqs `from..=to` of `ch` are the last ones its upstream skipped (they never
+    /// reached this gateway), rather than frames a worker's ring dropped.
+    pub fn lost_upstream(&self, ch: ChannelId, from: u64, to: u64) -> bool {
+        let (a, b) = self.state(ch).upstream_gap;
+        a != 0 && a <= from && to <= b
     }
 
     /// The frames of `ch` after seq `after`, if the window still holds all of them.
@@ -187,7 +202,7 @@ mod tests {
         let feed = Feed::new(SimConfig { symbols: 3, burst_every_s: 0.0, ..SimConfig::default() });
         let symbols = Arc::new(feed.symbols().clone());
         let window = ResumeWindow { frames, max_age_ns: age_s * 1_000_000_000 };
-        (Market::new(symbols, window), feed)
+        (Market::new(symbols, window, None), feed)
     }
 
     #[test]

@@ -149,6 +149,8 @@ pub struct Stats {
     /// Internal latency, one histogram per worker (each locked once per batch by its worker,
     /// and by scrapes), merged when scraped.
     pub internal_latency: Vec<Mutex<Histogram<u64>>>,
+    /// The tick source's health: last tick, connection, lines rejected.
+    pub feed: crate::source::FeedHealth,
 }
 
 /// One worker's per-connection queues, as last sampled.
@@ -438,8 +440,53 @@ impl Collector for StatsCollector {
             None,
             open.metric_type(),
         )?)?;
-        Ok(())
+        encode_feed(&mut encoder, &s.feed)
     }
+}
+
+/// The tick source's health: its state, how long it has been quiet, what it rejected and
+/// what its upstream lost.
+fn encode_feed(
+    encoder: &mut DescriptorEncoder,
+    feed: &crate::source::FeedHealth,
+) -> Result<(), std::fmt::Error> {
+    use crate::source::FeedState;
+    let now = tickfan_proto::unix_now_ns();
+    let state = feed.state(now);
+    let gauge = ConstGauge::new(0i64);
+    let mut family = encoder.encode_descriptor(
+        "tickfan_feed_state",
+        "1 for the tick source's current state (starting, live, stale: no tick for \
+         --stale-after, down: upstream disconnected), 0 for the others.",
+        None,
+        gauge.metric_type(),
+    )?;
+    for st in FeedState::ALL {
+        ConstGauge::new(i64::from(st == state))
+            .encode(family.encode_family(&[("state", st.as_str())])?)?;
+    }
+    let quiet = ConstGauge::new(feed.quiet_secs(now));
+    quiet.encode(encoder.encode_descriptor(
+        "tickfan_feed_quiet_seconds",
+        "Seconds since the source published its last tick (since start before the first).",
+        None,
+        quiet.metric_type(),
+    )?)?;
+    labelled_counters(
+        encoder,
+        "tickfan_feed_rejected",
+        "Feed lines skipped (NDJSON and NATS sources), by reason (docs/feed-format.md).",
+        "reason",
+        tickfan_proto::feed::LineError::ALL.iter().map(|e| e.reason()).zip(&feed.rejected),
+    )?;
+    let lost = ConstCounter::new(Stats::get(&feed.upstream_lost));
+    lost.encode(encoder.encode_descriptor(
+        "tickfan_feed_upstream_lost",
+        "Seqs skipped by the upstream before they reached this gateway (declared to \
+         subscribers by gap notices with reason feed).",
+        None,
+        lost.metric_type(),
+    )?)
 }
 
 /// One counter family with one label, a sample per `(label value, counter)`.

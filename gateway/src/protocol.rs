@@ -27,8 +27,8 @@ pub struct Resume {
     pub seqs: Vec<(String, u64)>,
 }
 
-/// Longest `epoch` accepted (the gateway's are 16 hex digits).
-const MAX_EPOCH_LEN: usize = 64;
+/// Longest `epoch` accepted (the gateway's are 16 hex digits; a feed's may be longer).
+use tickfan_proto::feed::MAX_EPOCH_LEN;
 
 /// A parsed client request: an operation and the `id` to echo in its reply.
 #[derive(Clone, Debug, PartialEq)]

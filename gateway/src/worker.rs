@@ -83,6 +83,7 @@ async fn run(setup: WorkerSetup) {
     let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), id, ring, cancel.clone()));
     let stats_task = tokio::task::spawn_local(publish_stats(ctx.clone(), id, cancel.clone()));
     let liveness_task = tokio::task::spawn_local(liveness(ctx.clone(), cancel.clone()));
+    let feed_task = tokio::task::spawn_local(feed_status(ctx.clone(), cancel.clone()));
     loop {
         tokio::select! {
             biased;
@@ -98,6 +99,7 @@ async fn run(setup: WorkerSetup) {
     let _ = fanout.await;
     stats_task.abort();
     liveness_task.abort();
+    feed_task.abort();
     ctx.shard.borrow_mut().close_all(1001, "server shutting down");
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while !ctx.shard.borrow().is_empty() {
@@ -132,6 +134,19 @@ async fn liveness(ctx: Rc<WorkerCtx>, cancel: CancellationToken) {
     })
     .await;
 }
+
+/// Tells this worker's clients when the feed goes stale (no tick for `--stale-after`, or the
+/// upstream lost) and when it is live again: `{"op":"status","feed":…}`.
+async fn feed_status(ctx: Rc<WorkerCtx>, cancel: CancellationToken) {
+    every(FEED_CHECK, &cancel, || {
+        let stale = ctx.stats.feed.state(unix_now_ns()).is_stale();
+        ctx.shard.borrow_mut().set_feed_stale(stale);
+    })
+    .await;
+}
+
+/// How often a worker looks at the feed's state.
+const FEED_CHECK: Duration = Duration::from_millis(100);
 
 /// How often the liveness check looks at one slice of the connections.
 const LIVENESS_SLICE: Duration = Duration::from_millis(100);

@@ -13,6 +13,7 @@ pub mod channel;
 pub mod decimal;
 pub mod encode;
 pub mod error_code;
+pub mod feed;
 pub mod tick;
 
 pub use book::L2Book;

@@ -236,15 +236,41 @@ pub async fn spawn_tickfan(extra: &[&str]) -> (tokio::process::Child, SocketAddr
 
 /// Starts the real `tickfan` binary with exactly `args` (`--listen` among them).
 pub async fn spawn_tickfan_with(args: &[&str]) -> (tokio::process::Child, SocketAddr) {
-    use std::process::Stdio;
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tickfan"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tickfan"))
         .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("tickfan binary starts");
+    until_banner(child).await
+}
+
+/// Starts `tickfan --source stdin` with `args`, writes `first` (the feed's announcement) to its
+/// stdin, and returns it with its stdin, to write the feed to, and its address.
+pub async fn spawn_tickfan_fed(
+    args: &[&str],
+    first: &[u8],
+) -> (tokio::process::Child, tokio::process::ChildStdin, SocketAddr) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tickfan"))
+        .args([&["--listen", "127.0.0.1:0", "--source", "stdin"], args].concat())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tickfan binary starts");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(first).await.unwrap();
+    stdin.flush().await.unwrap();
+    let (child, addr) = until_banner(child).await;
+    (child, stdin, addr)
+}
+
+/// Reads `child`'s banner for its address, then keeps draining its stdout.
+async fn until_banner(mut child: tokio::process::Child) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let banner = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
         .await

@@ -1,0 +1,248 @@
+//! Tick sources: where ticks come from, and the one path they all take into the gateway.
+//!
+//! A source (the embedded simulator, an NDJSON stream on stdin or in a file, NATS) runs on a
+//! thread of its own. It first tells the gateway its universe (symbols and their decimals) and
+//! its epoch ([`Opened`]), then hands batches of ticks to a [`Publisher`], which encodes every
+//! tick **once** into a complete WebSocket frame and pushes it into every worker's ring. How
+//! healthy the source is (last tick, connected, lines rejected) is kept in [`FeedHealth`],
+//! which `/readyz`, `/metrics` and the workers' `status` messages read.
+
+pub mod embedded;
+pub mod ndjson;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tickfan_proto::feed::LineError;
+use tickfan_proto::{unix_now_ns, SymbolTable, Tick};
+
+use crate::config::Config;
+use crate::frame::Frame;
+use crate::market::Market;
+use crate::metrics::Stats;
+use crate::ring::Ring;
+
+/// Where ticks come from: `--source`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// The built-in simulator (`--symbols`, `--rate`, …): nothing else to run.
+    Embedded,
+    /// NDJSON on standard input (`feed-sim | tickfan --source stdin`).
+    Stdin,
+    /// NDJSON from a file, paced by its timestamps (`--replay-speed`).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceSpec::Embedded => f.write_str("embedded"),
+            SourceSpec::Stdin => f.write_str("stdin"),
+            SourceSpec::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+/// Parses `embedded`, `stdin` or `file:PATH`.
+pub fn parse_source(s: &str) -> Result<SourceSpec, String> {
+    match s {
+        "embedded" => Ok(SourceSpec::Embedded),
+        "stdin" | "-" => Ok(SourceSpec::Stdin),
+        _ => match s.strip_prefix("file:") {
+            Some("") => Err("file: needs a path, e.g. file:ticks.ndjson".into()),
+            Some(path) => Ok(SourceSpec::File(PathBuf::from(path))),
+            None => Err(format!("unknown source {s:?}: embedded, stdin or file:PATH")),
+        },
+    }
+}
+
+/// A source's loop: publishes until the flag is set or the source ends.
+pub type RunSource = Box<dyn FnOnce(Publisher, &AtomicBool) + Send>;
+
+/// A source ready to run: its universe, its epoch, and the loop that feeds the publisher.
+pub struct Opened {
+    pub symbols: SymbolTable,
+    /// The publisher's epoch, when the source has one (every gateway fed by it then numbers
+    /// alike); otherwise the gateway makes up its own.
+    pub epoch: Option<String>,
+    /// Runs until `stop` is set or the source ends. Blocking: called on the source's thread.
+    pub run: RunSource,
+    /// Whether [`run`](Self::run) may block in a read that `stop` cannot interrupt (stdin):
+    /// the gateway then does not wait for the thread when it stops.
+    pub may_block: bool,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("symbols", &self.symbols.len())
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the configured source: for NDJSON, reads its announcement (which may wait for the
+/// upstream to write it).
+pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
+    match &cfg.source {
+        SourceSpec::Embedded => embedded::open(cfg),
+        SourceSpec::Stdin => ndjson::open_stdin(),
+        SourceSpec::File(path) => ndjson::open_file(path, cfg.replay_speed),
+    }
+}
+
+/// Hands ticks to the workers: encodes each once (through the [`Market`], which keeps books
+/// and the resume history), pushes the frame into every ring, wakes each worker once per
+/// batch, and keeps the feed's health up to date.
+#[derive(Debug)]
+pub struct Publisher {
+    encoder: Encoder,
+    rings: Vec<Arc<Ring>>,
+    stats: Arc<Stats>,
+}
+
+impl Publisher {
+    pub fn new(market: Arc<Market>, rings: Vec<Arc<Ring>>, stats: Arc<Stats>) -> Publisher {
+        Publisher { encoder: Encoder::new(market), rings, stats }
+    }
+
+    /// Publishes one batch (no-op when empty).
+    pub fn publish(&mut self, batch: &[Tick]) {
+        if batch.is_empty() {
+            return;
+        }
+        for tick in batch {
+            let frame = self.encoder.encode(tick);
+            // One Bytes, N ring slots: each push is a reference-count increment.
+            for ring in &self.rings {
+                ring.push(frame.clone());
+            }
+        }
+        // One wake-up per worker per batch, not per frame.
+        for ring in &self.rings {
+            ring.wake();
+        }
+        Stats::add(&self.stats.ticks_in, batch.len() as u64);
+        self.stats.feed.last_tick_ns.store(unix_now_ns(), Ordering::Relaxed);
+    }
+
+    /// The feed's health, for sources to report rejections and their connection state.
+    pub fn health(&self) -> &FeedHealth {
+        &self.stats.feed
+    }
+}
+
+/// Turns ticks into shared frames through the [`Market`] (which keeps books and resume
+/// history): JSON into a reused scratch buffer, then header + payload into one allocation per
+/// frame. Frames are allocated one by one rather than cut from a shared arena so that a frame
+/// held by a slow client or the resume window keeps only its own bytes alive.
+#[derive(Debug)]
+pub struct Encoder {
+    market: Arc<Market>,
+    json: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new(market: Arc<Market>) -> Encoder {
+        Encoder { market, json: Vec::with_capacity(4096) }
+    }
+
+    pub fn encode(&mut self, tick: &Tick) -> Frame {
+        self.market.publish(tick, &mut self.json)
+    }
+}
+
+/// The source's health as the rest of the gateway sees it.
+#[derive(Debug)]
+pub struct FeedHealth {
+    /// Unix ns of the last batch published (0 before the first).
+    pub last_tick_ns: AtomicU64,
+    /// Unix ns the source started: before the first tick, staleness counts from here.
+    pub started_ns: AtomicU64,
+    /// False while the source has lost its upstream (NATS disconnected).
+    pub connected: AtomicBool,
+    /// Lines rejected, by [`LineError::index`].
+    pub rejected: [AtomicU64; LineError::ALL.len()],
+    /// Seqs the upstream skipped: lost before they reached this gateway, and declared to
+    /// subscribers by `gap` notices (reason `feed`).
+    pub upstream_lost: AtomicU64,
+    /// `--stale-after` in nanoseconds (0: never stale); set at start.
+    pub stale_after_ns: AtomicU64,
+}
+
+impl Default for FeedHealth {
+    fn default() -> FeedHealth {
+        FeedHealth {
+            last_tick_ns: AtomicU64::new(0),
+            started_ns: AtomicU64::new(unix_now_ns()),
+            connected: AtomicBool::new(true),
+            rejected: Default::default(),
+            upstream_lost: AtomicU64::new(0),
+            stale_after_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What a client or a load balancer is told of the feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedState {
+    /// No tick yet, and not for long.
+    Starting,
+    /// Ticks arrive.
+    Live,
+    /// No tick for longer than `--stale-after`.
+    Stale,
+    /// The source lost its upstream.
+    Down,
+}
+
+impl FeedState {
+    pub const ALL: [FeedState; 4] =
+        [FeedState::Starting, FeedState::Live, FeedState::Stale, FeedState::Down];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedState::Starting => "starting",
+            FeedState::Live => "live",
+            FeedState::Stale => "stale",
+            FeedState::Down => "down",
+        }
+    }
+
+    /// What clients are told (`status` messages): only whether data flows.
+    pub fn is_stale(self) -> bool {
+        matches!(self, FeedState::Stale | FeedState::Down)
+    }
+}
+
+impl FeedHealth {
+    /// The state at `now_ns`.
+    pub fn state(&self, now_ns: u64) -> FeedState {
+        if !self.connected.load(Ordering::Relaxed) {
+            return FeedState::Down;
+        }
+        let stale_after = self.stale_after_ns.load(Ordering::Relaxed);
+        let last = self.last_tick_ns.load(Ordering::Relaxed);
+        let since = if last == 0 { self.started_ns.load(Ordering::Relaxed) } else { last };
+        if stale_after > 0 && now_ns.saturating_sub(since) > stale_after {
+            FeedState::Stale
+        } else if last == 0 {
+            FeedState::Starting
+        } else {
+            FeedState::Live
+        }
+    }
+
+    /// Seconds since the last tick (since the start before the first).
+    pub fn quiet_secs(&self, now_ns: u64) -> f64 {
+        let last = self.last_tick_ns.load(Ordering::Relaxed);
+        let since = if last == 0 { self.started_ns.load(Ordering::Relaxed) } else { last };
+        now_ns.saturating_sub(since) as f64 / 1e9
+    }
+
+    /// Counts a rejected line.
+    pub fn reject(&self, e: LineError) {
+        Stats::add(&self.rejected[e.index()], 1);
+    }
+}

@@ -1,0 +1,286 @@
+//! Tick sources other than the embedded feed, through the real `tickfan` binary: NDJSON on
+//! stdin and from a file (`docs/feed-format.md`), malformed lines, upstream gaps, and feed
+//! health (`/readyz`, `status` messages).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use feed_sim::{Feed, SimConfig};
+use gateway::market::{Market, ResumeWindow};
+use serde_json::{json, Value};
+use support::{http_get, spawn_tickfan_fed, spawn_tickfan_with, Client, Msg};
+use tickfan_proto::encode::write_tick_json;
+use tickfan_proto::feed::Announcement;
+use tickfan_proto::{Side, Symbol, SymbolTable, Tick, TickBody, Trade};
+use tokio::io::AsyncWriteExt;
+
+fn announcement(symbols: &SymbolTable, epoch: &str) -> Vec<u8> {
+    let ann =
+        Announcement { epoch: Some(epoch.into()), symbols: symbols.iter().cloned().collect() };
+    let mut line = ann.to_line();
+    line.push(b'\n');
+    line
+}
+
+fn two_symbols() -> SymbolTable {
+    SymbolTable::new(vec![
+        Symbol { name: "BTC-USD".into(), px_scale: 2, qty_scale: 4 },
+        Symbol { name: "ETH-USD".into(), px_scale: 2, qty_scale: 4 },
+    ])
+}
+
+/// A trade on symbol 0 (`BTC-USD`) as a feed line.
+fn trade_line(symbols: &SymbolTable, seq: u64, ts: u64) -> Vec<u8> {
+    let body =
+        TickBody::Trade(Trade { id: seq, px: 6_400_000 + seq as i64, qty: 15, side: Side::Buy });
+    let mut line = Vec::new();
+    write_tick_json(&mut line, &Tick { sym: 0, seq, ts, body }, symbols.get(0));
+    line.push(b'\n');
+    line
+}
+
+/// The payload of a server (unmasked) WebSocket frame.
+fn payload(frame: &[u8]) -> &[u8] {
+    match frame[1] & 0x7f {
+        126 => &frame[4..],
+        127 => &frame[10..],
+        _ => &frame[2..],
+    }
+}
+
+/// The next data message (skipping replies, statuses and book snapshots), raw.
+async fn next_data(c: &mut Client) -> (Value, Vec<u8>) {
+    loop {
+        match c.recv().await {
+            Msg::Text(v, raw) if v.get("op").is_none() && v["type"] != "snapshot" => {
+                return (v, raw)
+            }
+            Msg::Text(..) => {}
+            Msg::Close(code, reason) => panic!("closed {code} {reason}"),
+        }
+    }
+}
+
+/// The next message with an `op` (a reply, a gap, a status), skipping data.
+async fn next_op(c: &mut Client) -> Value {
+    c.reply().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_on_stdin_give_the_same_bytes_as_the_embedded_feed() {
+    let mut feed = Feed::new(SimConfig { symbols: 5, burst_every_s: 0.0, ..SimConfig::default() });
+    let symbols = feed.symbols().clone();
+    let (_child, mut stdin, addr) =
+        spawn_tickfan_fed(&["--workers", "1"], &announcement(&symbols, "feed-epoch-1")).await;
+    let mut c = Client::connect(addr, "/ws?streams=trades.*,quotes.*,book.*").await;
+    // The feed's epoch, not one of the gateway's own: any gateway on this feed numbers alike.
+    assert_eq!(next_op(&mut c).await["epoch"], "feed-epoch-1");
+
+    // What the embedded source makes of the same ticks: the gateway's own encoder.
+    let market =
+        Market::new(Arc::new(symbols.clone()), ResumeWindow { frames: 0, max_age_ns: 0 }, None);
+    let (mut lines, mut expected, mut json) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3000 {
+        let tick = feed.next_tick_virtual();
+        write_tick_json(&mut lines, &tick, symbols.get(tick.sym));
+        lines.push(b'\n');
+        expected.push(payload(&market.publish(&tick, &mut json).bytes).to_vec());
+    }
+    stdin.write_all(&lines).await.unwrap();
+    stdin.flush().await.unwrap();
+    for (i, want) in expected.iter().enumerate() {
+        let (_, got) = next_data(&mut c).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "message {i} differs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_lines_are_counted_and_skipped_while_good_ticks_flow() {
+    let symbols = two_symbols();
+    let (mut child, mut stdin, addr) = spawn_tickfan_fed(&[], &announcement(&symbols, "e1")).await;
+    let mut a = Client::connect(addr, "/ws?streams=trades.BTC-USD").await;
+    let mut b = Client::connect(addr, "/ws?streams=trades.*").await;
+    next_op(&mut a).await;
+    next_op(&mut b).await;
+
+    let other =
+        SymbolTable::new(vec![Symbol { name: "SOL-USD".into(), px_scale: 3, qty_scale: 2 }]);
+    let mut feed: Vec<u8> = Vec::new();
+    feed.extend(trade_line(&symbols, 1, 1));
+    feed.extend(b"{\"ch\":\n"); // bad JSON
+    feed.extend(b"{\"ch\":\"ticker.BTC-USD\",\"seq\":1,\"ts\":1}\n"); // unknown kind
+    feed.extend(b"{\"ch\":\"trades.\xff\xfe\",\"seq\":1,\"ts\":1}\n"); // invalid UTF-8
+    feed.extend(vec![b'x'; 300 << 10]); // a huge line
+    feed.push(b'\n');
+    feed.extend(trade_line(&symbols, 2, 2));
+    feed.extend(trade_line(&symbols, 1, 3)); // seq going backwards
+    feed.extend(trade_line(&symbols, 2, 3)); // and a duplicate
+    feed.extend(
+        br#"{"ch":"trades.DOGE-USD","seq":1,"ts":1,"id":1,"px":"1","qty":"1","side":"buy"}"#,
+    );
+    feed.push(b'\n'); // unknown symbol
+    feed.extend(
+        br#"{"ch":"trades.BTC-USD","seq":3,"ts":1,"id":1,"px":"1.001","qty":"1","side":"buy"}"#,
+    );
+    feed.push(b'\n'); // more decimals than the symbol has
+    feed.extend(announcement(&other, "e2")); // the universe cannot change
+    feed.extend(announcement(&symbols, "e1")); // the same announcement again is fine
+    feed.extend(trade_line(&symbols, 3, 4));
+    stdin.write_all(&feed).await.unwrap();
+    stdin.flush().await.unwrap();
+
+    for c in [&mut a, &mut b] {
+        for seq in 1..=3 {
+            let (v, _) = next_data(c).await;
+            assert_eq!((v["ch"].as_str(), v["seq"].as_u64()), (Some("trades.BTC-USD"), Some(seq)));
+        }
+        assert!(c.try_recv(Duration::from_millis(300)).await.is_none(), "nothing else arrives");
+    }
+    let metrics = http_get(addr, "/metrics").await;
+    for (reason, n) in [
+        ("bad_json", 1),
+        ("unknown_kind", 1),
+        ("not_utf8", 1),
+        ("too_long", 1),
+        ("seq_not_increasing", 2),
+        ("unknown_symbol", 1),
+        ("bad_field", 1),
+        ("symbols_changed", 1),
+    ] {
+        let line = format!("tickfan_feed_rejected_total{{reason=\"{reason}\"}} {n}\n");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains("tickfan_ticks_in_total 3\n"), "{metrics}");
+    assert!(child.try_wait().unwrap().is_none(), "the gateway is still running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seqs_the_upstream_skipped_are_declared_as_a_feed_gap() {
+    let symbols = two_symbols();
+    let (_child, mut stdin, addr) = spawn_tickfan_fed(&[], &announcement(&symbols, "e1")).await;
+    let mut c = Client::connect(addr, "/ws?streams=trades.BTC-USD").await;
+    next_op(&mut c).await;
+    for seq in [1, 2, 5] {
+        stdin.write_all(&trade_line(&symbols, seq, seq)).await.unwrap();
+    }
+    stdin.flush().await.unwrap();
+    assert_eq!(next_data(&mut c).await.0["seq"], 1);
+    assert_eq!(next_data(&mut c).await.0["seq"], 2);
+    let gap = next_op(&mut c).await;
+    assert_eq!(gap, json!({"op":"gap","ch":"trades.BTC-USD","from":3,"to":4,"reason":"feed"}));
+    assert_eq!(next_data(&mut c).await.0["seq"], 5);
+    let metrics = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("tickfan_feed_upstream_lost_total 2\n"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_source_is_stale_for_clients_and_readyz_until_ticks_return() {
+    let symbols = two_symbols();
+    let (_child, mut stdin, addr) =
+        spawn_tickfan_fed(&["--stale-after", "0.5"], &announcement(&symbols, "e1")).await;
+    let readyz = http_get(addr, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 503") && readyz.contains("no tick yet"), "{readyz}");
+    let mut c = Client::connect(addr, "/ws?streams=trades.BTC-USD").await;
+    next_op(&mut c).await;
+    stdin.write_all(&trade_line(&symbols, 1, 1)).await.unwrap();
+    stdin.flush().await.unwrap();
+    assert_eq!(next_data(&mut c).await.0["seq"], 1);
+    assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+
+    // The source goes quiet: within --stale-after (plus the workers' 100 ms look), clients hear.
+    let quiet = Instant::now();
+    assert_eq!(next_op(&mut c).await, json!({"op":"status","feed":"stale"}));
+    assert!(quiet.elapsed() < Duration::from_secs(3), "told after {:?}", quiet.elapsed());
+    let readyz = http_get(addr, "/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 503") && readyz.contains("feed stale"), "{readyz}");
+    let metrics = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("tickfan_feed_state{state=\"stale\"} 1\n"), "{metrics}");
+    // A client arriving now is told too, right after its reply.
+    let mut late = Client::connect(addr, "/ws?streams=trades.BTC-USD").await;
+    assert_eq!(next_op(&mut late).await["op"], "subscribed");
+    assert_eq!(next_op(&mut late).await, json!({"op":"status","feed":"stale"}));
+
+    // Ticks return: `live`, and the data (in whichever order the worker sent them).
+    stdin.write_all(&trade_line(&symbols, 2, 2)).await.unwrap();
+    stdin.flush().await.unwrap();
+    for c in [&mut c, &mut late] {
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            match c.recv().await {
+                Msg::Text(v, _) => seen.push(v),
+                Msg::Close(code, reason) => panic!("closed {code} {reason}"),
+            }
+        }
+        assert!(seen.contains(&json!({"op":"status","feed":"live"})), "{seen:?}");
+        assert!(seen.iter().any(|v| v["seq"] == 2), "{seen:?}");
+    }
+    assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_replays_at_its_own_pace_times_the_speed() {
+    let symbols = two_symbols();
+    let dir = std::env::temp_dir().join(format!("tickfan-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ticks.ndjson");
+    // 21 trades 100 ms apart by their ts: 2 s of market, 1 s at --replay-speed 2.
+    let mut file = announcement(&symbols, "rec-1");
+    for seq in 1..=21u64 {
+        file.extend(trade_line(&symbols, seq, 1_700_000_000_000_000_000 + (seq - 1) * 100_000_000));
+    }
+    std::fs::write(&path, &file).unwrap();
+    let source = format!("file:{}", path.display());
+    let started = Instant::now();
+    let (_child, addr) = spawn_tickfan_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--source",
+        &source,
+        "--replay-speed",
+        "2",
+    ])
+    .await;
+    // The replay began at startup: resume from seq 0 to get what was already published.
+    let mut c = Client::connect(addr, "/ws").await;
+    let reply = c
+        .request(json!({"op":"subscribe","channels":["trades.BTC-USD"],"epoch":"rec-1",
+                        "resume":{"trades.BTC-USD":0}}))
+        .await;
+    assert_eq!(reply["resumed"]["trades.BTC-USD"], true, "{reply}");
+    for seq in 1..=21 {
+        assert_eq!(next_data(&mut c).await.0["seq"], seq);
+    }
+    // Paced, not dumped: 2 s of recording at speed 2 take about 1 s.
+    assert!(started.elapsed() >= Duration::from_millis(800), "{:?}", started.elapsed());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_feed_without_an_announcement_is_refused_at_start_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("tickfan-noann-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ticks.ndjson");
+    std::fs::write(&path, trade_line(&two_symbols(), 1, 1)).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tickfan"))
+        .args(["--listen", "127.0.0.1:0", "--source", &format!("file:{}", path.display())])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("symbols announcement"), "{err}");
+    let bad = tokio::process::Command::new(env!("CARGO_BIN_EXE_tickfan"))
+        .args(["--source", "kafka://x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown source"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
