@@ -148,6 +148,32 @@ impl Market {
         frame
     }
 
+    /// Producer: replaces book channel `snapshot.channel()`'s book by the whole book the
+    /// upstream sent as of `snapshot.seq` (after this gateway joined mid-stream or lost
+    /// updates), and returns the `snapshot` frame that tells subscribers so. The resume
+    /// history restarts after it: nothing before it can be replayed contiguously.
+    pub fn resync_book(&self, snapshot: &Tick, json: &mut Vec<u8>) -> Frame {
+        let ch = snapshot.channel();
+        debug_assert_eq!(ch.kind(), Kind::Book);
+        let sym = self.symbols.get(snapshot.sym);
+        let mut st = self.state(ch);
+        st.book = L2Book::default();
+        st.checksummed = L2Book::default();
+        if let TickBody::Book(levels) = &snapshot.body {
+            st.apply_book(levels, sym);
+        }
+        if st.last_seq != 0 && snapshot.seq > st.last_seq + 1 {
+            st.upstream_gap = (st.last_seq + 1, snapshot.seq - 1);
+        }
+        st.last_seq = snapshot.seq;
+        st.last_ts = snapshot.ts;
+        st.history.clear();
+        json.clear();
+        write_book_snapshot_json(json, &st.book, sym, snapshot.seq, snapshot.ts);
+        let bytes = frame::build(Opcode::Text, json);
+        Frame { ch, seq: snapshot.seq, ts: snapshot.ts, bytes }
+    }
+
     /// Seq of the last frame published on `ch` (0 before any).
     pub fn last_seq(&self, ch: ChannelId) -> u64 {
         self.state(ch).last_seq

@@ -11,9 +11,9 @@ use feed_sim::{Feed, SimConfig};
 use gateway::market::{Market, ResumeWindow};
 use serde_json::{json, Value};
 use support::{http_get, spawn_tickfan_fed, spawn_tickfan_with, Client, Msg};
-use tickfan_proto::encode::write_tick_json;
+use tickfan_proto::encode::{write_book_snapshot_json, write_tick_json};
 use tickfan_proto::feed::Announcement;
-use tickfan_proto::{Side, Symbol, SymbolTable, Tick, TickBody, Trade};
+use tickfan_proto::{BookDelta, L2Book, Level, Side, Symbol, SymbolTable, Tick, TickBody, Trade};
 use tokio::io::AsyncWriteExt;
 
 fn announcement(symbols: &SymbolTable, epoch: &str) -> Vec<u8> {
@@ -283,4 +283,76 @@ async fn a_feed_without_an_announcement_is_refused_at_start_with_the_reason() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown source"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A book line of `BTC-USD`: an update with `delta`, or (`snapshot`) the whole `book`.
+fn book_line(symbols: &SymbolTable, seq: u64, book: &L2Book, delta: Option<&BookDelta>) -> Vec<u8> {
+    let mut line = Vec::new();
+    match delta {
+        Some(d) => {
+            let t = Tick { sym: 0, seq, ts: seq, body: TickBody::Book(d.clone()) };
+            write_tick_json(&mut line, &t, symbols.get(0));
+        }
+        None => write_book_snapshot_json(&mut line, book, symbols.get(0), seq, seq),
+    }
+    line.push(b'\n');
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn books_joined_mid_stream_or_after_lost_updates_wait_for_the_upstream_snapshot() {
+    let symbols = two_symbols();
+    let (_child, mut stdin, addr) = spawn_tickfan_fed(&[], &announcement(&symbols, "e1")).await;
+    let mut c = Client::connect(addr, "/ws?streams=book.BTC-USD").await;
+    let mut ledger = support::Ledger::default();
+    ledger.observe(&next_op(&mut c).await);
+    // The upstream's book, as it changes: one level moves per update.
+    let mut book = L2Book::default();
+    let update = |seq: u64, book: &mut L2Book| {
+        let delta = BookDelta {
+            bids: vec![Level { px: 6_400_000 - seq as i64, qty: 10_000 + seq as i64 }],
+            asks: vec![Level { px: 6_400_100 + (seq % 3) as i64, qty: seq as i64 }],
+        };
+        book.apply(&delta);
+        book_line(&symbols, seq, book, Some(&delta))
+    };
+    let mut feed = Vec::new();
+    // Joined mid-stream: updates 5 and 6 cannot be applied to any book this gateway has.
+    for seq in 1..=6 {
+        let line = update(seq, &mut book);
+        if seq >= 5 {
+            feed.extend(line);
+        }
+    }
+    feed.extend(book_line(&symbols, 6, &book, None)); // the upstream's snapshot as of 6
+    feed.extend(update(7, &mut book));
+    let _lost = update(8, &mut book); // the upstream skips 8
+    feed.extend(update(9, &mut book)); // cannot apply: waits
+    feed.extend(update(10, &mut book));
+    feed.extend(book_line(&symbols, 10, &book, None));
+    feed.extend(update(11, &mut book));
+    stdin.write_all(&feed).await.unwrap();
+    stdin.flush().await.unwrap();
+
+    // Every message the client gets keeps its own book equal to the upstream's (crc checked
+    // by the ledger), and it ends on seq 11.
+    let mut seen = Vec::new();
+    while ledger.last.get("book.BTC-USD") != Some(&11) {
+        let v = match c.recv().await {
+            Msg::Text(v, _) => v,
+            Msg::Close(code, reason) => panic!("closed {code} {reason}"),
+        };
+        ledger.observe(&v);
+        seen.push((
+            v["type"].as_str().or(v["op"].as_str()).unwrap_or("").to_owned(),
+            v["seq"].as_u64(),
+        ));
+    }
+    assert_eq!(ledger.lost, 0, "{seen:?}");
+    assert!(ledger.crc_checked >= 4, "{seen:?}");
+    assert!(seen.contains(&("snapshot".into(), Some(6))), "{seen:?}");
+    assert!(seen.contains(&("update".into(), Some(7))), "{seen:?}");
+    assert!(!seen.iter().any(|(_, s)| *s == Some(9)), "9 was applied to a stale book: {seen:?}");
+    let client_book = ledger.books.remove("book.BTC-USD").unwrap();
+    assert_eq!(client_book.checksum(), book.checksum(2, 4), "{seen:?}");
 }

@@ -232,9 +232,28 @@ struct RawTick<'a> {
     asks: Option<Vec<[Cow<'a, str>; 2]>>,
 }
 
-/// Parses one tick line against `symbols`. Does not check `seq` against earlier lines: that
-/// needs per-channel state, which the reader keeps.
+/// A parsed feed line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedLine {
+    /// A tick to publish.
+    Tick(Tick),
+    /// A whole book as of `seq` (the seq of the last update it includes, not a new one):
+    /// what a consumer that joined mid-stream, or lost updates, starts the book from. The
+    /// tick's body lists every level.
+    BookSnapshot(Tick),
+}
+
+/// Parses one tick line against `symbols`; a book snapshot is [`LineError::BadField`] here.
 pub fn parse_tick(line: &[u8], symbols: &SymbolTable) -> Result<Tick, LineError> {
+    match parse_line(line, symbols)? {
+        FeedLine::Tick(t) => Ok(t),
+        FeedLine::BookSnapshot(_) => Err(LineError::BadField),
+    }
+}
+
+/// Parses one line after the announcement against `symbols`. Does not check `seq` against
+/// earlier lines: that needs per-channel state, which the reader keeps.
+pub fn parse_line(line: &[u8], symbols: &SymbolTable) -> Result<FeedLine, LineError> {
     if line.len() > MAX_LINE_BYTES {
         return Err(LineError::TooLong);
     }
@@ -267,9 +286,11 @@ pub fn parse_tick(line: &[u8], symbols: &SymbolTable) -> Result<Tick, LineError>
             asz: qty(&raw.asz)?,
         }),
         Kind::Book => {
-            if raw.kind.as_deref() != Some("update") {
-                return Err(LineError::BadField);
-            }
+            let snapshot = match raw.kind.as_deref() {
+                Some("update") => false,
+                Some("snapshot") => true,
+                _ => return Err(LineError::BadField),
+            };
             let levels = |side: &Option<Vec<[Cow<'_, str>; 2]>>| -> Result<Vec<Level>, LineError> {
                 let side = side.as_deref().ok_or(LineError::BadField)?;
                 side.iter()
@@ -281,10 +302,12 @@ pub fn parse_tick(line: &[u8], symbols: &SymbolTable) -> Result<Tick, LineError>
                     })
                     .collect()
             };
-            TickBody::Book(BookDelta { bids: levels(&raw.bids)?, asks: levels(&raw.asks)? })
+            let body = BookDelta { bids: levels(&raw.bids)?, asks: levels(&raw.asks)? };
+            let tick = Tick { sym, seq: raw.seq, ts: raw.ts, body: TickBody::Book(body) };
+            return Ok(if snapshot { FeedLine::BookSnapshot(tick) } else { FeedLine::Tick(tick) });
         }
     };
-    Ok(Tick { sym, seq: raw.seq, ts: raw.ts, body })
+    Ok(FeedLine::Tick(Tick { sym, seq: raw.seq, ts: raw.ts, body }))
 }
 
 fn decimal(v: &Option<Cow<'_, str>>, scale: u8, min: i64) -> Result<i64, LineError> {
@@ -355,9 +378,15 @@ mod tests {
         let zero_seq =
             br#"{"ch":"quotes.BTC-USD","seq":0,"ts":1,"bid":"1","bsz":"1","ask":"2","asz":"1"}"#;
         assert_eq!(bad(zero_seq), LineError::BadField);
-        let snapshot =
-            br#"{"ch":"book.BTC-USD","seq":1,"ts":1,"type":"snapshot","bids":[],"asks":[]}"#;
+        let snapshot = br#"{"ch":"book.BTC-USD","seq":9,"ts":1,"type":"snapshot","bids":[["1.00","2"]],"asks":[]}"#;
         assert_eq!(bad(snapshot), LineError::BadField);
+        let Ok(FeedLine::BookSnapshot(tick)) = parse_line(snapshot, &t) else {
+            panic!("a snapshot")
+        };
+        let levels = BookDelta { bids: vec![Level { px: 100, qty: 20_000 }], asks: vec![] };
+        assert_eq!((tick.seq, tick.body), (9, TickBody::Book(levels)));
+        let other = br#"{"ch":"book.BTC-USD","seq":9,"ts":1,"type":"delta","bids":[],"asks":[]}"#;
+        assert_eq!(bad(other), LineError::BadField);
         assert_eq!(bad(&vec![b' '; MAX_LINE_BYTES + 1]), LineError::TooLong);
     }
 

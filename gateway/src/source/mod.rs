@@ -8,6 +8,7 @@
 //! which `/readyz`, `/metrics` and the workers' `status` messages read.
 
 pub mod embedded;
+pub mod intake;
 pub mod ndjson;
 
 use std::path::PathBuf;
@@ -125,6 +126,15 @@ impl Publisher {
         }
         Stats::add(&self.stats.ticks_in, batch.len() as u64);
         self.stats.feed.last_tick_ns.store(unix_now_ns(), Ordering::Relaxed);
+    }
+
+    /// Replaces a book by the upstream's snapshot and sends subscribers that snapshot.
+    pub fn resync_book(&mut self, snapshot: &Tick) {
+        let frame = self.encoder.market.resync_book(snapshot, &mut self.encoder.json);
+        for ring in &self.rings {
+            ring.push(frame.clone());
+            ring.wake();
+        }
     }
 
     /// The feed's health, for sources to report rejections and their connection state.

@@ -15,16 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tickfan_proto::feed::{
-    parse_tick, Announcement, LineError, MAX_ANNOUNCEMENT_BYTES, MAX_LINE_BYTES,
-};
-use tickfan_proto::{SymbolTable, Tick};
+use tickfan_proto::feed::{Announcement, LineError, MAX_ANNOUNCEMENT_BYTES, MAX_LINE_BYTES};
+use tickfan_proto::SymbolTable;
 
+use super::intake::Intake;
 use super::{Opened, Publisher};
-use crate::metrics::Stats;
-
-/// Most ticks in one batch.
-const MAX_BATCH: usize = 1024;
 /// Longest sleep of a paced replay, so that `stop` is noticed.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 
@@ -57,8 +52,7 @@ fn opened(
         symbols,
         epoch,
         run: Box::new(move |publisher: Publisher, stop: &AtomicBool| {
-            let mut feed = Reader::new(table, ann, publisher);
-            feed.run(lines, speed, stop);
+            run(Intake::new(table, ann, publisher), lines, speed, stop);
         }),
         may_block,
     }
@@ -76,112 +70,44 @@ fn announcement<R: Read>(lines: &mut LineReader<R>) -> anyhow::Result<Announceme
     parsed.map_err(anyhow::Error::msg)
 }
 
-/// Turns lines into published ticks, with per-channel seq checks and rejection counting.
-struct Reader {
-    symbols: SymbolTable,
-    announced: Announcement,
-    publisher: Publisher,
-    /// Last seq taken per channel (0: none yet).
-    last_seq: Vec<u64>,
-    /// Reasons already logged once.
-    logged: [bool; LineError::ALL.len()],
-    batch: Vec<Tick>,
-}
-
-impl Reader {
-    fn new(symbols: SymbolTable, announced: Announcement, publisher: Publisher) -> Reader {
-        let last_seq = vec![0; symbols.channel_count()];
-        let logged = [false; LineError::ALL.len()];
-        Reader { symbols, announced, publisher, last_seq, logged, batch: Vec::new() }
-    }
-
-    fn run<R: Read>(&mut self, mut lines: LineReader<R>, speed: Option<f64>, stop: &AtomicBool) {
-        // Pacing: (first tick's ts, when it was due here).
-        let mut origin: Option<(u64, Instant)> = None;
-        while !stop.load(Ordering::Relaxed) {
-            let line = match lines.next_line() {
-                Ok(Some(line)) => line,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "the feed cannot be read any more");
-                    break;
-                }
-            };
-            let taken = match line {
-                Ok(line) => self.take(line).map_err(|e| (e, line)),
-                Err(e) => Err((e, &[][..])),
-            };
-            let tick = match taken {
-                Ok(Some(tick)) => tick,
-                Ok(None) => continue,
-                Err((e, text)) => {
-                    self.reject(e, text);
-                    continue;
-                }
-            };
-            if let Some(speed) = speed {
-                let (ts0, t0) = *origin.get_or_insert((tick.ts, Instant::now()));
-                let due =
-                    t0 + Duration::from_secs_f64(tick.ts.saturating_sub(ts0) as f64 / 1e9 / speed);
-                if due > Instant::now() {
-                    self.flush();
-                    sleep_until(due, stop);
-                }
+/// Reads lines until `stop` or the end, pacing by `ts` at `speed` if given, else publishing
+/// whatever is buffered as one batch.
+fn run<R: Read>(
+    mut intake: Intake,
+    mut lines: LineReader<R>,
+    speed: Option<f64>,
+    stop: &AtomicBool,
+) {
+    // Pacing: (first tick's ts, when it was due here).
+    let mut origin: Option<(u64, Instant)> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let line = match lines.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "the feed cannot be read any more");
+                break;
             }
-            self.batch.push(tick);
-            if self.batch.len() >= MAX_BATCH || (speed.is_none() && !lines.has_buffered()) {
-                self.flush();
-            }
-        }
-        self.flush();
-        tracing::info!(
-            "the feed ended; still serving (clients see status \"stale\" after --stale-after)"
-        );
-    }
-
-    /// Parses a line and checks its seq against the channel's last one. `None`: the
-    /// announcement again, which is fine and skipped.
-    fn take(&mut self, line: &[u8]) -> Result<Option<Tick>, LineError> {
-        let tick = match parse_tick(line, &self.symbols) {
-            Ok(tick) => tick,
-            // Not a tick: is it the announcement, repeated (fine) or changed (refused)?
-            Err(LineError::BadJson) => {
-                return match Announcement::parse(line) {
-                    Ok(a) if a == self.announced => Ok(None),
-                    Ok(_) => Err(LineError::SymbolsChanged),
-                    Err(_) => Err(LineError::BadJson),
-                }
-            }
-            Err(e) => return Err(e),
         };
-        let last = &mut self.last_seq[tick.channel().index()];
-        if tick.seq <= *last {
-            return Err(LineError::SeqNotIncreasing);
+        let Some(tick) = intake.parse(line) else { continue };
+        if let Some(speed) = speed {
+            let (ts0, t0) = *origin.get_or_insert((tick.ts, Instant::now()));
+            let after = tick.ts.saturating_sub(ts0) as f64 / 1e9 / speed;
+            let due = t0 + Duration::from_secs_f64(after.min(1e9));
+            if due > Instant::now() {
+                intake.flush();
+                sleep_until(due, stop);
+            }
         }
-        if *last != 0 && tick.seq > *last + 1 {
-            Stats::add(&self.publisher.health().upstream_lost, tick.seq - *last - 1);
-        }
-        *last = tick.seq;
-        Ok(Some(tick))
-    }
-
-    fn reject(&mut self, e: LineError, line: &[u8]) {
-        self.publisher.health().reject(e);
-        if !std::mem::replace(&mut self.logged[e.index()], true) {
-            let shown = String::from_utf8_lossy(&line[..line.len().min(120)]);
-            tracing::warn!(
-                reason = e.reason(),
-                line = %shown,
-                "skipping a feed line; further lines rejected for this reason are only counted \
-                 (tickfan_feed_rejected_total)"
-            );
+        intake.push(tick);
+        if speed.is_none() && !lines.has_buffered() {
+            intake.flush();
         }
     }
-
-    fn flush(&mut self) {
-        self.publisher.publish(&self.batch);
-        self.batch.clear();
-    }
+    intake.flush();
+    tracing::info!(
+        "the feed ended; still serving (clients see status \"stale\" after --stale-after)"
+    );
 }
 
 fn sleep_until(due: Instant, stop: &AtomicBool) {
