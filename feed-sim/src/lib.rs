@@ -20,8 +20,8 @@
 //!
 //! What this crate is not: a matching engine (there are no orders or queue priorities; trades
 //! are drawn from the book, not matched), a replay of real market data, or a transport (it
-//! hands out ticks; the gateway encodes and fans them out, and NATS publishing is not
-//! implemented yet).
+//! hands out ticks; the gateway encodes and fans them out; [`nats::NatsSink`] publishes them to
+//! NATS for gateways that scale out).
 //!
 //! ```
 //! use feed_sim::{Feed, SimConfig};
@@ -36,8 +36,17 @@ mod activity;
 mod book;
 mod config;
 mod market;
+pub mod nats;
 mod schedule;
 mod symbols;
+
+/// Where a publisher writes ticks, batch by batch: stdout as NDJSON (the `feed-sim` binary)
+/// or NATS ([`nats::NatsSink`]).
+pub trait Sink {
+    fn write(&mut self, tick: &Tick) -> std::io::Result<()>;
+    /// Ends a batch.
+    fn flush(&mut self) -> std::io::Result<()>;
+}
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

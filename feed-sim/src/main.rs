@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use feed_sim::{Clock, Feed, PaceOptions, SimConfig};
+use feed_sim::{Clock, Feed, PaceOptions, SimConfig, Sink};
 use tickfan_proto::encode::write_tick_json;
 use tickfan_proto::feed::Announcement;
 use tickfan_proto::{SymbolTable, Tick};
@@ -64,6 +64,10 @@ struct Args {
     /// Emit as fast as possible instead of at `--rate` in real time.
     #[arg(long)]
     no_pace: bool,
+    /// Where the feed goes: `stdout` (NDJSON), or `nats://HOST:PORT` (one message per tick on
+    /// `md.<kind>.<SYM>`, for gateways started with `--source nats://…`; docs/feed-format.md).
+    #[arg(long, env = "TICKFAN_SINK", default_value = "stdout")]
+    sink: String,
     /// Shortest time between two written batches, in microseconds (the gateway's
     /// `--feed-batch-us`, so that a server fed through a pipe sees the same batching).
     #[arg(long, value_name = "US", default_value_t = 250)]
@@ -113,7 +117,27 @@ fn main() -> ExitCode {
         Ok(feed) => feed,
         Err(msg) => return usage_error(&msg),
     };
-    match run(feed, &args, limit) {
+    let clock = match args.clock {
+        ClockArg::Real => Clock::Real,
+        ClockArg::Virtual => Clock::Virtual,
+    };
+    let epoch = epoch(clock, args.seed);
+    let symbols = feed.symbols().clone();
+    let done = match args.sink.as_str() {
+        "stdout" | "-" => NdjsonWriter::new(io::stdout().lock(), symbols, epoch)
+            .and_then(|out| run(feed, out, &args, clock, limit)),
+        url if url.starts_with("nats://") || url.starts_with("tls://") => {
+            match feed_sim::nats::NatsSink::connect(url, symbols, epoch) {
+                Ok(out) => run(feed, out, &args, clock, limit),
+                Err(e) => {
+                    eprintln!("feed-sim: cannot publish to {url}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        other => return usage_error(&format!("--sink {other:?}: stdout or nats://HOST:PORT")),
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`feed-sim | head`): that is how a pipe ends, not a failure.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
@@ -130,15 +154,14 @@ fn usage_error(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(mut feed: Feed, args: &Args, limit: Option<Duration>) -> io::Result<()> {
-    let symbols = feed.symbols().clone();
-    let mut out = NdjsonWriter::new(io::stdout().lock(), symbols);
+fn run(
+    mut feed: Feed,
+    mut out: impl Sink,
+    args: &Args,
+    clock: Clock,
+    limit: Option<Duration>,
+) -> io::Result<()> {
     let count = args.count.unwrap_or(u64::MAX);
-    let clock = match args.clock {
-        ClockArg::Real => Clock::Real,
-        ClockArg::Virtual => Clock::Virtual,
-    };
-    out.announce(epoch(clock, args.seed))?;
     if args.no_pace {
         let started = Instant::now();
         for i in 0..count {
@@ -214,18 +237,19 @@ struct NdjsonWriter<W: Write> {
 }
 
 impl<W: Write> NdjsonWriter<W> {
-    fn new(out: W, symbols: SymbolTable) -> Self {
-        NdjsonWriter { out: BufWriter::with_capacity(64 << 10, out), symbols, line: Vec::new() }
-    }
-
-    /// The symbols announcement: the feed's first line.
-    fn announce(&mut self, epoch: String) -> io::Result<()> {
-        let symbols = self.symbols.iter().cloned().collect();
-        let mut line = Announcement { epoch: Some(epoch), symbols }.to_line();
+    /// A writer that has written the feed's first line: the symbols announcement.
+    fn new(out: W, symbols: SymbolTable, epoch: String) -> io::Result<Self> {
+        let mut out = BufWriter::with_capacity(64 << 10, out);
+        let mut line =
+            Announcement { epoch: Some(epoch), symbols: symbols.iter().cloned().collect() }
+                .to_line();
         line.push(b'\n');
-        self.out.write_all(&line)
+        out.write_all(&line)?;
+        Ok(NdjsonWriter { out, symbols, line: Vec::new() })
     }
+}
 
+impl<W: Write> Sink for NdjsonWriter<W> {
     fn write(&mut self, tick: &Tick) -> io::Result<()> {
         self.line.clear();
         write_tick_json(&mut self.line, tick, self.symbols.get(tick.sym));

@@ -182,6 +182,9 @@ fn binary_refuses_a_bad_config_with_status_2_and_one_line() {
     }
     // Unparsable flags are clap's: same status.
     assert_eq!(feed_sim(&["--rate", "fast"]).status.code(), Some(2));
+    let out = feed_sim(&["--sink", "kafka://x", "--count", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nats://"));
 }
 
 #[test]

@@ -208,8 +208,9 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_IDLE_TIMEOUT", default_value_t = 120.0)]
     pub idle_timeout: f64,
 
-    /// Log filter, e.g. `info` or `info,gateway=debug`.
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    /// Log filter, e.g. `info` or `info,gateway=debug` (logs go to stderr). The NATS client's
+    /// own messages are quiet below `warn` unless asked for (`async_nats=info`).
+    #[arg(long, env = "RUST_LOG", default_value = "info,async_nats=warn")]
     pub log: String,
 }
 

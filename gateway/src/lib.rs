@@ -67,15 +67,15 @@ impl Gateway {
     pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let cfg = Arc::new(cfg);
-        let opened = source::open(&cfg)?;
+        let stats = Arc::new(Stats::new(cfg.worker_count()));
+        stats.feed.stale_after_ns.store((cfg.stale_after * 1e9) as u64, Ordering::Relaxed);
+        let opened = source::open(&cfg, &stats)?;
         let symbols = Arc::new(opened.symbols);
         let window = market::ResumeWindow {
             frames: cfg.resume_frames,
             max_age_ns: (cfg.resume_secs * 1e9) as u64,
         };
         let market = Arc::new(market::Market::new(symbols.clone(), window, opened.epoch));
-        let stats = Arc::new(Stats::new(cfg.worker_count()));
-        stats.feed.stale_after_ns.store((cfg.stale_after * 1e9) as u64, Ordering::Relaxed);
         let socket = std::net::TcpListener::bind(cfg.listen).with_context(|| {
             format!("cannot listen on {}: is another tickfan running? choose another address with --listen", cfg.listen)
         })?;

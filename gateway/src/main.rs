@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr))
         .with(filter)
         .init();
 
@@ -56,12 +56,22 @@ fn main() -> ExitCode {
     println!("  health     http://{addr}/healthz  http://{addr}/readyz   stop with Ctrl-C");
     println!("  open files {files}");
 
-    if let Err(e) = wait_for_signal() {
-        eprintln!("tickfan: cannot wait for signals: {e}");
-    }
+    let fatal = match wait_for_signal_or(|| gateway.stats().feed.fatal.get().cloned()) {
+        Ok(fatal) => fatal,
+        Err(e) => {
+            eprintln!("tickfan: cannot wait for signals: {e}");
+            None
+        }
+    };
     tracing::info!("shutting down: closing connections with 1001");
     gateway.shutdown();
-    ExitCode::SUCCESS
+    match fatal {
+        None => ExitCode::SUCCESS,
+        Some(why) => {
+            eprintln!("tickfan: {why}");
+            ExitCode::from(3)
+        }
+    }
 }
 
 /// Every connection is a file descriptor: raises the soft open-files limit to the hard one
@@ -77,14 +87,19 @@ fn raise_open_files_limit() -> String {
     }
 }
 
-/// Blocks until SIGINT or SIGTERM.
-fn wait_for_signal() -> std::io::Result<()> {
+/// Blocks until SIGINT or SIGTERM (`None`), or until `fatal` reports why the gateway cannot
+/// go on (looked at every 200 ms).
+fn wait_for_signal_or(fatal: impl Fn() -> Option<String>) -> std::io::Result<Option<String>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+        let mut look = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return r.map(|()| None),
+                _ = term.recv() => return Ok(None),
+                _ = look.tick() => if let Some(why) = fatal() { return Ok(Some(why)) },
+            }
         }
     })
 }

@@ -9,6 +9,7 @@
 
 pub mod embedded;
 pub mod intake;
+pub mod nats;
 pub mod ndjson;
 
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ pub enum SourceSpec {
     Stdin,
     /// NDJSON from a file, paced by its timestamps (`--replay-speed`).
     File(PathBuf),
+    /// A NATS server the publisher (`feed-sim --sink nats://…`) sends to: many gateways,
+    /// one feed, the same seqs and epoch on all.
+    Nats(String),
 }
 
 impl std::fmt::Display for SourceSpec {
@@ -41,19 +45,26 @@ impl std::fmt::Display for SourceSpec {
             SourceSpec::Embedded => f.write_str("embedded"),
             SourceSpec::Stdin => f.write_str("stdin"),
             SourceSpec::File(p) => write!(f, "file:{}", p.display()),
+            SourceSpec::Nats(url) => f.write_str(url),
         }
     }
 }
 
-/// Parses `embedded`, `stdin` or `file:PATH`.
+/// Parses `embedded`, `stdin`, `file:PATH` or `nats://HOST:PORT` (several servers separated by
+/// commas; `tls://` for TLS).
 pub fn parse_source(s: &str) -> Result<SourceSpec, String> {
     match s {
         "embedded" => Ok(SourceSpec::Embedded),
         "stdin" | "-" => Ok(SourceSpec::Stdin),
+        _ if s.starts_with("nats://") || s.starts_with("tls://") => {
+            Ok(SourceSpec::Nats(s.to_owned()))
+        }
         _ => match s.strip_prefix("file:") {
             Some("") => Err("file: needs a path, e.g. file:ticks.ndjson".into()),
             Some(path) => Ok(SourceSpec::File(PathBuf::from(path))),
-            None => Err(format!("unknown source {s:?}: embedded, stdin or file:PATH")),
+            None => {
+                Err(format!("unknown source {s:?}: embedded, stdin, file:PATH or nats://HOST:PORT"))
+            }
         },
     }
 }
@@ -85,11 +96,12 @@ impl std::fmt::Debug for Opened {
 
 /// Opens the configured source: for NDJSON, reads its announcement (which may wait for the
 /// upstream to write it).
-pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
+pub fn open(cfg: &Config, stats: &Arc<Stats>) -> anyhow::Result<Opened> {
     match &cfg.source {
         SourceSpec::Embedded => embedded::open(cfg),
         SourceSpec::Stdin => ndjson::open_stdin(),
         SourceSpec::File(path) => ndjson::open_file(path, cfg.replay_speed),
+        SourceSpec::Nats(url) => nats::open(url, stats.clone()),
     }
 }
 
@@ -174,6 +186,10 @@ pub struct FeedHealth {
     pub connected: AtomicBool,
     /// Lines rejected, by [`LineError::index`].
     pub rejected: [AtomicU64; LineError::ALL.len()],
+    /// Set when the source cannot go on (its publisher restarted under a new epoch): the
+    /// gateway shuts down gracefully, and the binary exits with status 3, for its supervisor to
+    /// start it again on the new epoch.
+    pub fatal: std::sync::OnceLock<String>,
     /// Seqs the upstream skipped: lost before they reached this gateway, and declared to
     /// subscribers by `gap` notices (reason `feed`).
     pub upstream_lost: AtomicU64,
@@ -187,6 +203,7 @@ impl Default for FeedHealth {
             last_tick_ns: AtomicU64::new(0),
             started_ns: AtomicU64::new(unix_now_ns()),
             connected: AtomicBool::new(true),
+            fatal: std::sync::OnceLock::new(),
             rejected: Default::default(),
             upstream_lost: AtomicU64::new(0),
             stale_after_ns: AtomicU64::new(0),

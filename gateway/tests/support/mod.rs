@@ -272,11 +272,16 @@ pub async fn spawn_tickfan_fed(
 async fn until_banner(mut child: tokio::process::Child) -> (tokio::process::Child, SocketAddr) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let banner = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("banner within 10 s")
-        .unwrap()
-        .expect("a banner line");
+    let banner = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("a banner line");
+            if line.contains("listening on http://") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("banner within 10 s");
     let addr = banner
         .split("http://")
         .nth(1)
