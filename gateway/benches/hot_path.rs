@@ -23,7 +23,7 @@ fn feed() -> Feed {
 
 /// The gateway's market state for `feed`'s symbols, with the default resume window.
 fn market(feed: &Feed) -> Arc<Market> {
-    let window = ResumeWindow { frames: 2048, max_age_ns: 10_000_000_000 };
+    let window = ResumeWindow { max_bytes: 64 << 20, max_age_ns: 10_000_000_000 };
     Arc::new(Market::new(Arc::new(feed.symbols().clone()), window, None))
 }
 

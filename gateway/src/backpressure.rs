@@ -681,7 +681,7 @@ mod tests {
     fn market() -> Market {
         let syms =
             SymbolTable::new(vec![Symbol { name: "BTC-USD".into(), px_scale: 2, qty_scale: 4 }]);
-        Market::new(Arc::new(syms), ResumeWindow { frames: 100, max_age_ns: u64::MAX }, None)
+        Market::new(Arc::new(syms), ResumeWindow { max_bytes: 1 << 30, max_age_ns: u64::MAX }, None)
     }
 
     fn queue(limit: usize) -> Outbound {

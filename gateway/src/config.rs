@@ -170,14 +170,14 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_BOOK_DEPTH", default_value_t = 25)]
     pub book_depth: usize,
 
-    /// Frames kept per channel for `resume` (0 disables resume).
-    #[arg(long, env = "TICKFAN_RESUME_FRAMES", default_value_t = 10_000)]
-    pub resume_frames: usize,
-
-    /// Seconds of history kept per channel for `resume` (whichever of this and
-    /// --resume-frames is smaller bounds the window).
+    /// Seconds of history kept for `resume`, on every channel (0 disables resume).
     #[arg(long, env = "TICKFAN_RESUME_SECS", default_value_t = 10.0)]
     pub resume_secs: f64,
+
+    /// Bound, in bytes, on the resume history of all channels together; beyond it the oldest
+    /// frames go first, whatever their channel (each frame counts its bytes + 96).
+    #[arg(long, env = "TICKFAN_RESUME_BYTES", default_value_t = 128 << 20)]
+    pub resume_bytes: usize,
 
     /// What happens to a client whose queue is full, per channel kind: `gap` (drop and send a
     /// gap notice), `conflate` (quotes: only the newest; book: a fresh snapshot when it

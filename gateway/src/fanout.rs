@@ -789,7 +789,7 @@ mod tests {
     fn setup() -> Setup {
         let mut feed =
             Feed::new(SimConfig { symbols: 20, burst_every_s: 0.0, ..SimConfig::default() });
-        let window = ResumeWindow { frames: 64, max_age_ns: 10_000_000_000 };
+        let window = ResumeWindow { max_bytes: 64 * 300, max_age_ns: 10_000_000_000 };
         let market = Arc::new(Market::new(Arc::new(feed.symbols().clone()), window, None));
         let mut enc = Encoder::new(market.clone());
         let frames: Vec<Frame> = (0..4000).map(|_| enc.encode(&feed.next_tick_virtual())).collect();

@@ -72,10 +72,11 @@ impl Gateway {
         let opened = source::open(&cfg, &stats)?;
         let symbols = Arc::new(opened.symbols);
         let window = market::ResumeWindow {
-            frames: cfg.resume_frames,
             max_age_ns: (cfg.resume_secs * 1e9) as u64,
+            max_bytes: cfg.resume_bytes,
         };
         let market = Arc::new(market::Market::new(symbols.clone(), window, opened.epoch));
+        stats.market.set(market.clone()).expect("set once, here");
         let socket = std::net::TcpListener::bind(cfg.listen).with_context(|| {
             format!("cannot listen on {}: is another tickfan running? choose another address with --listen", cfg.listen)
         })?;

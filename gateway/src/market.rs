@@ -22,13 +22,42 @@ use tickfan_proto::{unix_now_ns, ChannelId, Kind, L2Book, SymbolTable, Tick, Tic
 
 use crate::frame::{self, Frame, Opcode};
 
-/// How much history each channel keeps for resume.
+/// How much history the market keeps for resume: every channel's frames of the last
+/// `max_age_ns`, as long as all of them together fit in `max_bytes`; beyond that the oldest
+/// frames go first, whatever their channel. A client that drops for a few seconds resumes on
+/// any channel, busy or quiet, however bursty the feed.
 #[derive(Clone, Copy, Debug)]
 pub struct ResumeWindow {
-    /// Frames kept per channel (0 disables resume).
-    pub frames: usize,
-    /// Frames older than this (by their `ts`) are forgotten.
+    /// Frames older than this (by their `ts`, against the newest tick's) are forgotten.
+    /// 0 disables resume.
     pub max_age_ns: u64,
+    /// Bound on the bytes of all frames kept (each counted with [`FRAME_OVERHEAD`]).
+    pub max_bytes: usize,
+}
+
+impl ResumeWindow {
+    fn enabled(&self) -> bool {
+        self.max_age_ns > 0 && self.max_bytes > 0
+    }
+}
+
+/// What a kept frame costs beyond its bytes: the allocation's header and refcount, its slot
+/// in the channel's history and in the eviction queue.
+pub const FRAME_OVERHEAD: usize = 96;
+
+/// Every kept frame in publish order, for eviction oldest first over all channels.
+#[derive(Debug, Default)]
+struct Kept {
+    frames: VecDeque<KeptFrame>,
+    bytes: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct KeptFrame {
+    ch: ChannelId,
+    seq: u64,
+    ts: u64,
+    size: u32,
 }
 
 /// What a resume from a seq can get.
@@ -87,6 +116,10 @@ pub struct Market {
     /// Identifies this run of the sequence numbers (see `docs/protocol.md`, "Resume"):
     /// a restarted gateway starts its seqs again under a new epoch.
     epoch: String,
+    /// The resume window's frames in publish order, for eviction.
+    kept: Mutex<Kept>,
+    /// Its size, for metrics.
+    kept_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Market {
@@ -95,7 +128,14 @@ impl Market {
     pub fn new(symbols: Arc<SymbolTable>, window: ResumeWindow, epoch: Option<String>) -> Market {
         let channels = (0..symbols.channel_count()).map(|_| Mutex::default()).collect();
         let epoch = epoch.unwrap_or_else(|| format!("{:016x}", unix_now_ns()));
-        Market { symbols, channels, window, epoch }
+        Market {
+            symbols,
+            channels,
+            window,
+            epoch,
+            kept: Mutex::default(),
+            kept_bytes: Default::default(),
+        }
     }
 
     pub fn symbols(&self) -> &Arc<SymbolTable> {
@@ -132,20 +172,44 @@ impl Market {
         }
         st.last_seq = tick.seq;
         st.last_ts = tick.ts;
-        if self.window.frames > 0 {
-            let oldest_kept = tick.ts.saturating_sub(self.window.max_age_ns);
+        if self.window.enabled() {
             let history = &mut st.history;
             if history.back().is_some_and(|f| f.seq + 1 != tick.seq) {
                 history.clear(); // never keep a history with a hole in it
             }
             history.push_back(frame.clone());
-            while history.len() > self.window.frames
-                || history.front().is_some_and(|f| f.ts < oldest_kept)
-            {
-                history.pop_front();
-            }
+            drop(st); // eviction locks channels one at a time, this one included
+            let size = (frame.bytes.len() + FRAME_OVERHEAD) as u32;
+            self.keep(KeptFrame { ch, seq: tick.seq, ts: tick.ts, size });
         }
         frame
+    }
+
+    /// Accounts for a frame just kept, then forgets the oldest frames (of any channel) while
+    /// they are older than the window or all kept frames exceed its bytes. Producer only.
+    fn keep(&self, new: KeptFrame) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.bytes += new.size as usize;
+        kept.frames.push_back(new);
+        let oldest_kept = new.ts.saturating_sub(self.window.max_age_ns);
+        while let Some(&old) = kept.frames.front() {
+            if kept.bytes <= self.window.max_bytes && old.ts >= oldest_kept {
+                break;
+            }
+            kept.frames.pop_front();
+            kept.bytes -= old.size as usize;
+            let mut st = self.state(old.ch);
+            // Gone already if the history was cleared (a hole, a resync).
+            if st.history.front().is_some_and(|f| f.seq == old.seq) {
+                st.history.pop_front();
+            }
+        }
+        self.kept_bytes.store(kept.bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes the resume window holds now (frames with their overhead).
+    pub fn window_bytes(&self) -> u64 {
+        self.kept_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Producer: replaces book channel `snapshot.channel()`'s book by the whole book the
@@ -224,16 +288,16 @@ mod tests {
     use super::*;
     use feed_sim::{Feed, SimConfig};
 
-    fn market(frames: usize, age_s: u64) -> (Market, Feed) {
+    fn market(max_bytes: usize, age_s: u64) -> (Market, Feed) {
         let feed = Feed::new(SimConfig { symbols: 3, burst_every_s: 0.0, ..SimConfig::default() });
         let symbols = Arc::new(feed.symbols().clone());
-        let window = ResumeWindow { frames, max_age_ns: age_s * 1_000_000_000 };
+        let window = ResumeWindow { max_bytes, max_age_ns: age_s * 1_000_000_000 };
         (Market::new(symbols, window, None), feed)
     }
 
     #[test]
     fn books_follow_the_feed_and_replay_is_exact() {
-        let (m, mut feed) = market(100_000, 3600);
+        let (m, mut feed) = market(1 << 30, 3600);
         let mut json = Vec::new();
         for _ in 0..20_000 {
             m.publish(&feed.next_tick_virtual(), &mut json);
@@ -266,7 +330,7 @@ mod tests {
 
     #[test]
     fn the_cached_checksum_equals_the_reference_one_over_a_long_feed() {
-        let (m, mut feed) = market(10, 1);
+        let (m, mut feed) = market(10_000, 1);
         let mut json = Vec::new();
         for _ in 0..30_000 {
             let tick = feed.next_tick_virtual();
@@ -281,18 +345,49 @@ mod tests {
     }
 
     #[test]
-    fn the_window_is_bounded_by_count() {
-        let (m, mut feed) = market(5, 3600);
+    fn the_window_is_bounded_by_bytes_oldest_first_over_all_channels() {
+        let (m, mut feed) = market(200_000, 3600);
         let mut json = Vec::new();
-        for _ in 0..2_000 {
+        for _ in 0..20_000 {
             m.publish(&feed.next_tick_virtual(), &mut json);
         }
+        assert!(m.window_bytes() <= 200_000 && m.window_bytes() > 190_000, "{}", m.window_bytes());
+        // Every channel keeps a suffix of its frames, and the oldest kept frame of any channel
+        // is about as old as that of any other: the busiest did not crowd out the quiet ones.
+        let oldest: Vec<u64> = (0..m.symbols().channel_count() as u32)
+            .filter_map(|i| m.state(ChannelId(i)).history.front().map(|f| f.ts))
+            .collect();
+        assert_eq!(oldest.len(), m.symbols().channel_count());
+        let (min, max) = (oldest.iter().min().unwrap(), oldest.iter().max().unwrap());
+        assert!(max - min < 20_000_000, "oldest kept frames {min}..{max} ns apart");
         let ch = ChannelId::new(Kind::Trades, 0);
-        let last = m.last_seq(ch);
-        assert!(last > 10);
-        assert!(
-            matches!(m.replay(ch, last - 5), Replay::Frames { ref frames, .. } if frames.len() == 5)
-        );
-        assert!(matches!(m.replay(ch, last - 6), Replay::Unavailable));
+        let first = m.state(ch).history.front().unwrap().seq;
+        assert!(matches!(m.replay(ch, first - 1), Replay::Frames { .. }));
+        assert!(matches!(m.replay(ch, first - 2), Replay::Unavailable));
+    }
+
+    #[test]
+    fn frames_older_than_the_window_go_even_on_a_channel_that_went_quiet() {
+        // 20,000 ticks/s of virtual time: 2,000 ticks are 0.1 s. A 1 s window.
+        let (m, mut feed) = market(1 << 30, 1);
+        let mut json = Vec::new();
+        let mut last_ts = 0;
+        for _ in 0..40_000 {
+            let t = feed.next_tick_virtual();
+            last_ts = t.ts;
+            m.publish(&t, &mut json);
+        }
+        for i in 0..m.symbols().channel_count() as u32 {
+            if let Some(f) = m.state(ChannelId(i)).history.front() {
+                assert!(
+                    f.ts + 1_000_000_000 >= last_ts,
+                    "channel {i} keeps a frame older than 1 s"
+                );
+            }
+        }
+        // Disabled: nothing kept.
+        let (m, mut feed) = market(0, 10);
+        m.publish(&feed.next_tick_virtual(), &mut json);
+        assert_eq!(m.window_bytes(), 0);
     }
 }

@@ -151,6 +151,8 @@ pub struct Stats {
     pub internal_latency: Vec<Mutex<Histogram<u64>>>,
     /// The tick source's health: last tick, connection, lines rejected.
     pub feed: crate::source::FeedHealth,
+    /// The market, for the size of its resume window at scrape time (set once at start).
+    pub market: OnceLock<Arc<crate::market::Market>>,
 }
 
 /// One worker's per-connection queues, as last sampled.
@@ -440,6 +442,15 @@ impl Collector for StatsCollector {
             None,
             open.metric_type(),
         )?)?;
+        if let Some(market) = s.market.get() {
+            let kept = ConstGauge::new(i64::try_from(market.window_bytes()).unwrap_or(i64::MAX));
+            kept.encode(encoder.encode_descriptor(
+                "tickfan_resume_window_bytes",
+                "Bytes of the frames kept for resume, all channels (bound: --resume-bytes).",
+                None,
+                kept.metric_type(),
+            )?)?;
+        }
         encode_feed(&mut encoder, &s.feed)
     }
 }

@@ -73,8 +73,6 @@ async fn conflated_books_stay_correct_for_a_slow_reader() {
 async fn resume_across_random_drops_loses_and_duplicates_nothing() {
     let gw = start_gateway_with(|c| {
         c.resume_secs = 30.0;
-        // Bursts run BTC-USD at 10x: keep enough frames for a 200 ms absence in one.
-        c.resume_frames = 20_000;
         // Replays of one request are bounded by the queue bound (all channels of `trades.*`
         // together): on a loaded machine a reconnect can take long enough to pass 4 MiB. This
         // test is about the window, so that bound is set out of the way.
@@ -405,4 +403,32 @@ async fn after_a_restart_resume_says_false_and_books_start_from_a_snapshot() {
     };
     assert_eq!(value("tickfan_resumes_total{result=\"not_resumed\"}"), Some(2.0), "{metrics}");
     assert_eq!(value("tickfan_snapshots_sent_total"), Some(1.0));
+}
+
+/// The resume window is bounded by time and one memory budget, not by a count per channel:
+/// under the default feed's 10x bursts, a client away for two seconds resumes every channel
+/// it had, the busiest included (a window of 10,000 frames per channel held about 0.25 s of
+/// BTC-USD in a burst).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_two_seconds_away_through_bursts_every_channel_resumes() {
+    let gw = start_gateway_with(|c| {
+        c.rate = 20_000.0;
+        c.burst_every = 0.3; // bursts all the time
+        c.queue_bytes = 64 << 20; // replays are bounded by the queue bound: out of the way
+    });
+    let addr = gw.local_addr();
+    let channels = ["trades.*", "quotes.*"];
+    let mut ledger = Ledger::default();
+    let mut c = Client::connect(addr, "/ws").await;
+    c.send_json(ledger.resubscribe(&channels)).await;
+    read_into(&mut c, &mut ledger, 5_000).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut c = Client::connect(addr, "/ws").await;
+    let ack = c.request(ledger.resubscribe(&channels)).await;
+    let resumed = ack["resumed"].as_object().expect("resumed in the reply");
+    assert!(resumed.len() >= 40, "{ack}");
+    assert!(resumed.values().all(|ok| ok == true), "not every channel resumed: {ack}");
+    read_into(&mut c, &mut ledger, 20_000).await;
+    assert_eq!((ledger.lost, ledger.duplicates), (0, 0));
 }

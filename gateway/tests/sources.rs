@@ -80,7 +80,7 @@ async fn ticks_on_stdin_give_the_same_bytes_as_the_embedded_feed() {
 
     // What the embedded source makes of the same ticks: the gateway's own encoder.
     let market =
-        Market::new(Arc::new(symbols.clone()), ResumeWindow { frames: 0, max_age_ns: 0 }, None);
+        Market::new(Arc::new(symbols.clone()), ResumeWindow { max_bytes: 0, max_age_ns: 0 }, None);
     let (mut lines, mut expected, mut json) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3000 {
         let tick = feed.next_tick_virtual();

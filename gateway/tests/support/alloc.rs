@@ -144,7 +144,7 @@ impl Fanout {
     pub fn new(subscribers: usize, queue_bytes: usize, mode: Readers, kinds: &[Kind]) -> Fanout {
         let mut feed =
             Feed::new(SimConfig { symbols: 20, burst_every_s: 0.0, ..SimConfig::default() });
-        let window = ResumeWindow { frames: 2048, max_age_ns: 10_000_000_000 };
+        let window = ResumeWindow { max_bytes: 64 << 20, max_age_ns: 10_000_000_000 };
         let market = Arc::new(Market::new(Arc::new(feed.symbols().clone()), window, None));
         let mut enc = Encoder::new(market.clone());
         let mut frames = Vec::new();
