@@ -68,6 +68,16 @@ struct Args {
     /// `md.<kind>.<SYM>`, for gateways started with `--source nats://…`; docs/feed-format.md).
     #[arg(long, env = "TICKFAN_SINK", default_value = "stdout")]
     sink: String,
+    /// With a nats:// sink: keep the feed in the JetStream stream `MD` (created, or its limits
+    /// updated), for gateways started with `--jetstream`. Needs a server with JetStream on.
+    #[arg(long, env = "TICKFAN_JETSTREAM")]
+    jetstream: bool,
+    /// How long the stream keeps a message, in seconds.
+    #[arg(long, env = "TICKFAN_JETSTREAM_MAX_AGE", value_name = "SECS", default_value_t = 60)]
+    jetstream_max_age: u64,
+    /// Bound on the stream's size, in bytes (the oldest messages go first).
+    #[arg(long, env = "TICKFAN_JETSTREAM_MAX_BYTES", default_value_t = 1 << 30)]
+    jetstream_max_bytes: i64,
     /// Shortest time between two written batches, in microseconds (the gateway's
     /// `--feed-batch-us`, so that a server fed through a pipe sees the same batching).
     #[arg(long, value_name = "US", default_value_t = 250)]
@@ -127,7 +137,11 @@ fn main() -> ExitCode {
         "stdout" | "-" => NdjsonWriter::new(io::stdout().lock(), symbols, epoch)
             .and_then(|out| run(feed, out, &args, clock, limit)),
         url if url.starts_with("nats://") || url.starts_with("tls://") => {
-            match feed_sim::nats::NatsSink::connect(url, symbols, epoch) {
+            let stream = args.jetstream.then_some(feed_sim::nats::StreamLimits {
+                max_age: Duration::from_secs(args.jetstream_max_age),
+                max_bytes: args.jetstream_max_bytes,
+            });
+            match feed_sim::nats::NatsSink::connect(url, symbols, epoch, stream) {
                 Ok(out) => run(feed, out, &args, clock, limit),
                 Err(e) => {
                     eprintln!("feed-sim: cannot publish to {url}: {e}");

@@ -10,6 +10,10 @@
 //!   gateway asks for before it starts;
 //! - `md.symbols`: the announcement again every second, so that gateways notice a publisher
 //!   that restarted under a new epoch.
+//!
+//! With `--jetstream`, the stream `MD` keeps the ticks and snapshots (not the announcements)
+//! for `--jetstream-max-age` within `--jetstream-max-bytes`; gateways started with
+//! `--jetstream` read from it.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -52,7 +56,13 @@ pub struct NatsSink {
 impl NatsSink {
     /// Connects (in the background: the feed starts at once and its ticks wait in the
     /// client's buffer until the server is there) and starts answering `md.symbols.get`.
-    pub fn connect(url: &str, symbols: SymbolTable, epoch: String) -> io::Result<NatsSink> {
+    /// With `stream`, also makes sure the JetStream stream that keeps the ticks exists.
+    pub fn connect(
+        url: &str,
+        symbols: SymbolTable,
+        epoch: String,
+        stream: Option<StreamLimits>,
+    ) -> io::Result<NatsSink> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("feed-sim-nats")
@@ -65,6 +75,9 @@ impl NatsSink {
             .reconnect_delay_callback(backoff)
             .event_callback(|event| async move { eprintln!("feed-sim: nats: {event}") });
         let client = rt.block_on(options.connect(url)).map_err(io::Error::other)?;
+        if let Some(limits) = stream {
+            rt.block_on(create_stream(&client, limits))?;
+        }
         let ann = Announcement { epoch: Some(epoch), symbols: symbols.iter().cloned().collect() };
         let announcement = Bytes::from(ann.to_line());
         let responder = client.clone();
@@ -150,6 +163,50 @@ impl Drop for NatsSink {
         let _ = self
             .rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(2), client.flush()).await });
+    }
+}
+
+/// The JetStream stream that keeps the feed, for gateways to fill their resume window from
+/// and to lose nothing across outages (`tickfan --jetstream`).
+pub const STREAM: &str = "MD";
+/// The subjects it keeps: ticks and book snapshots, not the announcements.
+pub const STREAM_SUBJECTS: [&str; 3] = ["md.trades.>", "md.quotes.>", "md.book.>"];
+
+/// How much the stream keeps: the oldest messages go first beyond either bound.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    pub max_age: Duration,
+    pub max_bytes: i64,
+}
+
+/// Creates the stream, or updates its limits if it exists: the publisher's core-NATS
+/// publishes are then stored by the server as they pass (no acknowledgement round trip).
+async fn create_stream(client: &async_nats::Client, limits: StreamLimits) -> io::Result<()> {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+    let js = async_nats::jetstream::new(client.clone());
+    let config = Config {
+        name: STREAM.to_owned(),
+        subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+        max_age: limits.max_age,
+        max_bytes: limits.max_bytes,
+        storage: StorageType::File,
+        discard: DiscardPolicy::Old,
+        ..Config::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Until the server is up (the client connects in the background).
+        let made = match js.get_stream(STREAM).await {
+            Ok(_) => js.update_stream(config.clone()).await.map(drop).map_err(io::Error::other),
+            Err(_) => js.create_stream(config.clone()).await.map(drop).map_err(io::Error::other),
+        };
+        match made {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(io::Error::other(format!("cannot create the JetStream stream {STREAM}: {e} (is JetStream on? nats-server -js)")))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
     }
 }
 

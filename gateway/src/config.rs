@@ -86,6 +86,13 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_SOURCE", default_value = "embedded", value_parser = crate::source::parse_source)]
     pub source: crate::source::SourceSpec,
 
+    /// `--source nats://…`: read the feed from the JetStream stream `MD` (kept by `feed-sim
+    /// --sink nats://… --jetstream`) instead of core NATS: at start the gateway fills its
+    /// resume window with the last --resume-secs from the stream, and an outage of NATS or of
+    /// the gateway's connection loses nothing the stream still holds.
+    #[arg(long, env = "TICKFAN_JETSTREAM")]
+    pub jetstream: bool,
+
     /// `--source file:…`: replay at this multiple of the recording's own pace (by its `ts`);
     /// 0 replays as fast as the gateway takes it.
     #[arg(long, env = "TICKFAN_REPLAY_SPEED", default_value_t = 1.0)]
@@ -254,6 +261,9 @@ impl Config {
             return Err("--resume-secs must be a number of seconds >= 0".into());
         }
         let seconds = |x: f64| x.is_finite() && x >= 0.0;
+        if self.jetstream && !matches!(self.source, crate::source::SourceSpec::Nats(_)) {
+            return Err("--jetstream reads from NATS: use it with --source nats://HOST:PORT".into());
+        }
         if !seconds(self.replay_speed) || !seconds(self.stale_after) {
             return Err("--replay-speed and --stale-after must be numbers >= 0".into());
         }

@@ -79,6 +79,13 @@ fn ready(ctx: &WorkerCtx) -> Response<Full<Bytes>> {
     match feed.state(now) {
         FeedState::Live => text(StatusCode::OK, "ready\n"),
         FeedState::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no tick yet\n"),
+        FeedState::CatchingUp => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "not ready: catching up on the stream, {} messages behind\n",
+                feed.backlog.load(std::sync::atomic::Ordering::Relaxed)
+            ),
+        ),
         FeedState::Stale => text(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("not ready: feed stale, no tick for {:.1} s\n", feed.quiet_secs(now)),

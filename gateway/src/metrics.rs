@@ -467,7 +467,7 @@ fn encode_feed(
     let gauge = ConstGauge::new(0i64);
     let mut family = encoder.encode_descriptor(
         "tickfan_feed_state",
-        "1 for the tick source's current state (starting, live, stale: no tick for \
+        "1 for the tick source's current state (starting, catching_up: reading a JetStream backlog, live, stale: no tick for \
          --stale-after, down: upstream disconnected), 0 for the others.",
         None,
         gauge.metric_type(),

@@ -101,7 +101,10 @@ pub fn open(cfg: &Config, stats: &Arc<Stats>) -> anyhow::Result<Opened> {
         SourceSpec::Embedded => embedded::open(cfg),
         SourceSpec::Stdin => ndjson::open_stdin(),
         SourceSpec::File(path) => ndjson::open_file(path, cfg.replay_speed),
-        SourceSpec::Nats(url) => nats::open(url, stats.clone()),
+        SourceSpec::Nats(url) => {
+            let replay = cfg.jetstream.then(|| std::time::Duration::from_secs_f64(cfg.resume_secs));
+            nats::open(url, stats.clone(), replay)
+        }
     }
 }
 
@@ -190,6 +193,9 @@ pub struct FeedHealth {
     /// gateway shuts down gracefully, and the binary exits with status 3, for its supervisor to
     /// start it again on the new epoch.
     pub fatal: std::sync::OnceLock<String>,
+    /// Messages the JetStream consumer still has to deliver (0 without JetStream): while it
+    /// is above [`CATCH_UP_SLACK`] the gateway is catching up, not ready.
+    pub backlog: AtomicU64,
     /// Seqs the upstream skipped: lost before they reached this gateway, and declared to
     /// subscribers by `gap` notices (reason `feed`).
     pub upstream_lost: AtomicU64,
@@ -204,6 +210,7 @@ impl Default for FeedHealth {
             started_ns: AtomicU64::new(unix_now_ns()),
             connected: AtomicBool::new(true),
             fatal: std::sync::OnceLock::new(),
+            backlog: AtomicU64::new(0),
             rejected: Default::default(),
             upstream_lost: AtomicU64::new(0),
             stale_after_ns: AtomicU64::new(0),
@@ -211,11 +218,17 @@ impl Default for FeedHealth {
     }
 }
 
+/// Messages a JetStream consumer may be behind and still count as live (about a tenth of a
+/// second of a busy feed).
+pub const CATCH_UP_SLACK: u64 = 2_000;
+
 /// What a client or a load balancer is told of the feed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FeedState {
     /// No tick yet, and not for long.
     Starting,
+    /// Reading a backlog (JetStream) faster than real time: not ready yet.
+    CatchingUp,
     /// Ticks arrive.
     Live,
     /// No tick for longer than `--stale-after`.
@@ -225,12 +238,18 @@ pub enum FeedState {
 }
 
 impl FeedState {
-    pub const ALL: [FeedState; 4] =
-        [FeedState::Starting, FeedState::Live, FeedState::Stale, FeedState::Down];
+    pub const ALL: [FeedState; 5] = [
+        FeedState::Starting,
+        FeedState::CatchingUp,
+        FeedState::Live,
+        FeedState::Stale,
+        FeedState::Down,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             FeedState::Starting => "starting",
+            FeedState::CatchingUp => "catching_up",
             FeedState::Live => "live",
             FeedState::Stale => "stale",
             FeedState::Down => "down",
@@ -256,6 +275,8 @@ impl FeedHealth {
             FeedState::Stale
         } else if last == 0 {
             FeedState::Starting
+        } else if self.backlog.load(Ordering::Relaxed) > CATCH_UP_SLACK {
+            FeedState::CatchingUp
         } else {
             FeedState::Live
         }

@@ -37,6 +37,10 @@ pub const SYMBOLS_GET: &str = "md.symbols.get";
 pub const SYMBOLS: &str = "md.symbols";
 /// Every subject of the feed.
 const ALL: &str = "md.>";
+/// The JetStream stream `feed-sim --jetstream` keeps the feed in.
+const STREAM: &str = "MD";
+/// Longest pull of the JetStream consumer (heartbeats every half of it).
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Messages the client may hold for this gateway before NATS counts it a slow consumer (and
 /// drops, which shows as declared gaps): a few seconds of a busy feed.
 const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
@@ -46,7 +50,7 @@ const STOP_CHECK: Duration = Duration::from_millis(50);
 /// Connects (retrying in the background), asks the publisher for its announcement (waiting
 /// for it, as a gateway without its universe cannot start), and returns the loop that
 /// consumes the feed.
-pub fn open(url: &str, stats: Arc<Stats>) -> anyhow::Result<Opened> {
+pub fn open(url: &str, stats: Arc<Stats>, jetstream: Option<Duration>) -> anyhow::Result<Opened> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     stats.feed.connected.store(false, Ordering::Relaxed);
     let events = stats.clone();
@@ -77,7 +81,10 @@ pub fn open(url: &str, stats: Arc<Stats>) -> anyhow::Result<Opened> {
         epoch,
         run: Box::new(move |publisher: Publisher, stop: &AtomicBool| {
             let intake = Intake::new(table, ann.clone(), publisher);
-            rt.block_on(consume(client, intake, ann, stats, stop));
+            match jetstream {
+                None => rt.block_on(consume(client, intake, ann, stats, stop)),
+                Some(back) => rt.block_on(consume_stream(client, intake, ann, stats, back, stop)),
+            }
         }),
         may_block: false,
     })
@@ -159,6 +166,95 @@ async fn consume(
             _ = check.tick() => {}
         }
     }
+}
+
+/// [`consume`], from the JetStream stream `MD` through an ordered consumer that starts
+/// `back` ago (the resume window) and, across reconnects, goes on from the last message it
+/// delivered: nothing the stream holds is missed. Announcements (not in the stream) still come
+/// from core NATS.
+async fn consume_stream(
+    client: async_nats::Client,
+    mut intake: Intake,
+    announced: Announcement,
+    stats: Arc<Stats>,
+    back: Duration,
+    stop: &AtomicBool,
+) {
+    let fail = |msg: String| {
+        tracing::error!("{msg}");
+        let _ = stats.feed.fatal.set(msg);
+    };
+    let mut announcements = match client.subscribe(SYMBOLS).await {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot subscribe to {SYMBOLS}: {e}")),
+    };
+    let mut messages = match stream_messages(&client, back).await {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    stats.feed.backlog.store(u64::MAX, Ordering::Relaxed); // until the first message says
+    let mut check = tokio::time::interval(STOP_CHECK);
+    let mut errors_logged = false;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::select! {
+            first = messages.next() => {
+                let Some(first) = first else { break };
+                let mut next = Some(first);
+                while let Some(item) = next {
+                    match item {
+                        Ok(msg) => {
+                            if let Ok(info) = msg.info() {
+                                stats.feed.backlog.store(info.pending, Ordering::Relaxed);
+                            }
+                            take(&mut intake, &msg, &announced, &stats);
+                        }
+                        // The ordered consumer recreates itself after these (a missed
+                        // heartbeat, a reconnect); what it delivers next follows on.
+                        Err(e) if !std::mem::replace(&mut errors_logged, true) => {
+                            tracing::warn!(error = %e, "jetstream: consumer interrupted; it resumes where it stopped (logged once)");
+                        }
+                        Err(_) => {}
+                    }
+                    next = messages.next().now_or_never().flatten();
+                }
+                intake.flush();
+            }
+            Some(msg) = announcements.next() => {
+                if !take(&mut intake, &msg, &announced, &stats) {
+                    return;
+                }
+            }
+            _ = check.tick() => {}
+        }
+    }
+}
+
+/// The ordered consumer of stream `MD` from `back` ago; an error says what to check.
+async fn stream_messages(
+    client: &async_nats::Client,
+    back: Duration,
+) -> Result<async_nats::jetstream::consumer::pull::Ordered, String> {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(STREAM).await.map_err(|e| {
+        format!("no JetStream stream {STREAM} ({e}): start the publisher with --jetstream")
+    })?;
+    let since = tickfan_proto::unix_now_ns().saturating_sub(back.as_nanos() as u64);
+    let start_time = async_nats::datetime::from_nanos(i128::from(since))
+        .map_err(|e| format!("start time: {e}"))?;
+    let config = OrderedConfig {
+        deliver_policy: DeliverPolicy::ByStartTime { start_time },
+        // Short pulls: their expiry sets the idle heartbeat (half of it), and two missed
+        // heartbeats make the consumer recreate itself after the server restarted. With the
+        // client's defaults (30 s, 15 s) a NATS restart stopped the feed for half a minute.
+        max_expires: PULL_EXPIRES,
+        ..OrderedConfig::default()
+    };
+    let consumer = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| format!("cannot read stream {STREAM}: {e}"))?;
+    consumer.messages().await.map_err(|e| format!("cannot read stream {STREAM}: {e}"))
 }
 
 /// One message: a tick or snapshot for the intake, the announcement again (fine), a different
