@@ -382,7 +382,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     if cfg.ramp.is_some_and(|r| r.is_nan() || r <= 0.0) {
         bail!("--ramp must be a positive number of connections per second");
     }
-    let (addr, target_path) = resolve_target(&cfg.target).await?;
+    // Several gateways at once (`ws://a/ws,ws://b/ws`): connection i goes to target i mod n,
+    // and the report is their aggregate.
+    let mut targets = Vec::new();
+    for target in cfg.target.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        targets.push(resolve_target(target).await?);
+    }
+    let Some(&(addr, _)) = targets.first() else { bail!("--target names no URL") };
     if let Some(limit) = open_files_limit() {
         // Each connection is a file descriptor; the runtime needs a few more.
         if cfg.conns as u64 + 64 > limit {
@@ -430,7 +436,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         let permit = in_flight.clone().acquire_owned().await.expect("never closed");
         let (shared, bar, mut end) = (shared.clone(), bar.clone(), end_rx.clone());
         let streams = streams_for(&cfg.streams, i, cfg.random_symbols.as_ref());
-        let path = request_path(cfg.protocol, &target_path, &streams);
+        let (addr, target_path) = &targets[i % targets.len()];
+        let (addr, path) = (*addr, request_path(cfg.protocol, target_path, &streams));
         let (protocol, source) = (cfg.protocol, sources[i % sources.len()]);
         attempts.push(tokio::spawn(async move {
             let ws = open(addr, &path, protocol, &streams, source).await;

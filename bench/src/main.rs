@@ -63,7 +63,8 @@ struct Workload {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// WebSocket URL (for socket.io: ws://host:port).
+    /// WebSocket URL (for socket.io: ws://host:port). Several, comma-separated, spread the
+    /// connections over them in turn (gateways scaled out on NATS) and report the aggregate.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     target: String,
     /// Wire protocol of the server.

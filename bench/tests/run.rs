@@ -79,3 +79,35 @@ fn random_symbols_per_connection_and_a_paced_ramp() {
     // 8 connections at 20 per second: the last one starts 7/20 s after the first.
     assert!(report.connect_seconds >= 0.35, "ramp not applied: {}", report.connect_seconds);
 }
+
+/// Gateways scaled out: `--target` lists several, connections go to each in turn, and the
+/// report is their aggregate.
+#[test]
+fn several_targets_share_the_connections_and_report_the_aggregate() {
+    let start = || {
+        let mut cfg = Config::for_tests();
+        cfg.symbols = 5;
+        cfg.rate = 2_000.0;
+        cfg.workers = 1;
+        Gateway::start(cfg).unwrap()
+    };
+    let (a, b) = (start(), start());
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let opened =
+        |gw: &Gateway| gw.stats().connections_opened.load(std::sync::atomic::Ordering::Relaxed);
+    let target = format!("ws://{}/ws, ws://{}/ws", a.local_addr(), b.local_addr());
+    let report = rt
+        .block_on(bench::run(RunConfig {
+            conns: 6,
+            streams: "trades.*".into(),
+            duration: Duration::from_secs(1),
+            warmup: Duration::from_millis(300),
+            ..RunConfig::new(target)
+        }))
+        .unwrap();
+    assert_eq!((report.connected, report.ended_early), (6, 0), "{}", report.markdown());
+    assert_eq!((opened(&a), opened(&b)), (3, 3), "connections alternate between the targets");
+    assert!(report.msgs > 6 * 100, "{}", report.markdown());
+    assert_eq!(report.undeclared_gaps, 0);
+}
