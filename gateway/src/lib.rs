@@ -12,8 +12,9 @@
 //! ```
 //!
 //! Book state, checksums and the resume history live in `market`, written by the producer
-//! before a frame enters the rings. What it is not (yet): a NATS consumer (scale-out); see
-//! `docs/architecture.md`.
+//! before a frame enters the rings. Ticks come from a `source`: the embedded simulator, NDJSON
+//! on stdin or from a file, or NATS (core or JetStream), where many gateways share one feed
+//! (`docs/feed-format.md`, `docs/scaling.md`).
 
 pub mod backpressure;
 pub mod channels;
