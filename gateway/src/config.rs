@@ -93,6 +93,12 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_JETSTREAM")]
     pub jetstream: bool,
 
+    /// `--source nats://…`: serve only these symbols (comma-separated) of the feed, and take
+    /// only their subjects from NATS; every other channel is unknown to this gateway. Empty:
+    /// every symbol the publisher announces.
+    #[arg(long, env = "TICKFAN_SOURCE_SYMBOLS", value_delimiter = ',', value_name = "SYM,…")]
+    pub source_symbols: Vec<String>,
+
     /// `--source file:…`: replay at this multiple of the recording's own pace (by its `ts`);
     /// 0 replays as fast as the gateway takes it.
     #[arg(long, env = "TICKFAN_REPLAY_SPEED", default_value_t = 1.0)]
@@ -261,8 +267,11 @@ impl Config {
             return Err("--resume-secs must be a number of seconds >= 0".into());
         }
         let seconds = |x: f64| x.is_finite() && x >= 0.0;
-        if self.jetstream && !matches!(self.source, crate::source::SourceSpec::Nats(_)) {
-            return Err("--jetstream reads from NATS: use it with --source nats://HOST:PORT".into());
+        let nats = matches!(self.source, crate::source::SourceSpec::Nats(_));
+        if (self.jetstream || !self.source_symbols.is_empty()) && !nats {
+            return Err("--jetstream and --source-symbols read from NATS: use them with --source \
+                 nats://HOST:PORT"
+                .into());
         }
         if !seconds(self.replay_speed) || !seconds(self.stale_after) {
             return Err("--replay-speed and --stale-after must be numbers >= 0".into());

@@ -365,3 +365,43 @@ async fn with_jetstream_a_fresh_gateway_serves_resumes_and_a_nats_restart_is_nev
         ledger.gap_seqs
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_can_serve_a_subset_of_the_feed_from_core_nats_and_from_jetstream() {
+    let Some(nats) = NatsServer::start_with_jetstream() else { return };
+    let limits = StreamLimits { max_age: Duration::from_secs(60), max_bytes: 64 << 20 };
+    let _feed = Publisher::start_with(nats.url(), "sub-1", 2000.0, Some(limits));
+    let only = ["--source-symbols", "BTC-USD,SOL-USD"];
+    let (_core, a) = gateway_with(&nats, &only).await;
+    let (_js, b) = gateway_with(&nats, &[&only[..], &["--jetstream"]].concat()).await;
+    for addr in [a, b] {
+        let mut c = Client::connect(addr, "/ws").await;
+        let listed = c.request(serde_json::json!({"op":"symbols"})).await;
+        assert_eq!(listed["symbols"], serde_json::json!(["BTC-USD", "SOL-USD"]));
+        let refused =
+            c.request(serde_json::json!({"op":"subscribe","channels":["trades.ETH-USD"]})).await;
+        assert_eq!(refused["op"], "error", "{refused}");
+        let mut ledger = Ledger::default();
+        c.send_json(
+            serde_json::json!({"op":"subscribe","channels":["trades.*","quotes.*","book.*"]}),
+        )
+        .await;
+        let seen = read_for(&mut c, &mut ledger, Duration::from_secs(2)).await;
+        assert!(seen.len() > 200, "{} messages", seen.len());
+        assert!(seen.keys().all(|(ch, _)| ch.ends_with(".BTC-USD") || ch.ends_with(".SOL-USD")));
+        assert_eq!((ledger.lost, ledger.duplicates), (0, 0));
+        let metrics = http_get(addr, "/metrics").await;
+        assert!(
+            metrics.contains("tickfan_feed_rejected_total{reason=\"unknown_symbol\"} 0\n"),
+            "{metrics}"
+        );
+    }
+    // A symbol the feed does not have is refused at start, with the reason.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tickfan"))
+        .args(["--listen", "127.0.0.1:0", "--source", &nats.url(), "--source-symbols", "NOPE-USD"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOPE-USD is not in the feed"));
+}

@@ -103,7 +103,7 @@ pub fn open(cfg: &Config, stats: &Arc<Stats>) -> anyhow::Result<Opened> {
         SourceSpec::File(path) => ndjson::open_file(path, cfg.replay_speed),
         SourceSpec::Nats(url) => {
             let replay = cfg.jetstream.then(|| std::time::Duration::from_secs_f64(cfg.resume_secs));
-            nats::open(url, stats.clone(), replay)
+            nats::open(url, stats.clone(), replay, &cfg.source_symbols)
         }
     }
 }

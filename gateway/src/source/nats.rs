@@ -50,7 +50,12 @@ const STOP_CHECK: Duration = Duration::from_millis(50);
 /// Connects (retrying in the background), asks the publisher for its announcement (waiting
 /// for it, as a gateway without its universe cannot start), and returns the loop that
 /// consumes the feed.
-pub fn open(url: &str, stats: Arc<Stats>, jetstream: Option<Duration>) -> anyhow::Result<Opened> {
+pub fn open(
+    url: &str,
+    stats: Arc<Stats>,
+    jetstream: Option<Duration>,
+    only: &[String],
+) -> anyhow::Result<Opened> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     stats.feed.connected.store(false, Ordering::Relaxed);
     let events = stats.clone();
@@ -73,7 +78,19 @@ pub fn open(url: &str, stats: Arc<Stats>, jetstream: Option<Duration>) -> anyhow
         epoch = ann.epoch.as_deref().unwrap_or("(none: this gateway's own)"),
         "feed announced on NATS"
     );
-    let symbols = SymbolTable::new(ann.symbols.clone());
+    let served = subset(&ann, only)?;
+    // The subjects of the symbols served: everything, or each symbol's `md.*.<SYM>`.
+    let subjects: Vec<String> = if only.is_empty() {
+        vec![ALL.to_owned()]
+    } else {
+        served.iter().map(|s| format!("md.*.{}", s.name)).collect()
+    };
+    let only: std::collections::HashSet<String> = if only.is_empty() {
+        Default::default()
+    } else {
+        served.iter().map(|s| s.name.clone()).collect()
+    };
+    let symbols = SymbolTable::new(served);
     let table = symbols.clone();
     let epoch = ann.epoch.clone();
     Ok(Opened {
@@ -81,9 +98,11 @@ pub fn open(url: &str, stats: Arc<Stats>, jetstream: Option<Duration>) -> anyhow
         epoch,
         run: Box::new(move |publisher: Publisher, stop: &AtomicBool| {
             let intake = Intake::new(table, ann.clone(), publisher);
+            let only = (!only.is_empty()).then_some(only);
+            let feed = Feed { client, announced: ann, stats, subjects, only };
             match jetstream {
-                None => rt.block_on(consume(client, intake, ann, stats, stop)),
-                Some(back) => rt.block_on(consume_stream(client, intake, ann, stats, back, stop)),
+                None => rt.block_on(feed.consume(intake, stop)),
+                Some(back) => rt.block_on(feed.consume_stream(intake, back, stop)),
             }
         }),
         may_block: false,
@@ -131,100 +150,137 @@ async fn ask_announcement(client: &async_nats::Client, url: &str) -> anyhow::Res
     }
 }
 
-/// Feeds every message of `md.>` to the intake, a batch per wake-up, until `stop`.
-async fn consume(
-    client: async_nats::Client,
-    mut intake: Intake,
-    announced: Announcement,
-    stats: Arc<Stats>,
-    stop: &AtomicBool,
-) {
-    let mut messages = match client.subscribe(ALL).await {
-        Ok(s) => s,
-        Err(e) => {
-            let msg = format!("cannot subscribe to {ALL}: {e}");
-            tracing::error!("{msg}");
-            let _ = stats.feed.fatal.set(msg);
-            return;
-        }
-    };
-    let mut check = tokio::time::interval(STOP_CHECK);
-    while !stop.load(Ordering::Relaxed) {
-        tokio::select! {
-            first = messages.next() => {
-                let Some(first) = first else { break };
-                let mut next = Some(first);
-                // Everything already received is one batch: one wake-up of each worker.
-                while let Some(msg) = next {
-                    if !take(&mut intake, &msg, &announced, &stats) {
-                        return;
-                    }
-                    next = messages.next().now_or_never().flatten();
-                }
-                intake.flush();
-            }
-            _ = check.tick() => {}
-        }
+/// The symbols of `ann` this gateway serves: all, or those of `only` (each must be announced).
+fn subset(ann: &Announcement, only: &[String]) -> anyhow::Result<Vec<tickfan_proto::Symbol>> {
+    if only.is_empty() {
+        return Ok(ann.symbols.clone());
     }
+    only.iter()
+        .map(|name| {
+            ann.symbols.iter().find(|s| s.name == *name).cloned().ok_or_else(|| {
+                let some: Vec<&str> = ann.symbols.iter().take(5).map(|s| s.name.as_str()).collect();
+                anyhow::anyhow!(
+                    "--source-symbols: {name} is not in the feed ({} symbols: {}, …)",
+                    ann.symbols.len(),
+                    some.join(", ")
+                )
+            })
+        })
+        .collect()
 }
 
-/// [`consume`], from the JetStream stream `MD` through an ordered consumer that starts
-/// `back` ago (the resume window) and, across reconnects, goes on from the last message it
-/// delivered: nothing the stream holds is missed. Announcements (not in the stream) still come
-/// from core NATS.
-async fn consume_stream(
+/// What the consuming loop works with.
+struct Feed {
     client: async_nats::Client,
-    mut intake: Intake,
+    /// The publisher's whole announcement (what `md.symbols` must keep saying).
     announced: Announcement,
     stats: Arc<Stats>,
-    back: Duration,
-    stop: &AtomicBool,
-) {
-    let fail = |msg: String| {
+    /// Subjects of the symbols served.
+    subjects: Vec<String>,
+    /// The symbols served, when a subset.
+    only: Option<std::collections::HashSet<String>>,
+}
+
+impl Feed {
+    /// Whether a message of `subject` (`md.<kind>.<SYM>`) is for a symbol this gateway serves.
+    fn serves(&self, subject: &str) -> bool {
+        match &self.only {
+            None => true,
+            Some(only) => subject.rsplit('.').next().is_some_and(|sym| only.contains(sym)),
+        }
+    }
+
+    fn fail(&self, msg: String) {
         tracing::error!("{msg}");
-        let _ = stats.feed.fatal.set(msg);
-    };
-    let mut announcements = match client.subscribe(SYMBOLS).await {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot subscribe to {SYMBOLS}: {e}")),
-    };
-    let mut messages = match stream_messages(&client, back).await {
-        Ok(m) => m,
-        Err(e) => return fail(e),
-    };
-    stats.feed.backlog.store(u64::MAX, Ordering::Relaxed); // until the first message says
-    let mut check = tokio::time::interval(STOP_CHECK);
-    let mut errors_logged = false;
-    while !stop.load(Ordering::Relaxed) {
-        tokio::select! {
-            first = messages.next() => {
-                let Some(first) = first else { break };
-                let mut next = Some(first);
-                while let Some(item) = next {
-                    match item {
-                        Ok(msg) => {
-                            if let Ok(info) = msg.info() {
-                                stats.feed.backlog.store(info.pending, Ordering::Relaxed);
-                            }
-                            take(&mut intake, &msg, &announced, &stats);
+        let _ = self.stats.feed.fatal.set(msg);
+    }
+
+    /// Feeds every message of the served subjects to the intake, a batch per wake-up, until
+    /// `stop`.
+    async fn consume(self, mut intake: Intake, stop: &AtomicBool) {
+        let mut subscriptions = Vec::new();
+        // `md.>` carries the announcements too; a subset subscribes to them apart.
+        let announcements = (self.subjects != [ALL]).then_some(SYMBOLS);
+        for subject in self.subjects.iter().map(String::as_str).chain(announcements) {
+            match self.client.subscribe(subject.to_owned()).await {
+                Ok(s) => subscriptions.push(s),
+                Err(e) => return self.fail(format!("cannot subscribe to {subject}: {e}")),
+            }
+        }
+        // Each channel's subject is in exactly one subscription: its order is kept.
+        let mut messages = futures_util::stream::select_all(subscriptions);
+        let mut check = tokio::time::interval(STOP_CHECK);
+        while !stop.load(Ordering::Relaxed) {
+            tokio::select! {
+                first = messages.next() => {
+                    let Some(first) = first else { break };
+                    let mut next = Some(first);
+                    // Everything already received is one batch: one wake-up of each worker.
+                    while let Some(msg) = next {
+                        if !take(&mut intake, &msg, &self.announced, &self.stats) {
+                            return;
                         }
-                        // The ordered consumer recreates itself after these (a missed
-                        // heartbeat, a reconnect); what it delivers next follows on.
-                        Err(e) if !std::mem::replace(&mut errors_logged, true) => {
-                            tracing::warn!(error = %e, "jetstream: consumer interrupted; it resumes where it stopped (logged once)");
-                        }
-                        Err(_) => {}
+                        next = messages.next().now_or_never().flatten();
                     }
-                    next = messages.next().now_or_never().flatten();
+                    intake.flush();
                 }
-                intake.flush();
+                _ = check.tick() => {}
             }
-            Some(msg) = announcements.next() => {
-                if !take(&mut intake, &msg, &announced, &stats) {
-                    return;
+        }
+    }
+
+    /// [`consume`](Self::consume), from the JetStream stream `MD` through an ordered consumer
+    /// that starts `back` ago (the resume window) and, across reconnects, goes on from the
+    /// last message it delivered: nothing the stream holds is missed. Announcements (not in
+    /// the stream) still come from core NATS.
+    async fn consume_stream(self, mut intake: Intake, back: Duration, stop: &AtomicBool) {
+        let stats = &self.stats;
+        let mut announcements = match self.client.subscribe(SYMBOLS).await {
+            Ok(s) => s,
+            Err(e) => return self.fail(format!("cannot subscribe to {SYMBOLS}: {e}")),
+        };
+        // The whole stream, a subset's symbols picked out here: consumers filtering on several
+        // subjects need nats-server 2.10.
+        let mut messages = match stream_messages(&self.client, back).await {
+            Ok(m) => m,
+            Err(e) => return self.fail(e),
+        };
+        stats.feed.backlog.store(u64::MAX, Ordering::Relaxed); // until the first message says
+        let mut check = tokio::time::interval(STOP_CHECK);
+        let mut errors_logged = false;
+        while !stop.load(Ordering::Relaxed) {
+            tokio::select! {
+                first = messages.next() => {
+                    let Some(first) = first else { break };
+                    let mut next = Some(first);
+                    while let Some(item) = next {
+                        match item {
+                            Ok(msg) => {
+                                if let Ok(info) = msg.info() {
+                                    stats.feed.backlog.store(info.pending, Ordering::Relaxed);
+                                }
+                                if self.serves(&msg.subject) {
+                                    take(&mut intake, &msg, &self.announced, stats);
+                                }
+                            }
+                            // The ordered consumer recreates itself after these (a missed
+                            // heartbeat, a reconnect); what it delivers next follows on.
+                            Err(e) if !std::mem::replace(&mut errors_logged, true) => {
+                                tracing::warn!(error = %e, "jetstream: consumer interrupted; it resumes where it stopped (logged once)");
+                            }
+                            Err(_) => {}
+                        }
+                        next = messages.next().now_or_never().flatten();
+                    }
+                    intake.flush();
                 }
+                Some(msg) = announcements.next() => {
+                    if !take(&mut intake, &msg, &self.announced, stats) {
+                        return;
+                    }
+                }
+                _ = check.tick() => {}
             }
-            _ = check.tick() => {}
         }
     }
 }
