@@ -194,6 +194,10 @@ struct CompareArgs {
     /// Do not measure the loopback floor (`bench floor`) before the steps.
     #[arg(long)]
     no_floor: bool,
+    /// Feed tickfan as the baselines are fed: `feed-sim | tickfan --source stdin` (its parsing
+    /// of each line counts as server CPU, as theirs does), not its embedded feed.
+    #[arg(long)]
+    tickfan_stdin: bool,
     /// Measure nothing: re-render compare.md and the plots of an earlier run's compare.json
     /// into --out.
     #[arg(long, value_name = "COMPARE_JSON")]
@@ -362,6 +366,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         keep_going: args.keep_going,
         count_writes: !args.no_perf,
         floor: !args.no_floor,
+        tickfan_stdin: args.tickfan_stdin,
         ..CompareConfig::new(bin_dir)
     };
     let overrides = Overrides {

@@ -56,8 +56,12 @@ fn load(server: Server) -> bench::Report {
 }
 
 fn load_on(server: Server, streams: &str) -> bench::Report {
-    let dir = temp_dir(&format!("{server:?}"));
-    let cfg = config(&dir);
+    load_with(server, streams, false)
+}
+
+fn load_with(server: Server, streams: &str, tickfan_stdin: bool) -> bench::Report {
+    let dir = temp_dir(&format!("{server:?}-{tickfan_stdin}"));
+    let cfg = CompareConfig { tickfan_stdin, ..config(&dir) };
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
     let running = compare::start(&cfg, server, 2000.0, &log).unwrap();
     let rt =
@@ -403,4 +407,26 @@ fn compare_runs_every_server_and_writes_its_report() {
     assert!(again.join("compare.md").is_file() && again.join("fat/compare.md").is_file());
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_dir_all(&again).unwrap();
+}
+
+/// `bench compare --tickfan-stdin`: tickfan fed exactly as the baselines are, feed-sim piped
+/// into `tickfan --source stdin`, its CPU reported as the feed's.
+#[test]
+fn tickfan_fed_through_a_pipe_like_the_baselines() {
+    let dir = temp_dir("tickfan-stdin");
+    let cfg = CompareConfig { tickfan_stdin: true, ..config(&dir) };
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    let running = compare::start(&cfg, Server::Tickfan, 2000.0, &log).unwrap();
+    // feed-sim is a process of its own, piped into tickfan --source stdin.
+    let feed = running.feed_pid().expect("a feed process");
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", running.server_pid()))
+        .unwrap()
+        .replace('\0', " ");
+    assert!(cmdline.contains("--source stdin"), "{cmdline}");
+    assert!(std::fs::read_to_string(format!("/proc/{feed}/cmdline")).unwrap().contains("feed-sim"));
+    drop(running);
+    // Then the same short load as every baseline gets, through that pipe.
+    let report = load_with(Server::Tickfan, "trades.*,quotes.BTC-USD", true);
+    assert!(report.msgs_per_server_cpu_sec.is_some(), "{}", report.markdown());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

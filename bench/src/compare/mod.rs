@@ -91,6 +91,11 @@ pub struct CompareConfig {
     /// each server's CPU beyond what its writes cost there.
     #[serde(default)]
     pub floor: bool,
+    /// Feed tickfan exactly as the baselines: `feed-sim` piped into `tickfan --source stdin`
+    /// (its CPU then the feed's, and tickfan's parsing of each line its server CPU), instead of
+    /// its embedded feed.
+    #[serde(default)]
+    pub tickfan_stdin: bool,
 }
 
 fn default_resolution() -> f64 {
@@ -135,6 +140,7 @@ impl CompareConfig {
             keep_going: false,
             count_writes: true,
             floor: true,
+            tickfan_stdin: false,
         }
     }
 }

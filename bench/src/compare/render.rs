@@ -306,7 +306,7 @@ impl Comparison {
              `feed-sim` process piped into them (generating and encoding NDJSON; the server \
              parses and re-encodes each tick), for tickfan its `{FEED_THREAD}` thread \
              (generating each tick and encoding its frame once, which the baselines' servers \
-             do in their server CPU). Ratios compare medians and are {}'s advantage: how many times lower the \
+             do in their server CPU){}. Ratios compare medians and are {}'s advantage: how many times lower the \
              baseline's throughput, or higher its latency, CPU, memory or bytes. The rows below \
              the first two are measured at {} ticks/s, the highest rate of the ladder every \
              server held in every repeat (or the lowest of the ladder). ‡k/n: in k of the n \
@@ -317,6 +317,13 @@ impl Comparison {
              describes an overloaded server. \"Out of CPU\" says which side \
              used ≥ {:.0}% of its CPUs at the rate that failed (\"neither\": the latency bound \
              or a loss failed it with CPU to spare).",
+            if self.config.tickfan_stdin {
+                "; in this run tickfan was fed as the baselines are (`feed-sim | tickfan \
+                 --source stdin`): its feed is the `feed-sim` process, and its parsing of each \
+                 line is its server CPU"
+            } else {
+                ""
+            },
             base.label(),
             plot::human(reference),
             100.0 * BUSY_SHARE,

@@ -121,8 +121,8 @@ impl Running {
         self.children[0].id()
     }
 
-    /// The PID of the feed process piped into a baseline (`None` for tickfan, whose feed is its
-    /// thread [`FEED_THREAD`]).
+    /// The PID of the feed process piped into the server (`None` for tickfan on its embedded
+    /// feed, which is its thread [`FEED_THREAD`]).
     pub fn feed_pid(&self) -> Option<u32> {
         self.children.get(1).map(Child::id)
     }
@@ -184,29 +184,38 @@ pub fn start(
         ]);
     };
     let mut children = Vec::new();
+    // feed-sim piped into the server: every baseline, and tickfan with `tickfan_stdin`.
+    let mut piped_feed = || -> anyhow::Result<std::process::ChildStdout> {
+        let mut feed = pinned(&cfg.server_cpus, cfg.bin_dir.join("feed-sim"));
+        feed_args(&mut feed);
+        let mut feed = feed
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log.try_clone()?)
+            .spawn()
+            .context("cannot start feed-sim")?;
+        let pipe = feed.stdout.take().expect("piped");
+        children.push(feed);
+        Ok(pipe)
+    };
     let mut cmd = match server {
         Server::Tickfan => {
             let mut cmd = pinned(&cfg.server_cpus, cfg.bin_dir.join("tickfan"));
-            feed_args(&mut cmd);
             cmd.args(["--listen", "127.0.0.1:0", "--log", "warn"]);
             let workers = cpu_count(&cfg.server_cpus);
             if workers > 0 {
                 cmd.args(["--workers", &workers.to_string()]);
             }
-            cmd.stdin(Stdio::null());
+            if cfg.tickfan_stdin {
+                cmd.args(["--source", "stdin"]).stdin(piped_feed()?);
+            } else {
+                feed_args(&mut cmd);
+                cmd.stdin(Stdio::null());
+            }
             cmd
         }
         _ => {
-            let mut feed = pinned(&cfg.server_cpus, cfg.bin_dir.join("feed-sim"));
-            feed_args(&mut feed);
-            let mut feed = feed
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(log.try_clone()?)
-                .spawn()
-                .context("cannot start feed-sim")?;
-            let pipe = feed.stdout.take().expect("piped");
-            children.push(feed);
+            let pipe = piped_feed()?;
             let mut cmd = match server.script() {
                 None => {
                     let mut cmd = pinned(&cfg.server_cpus, cfg.bin_dir.join("naive-ws"));
