@@ -214,13 +214,10 @@ impl Feed {
             tokio::select! {
                 first = messages.next() => {
                     let Some(first) = first else { break };
-                    let mut next = Some(first);
-                    // Everything already received is one batch: one wake-up of each worker.
-                    while let Some(msg) = next {
+                    for msg in with_ready(first, &mut messages) {
                         if !take(&mut intake, &msg, &self.announced, &self.stats) {
                             return;
                         }
-                        next = messages.next().now_or_never().flatten();
                     }
                     intake.flush();
                 }
@@ -252,8 +249,7 @@ impl Feed {
             tokio::select! {
                 first = messages.next() => {
                     let Some(first) = first else { break };
-                    let mut next = Some(first);
-                    while let Some(item) = next {
+                    for item in with_ready(first, &mut messages) {
                         match item {
                             Ok(msg) => {
                                 if let Ok(info) = msg.info() {
@@ -270,7 +266,6 @@ impl Feed {
                             }
                             Err(_) => {}
                         }
-                        next = messages.next().now_or_never().flatten();
                     }
                     intake.flush();
                 }
@@ -283,6 +278,15 @@ impl Feed {
             }
         }
     }
+}
+
+/// `first`, then every item of `stream` already received: one batch, one wake-up of each
+/// worker.
+fn with_ready<S: futures_util::Stream + Unpin>(
+    first: S::Item,
+    stream: &mut S,
+) -> impl Iterator<Item = S::Item> + '_ {
+    std::iter::once(first).chain(std::iter::from_fn(move || stream.next().now_or_never().flatten()))
 }
 
 /// The ordered consumer of stream `MD` from `back` ago; an error says what to check.
