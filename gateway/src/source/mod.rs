@@ -193,8 +193,9 @@ pub struct FeedHealth {
     /// gateway shuts down gracefully, and the binary exits with status 3, for its supervisor to
     /// start it again on the new epoch.
     pub fatal: std::sync::OnceLock<String>,
-    /// Messages the JetStream consumer still has to deliver (0 without JetStream): while it
-    /// is above [`CATCH_UP_SLACK`] the gateway is catching up, not ready.
+    /// Messages the JetStream consumer still had to deliver at start, until it first came
+    /// within [`CATCH_UP_SLACK`] (then and without JetStream 0): the gateway is catching up,
+    /// not ready, while this is above the slack.
     pub backlog: AtomicU64,
     /// Seqs the upstream skipped: lost before they reached this gateway, and declared to
     /// subscribers by `gap` notices (reason `feed`).
@@ -218,8 +219,8 @@ impl Default for FeedHealth {
     }
 }
 
-/// Messages a JetStream consumer may be behind and still count as live (about a tenth of a
-/// second of a busy feed).
+/// Messages a JetStream consumer may be behind at start and count as caught up (about a tenth
+/// of a second of a busy feed). After that, lag in a burst does not make it catching up again.
 pub const CATCH_UP_SLACK: u64 = 2_000;
 
 /// What a client or a load balancer is told of the feed.

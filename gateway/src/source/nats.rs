@@ -28,7 +28,7 @@ use tickfan_proto::feed::Announcement;
 use tickfan_proto::SymbolTable;
 
 use super::intake::Intake;
-use super::{Opened, Publisher};
+use super::{Opened, Publisher, CATCH_UP_SLACK};
 use crate::metrics::Stats;
 
 /// Subject the announcement is asked on.
@@ -245,6 +245,7 @@ impl Feed {
         stats.feed.backlog.store(u64::MAX, Ordering::Relaxed); // until the first message says
         let mut check = tokio::time::interval(STOP_CHECK);
         let mut errors_logged = false;
+        let mut caught_up = false;
         while !stop.load(Ordering::Relaxed) {
             tokio::select! {
                 first = messages.next() => {
@@ -252,8 +253,14 @@ impl Feed {
                     for item in with_ready(first, &mut messages) {
                         match item {
                             Ok(msg) => {
-                                if let Ok(info) = msg.info() {
-                                    stats.feed.backlog.store(info.pending, Ordering::Relaxed);
+                                // Catching up is the start's backlog only: a burst that puts
+                                // the consumer briefly behind later must not make the gateway
+                                // flap out of its load balancer's rotation.
+                                if !caught_up {
+                                    let pending = msg.info().map_or(0, |i| i.pending);
+                                    caught_up = pending <= CATCH_UP_SLACK;
+                                    let backlog = if caught_up { 0 } else { pending };
+                                    stats.feed.backlog.store(backlog, Ordering::Relaxed);
                                 }
                                 if self.serves(&msg.subject) {
                                     take(&mut intake, &msg, &self.announced, stats);
