@@ -1,4 +1,4 @@
-//! tickfan's load harness (DESIGN §5): opens many real WebSocket connections, checks every
+//! tickfan's load harness (docs/benchmarks.md): opens many real WebSocket connections, checks every
 //! channel's `seq` continuity on every connection, records end-to-end latency (receive time −
 //! `ts`) in HDR histograms, and reports delivered messages per second and per server
 //! CPU-second ([`client`], `bench run`). [`compare`] (`bench compare`) runs the same workload

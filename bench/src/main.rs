@@ -1,4 +1,4 @@
-//! `bench`: tickfan's load harness (DESIGN §5). `bench run` is the load client; `bench compare`
+//! `bench`: tickfan's load harness (docs/benchmarks.md). `bench run` is the load client; `bench compare`
 //! runs the same workload against tickfan and the uWebSockets.js / socket.io / ws / naive-Rust
 //! baselines.
 

@@ -1,4 +1,4 @@
-//! Criterion micro-benches of the hot path (DESIGN §5): tick → frame encoding, ring push/pop,
+//! Criterion micro-benches of the hot path (docs/benchmarks.md): tick → frame encoding, ring push/pop,
 //! control-message parsing (simd-json vs serde_json), fan-out of one frame to K queues, and an
 //! offer to a queue whose channel fell behind.
 //! Run: `cargo bench -p gateway --bench hot_path`.

@@ -1,7 +1,7 @@
 //! The fan-out worker's shard: the connections one worker owns, who subscribes to what, and
 //! delivery of shared frames to them.
 //!
-//! Cost model (DESIGN §1.4): a batch of frames popped from the ring is appended to every
+//! Cost model (docs/architecture.md): a batch of frames popped from the ring is appended to every
 //! subscriber's queue (a reference-count increment and a deque push each: no lock, no
 //! allocation, no task wake-up per message per subscriber); then every connection that got
 //! something is flushed once, many frames per `writev`. A connection whose socket would block

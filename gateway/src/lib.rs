@@ -1,7 +1,7 @@
 //! tickfan gateway: market data from a tick source to thousands of WebSocket subscribers,
 //! each tick encoded once into a complete frame whose bytes every subscriber shares.
 //!
-//! Data flow (DESIGN §1), one module per step:
+//! Data flow (docs/architecture.md), one module per step:
 //!
 //! ```text
 //! source ──Tick──► frame (encode once) ──Frame──► ring (one per worker, lock-free)

@@ -1,6 +1,6 @@
 //! A fan-out worker: one thread, one single-threaded tokio runtime, one [`Shard`] of
 //! connections. Nothing is shared between workers but the read-only symbol table, the
-//! counters and the ring they are fed from, so the shard needs no lock (DESIGN §1.4).
+//! counters and the ring they are fed from, so the shard needs no lock (docs/architecture.md).
 
 use std::cell::RefCell;
 use std::rc::Rc;
