@@ -81,8 +81,9 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Where ticks come from: `embedded` (the built-in simulator, configured by the flags
-    /// below), `stdin` (NDJSON, e.g. `feed-sim | tickfan --source stdin`) or `file:PATH` (an
-    /// NDJSON recording, replayed at --replay-speed). The feed format is docs/feed-format.md.
+    /// below), `stdin` (NDJSON, e.g. `feed-sim | tickfan --source stdin`), `file:PATH` (an
+    /// NDJSON recording, replayed at --replay-speed) or `nats://HOST:PORT` (a feed many
+    /// gateways share: `feed-sim --sink nats://…`). The feed format is docs/feed-format.md.
     #[arg(long, env = "TICKFAN_SOURCE", default_value = "embedded", value_parser = crate::source::parse_source)]
     pub source: crate::source::SourceSpec,
 
