@@ -22,15 +22,12 @@ use async_nats::Subject;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tickfan_proto::encode::{write_book_snapshot_json, write_tick_json};
+use tickfan_proto::feed::nats::{backoff, STREAM, STREAM_SUBJECTS, SYMBOLS, SYMBOLS_GET};
 use tickfan_proto::feed::Announcement;
 use tickfan_proto::{ChannelId, Kind, L2Book, SymbolTable, Tick, TickBody};
 
 use crate::Sink;
 
-/// Subject a gateway asks the announcement on.
-pub const SYMBOLS_GET: &str = "md.symbols.get";
-/// Subject the announcement is repeated on.
-pub const SYMBOLS: &str = "md.symbols";
 /// Most messages kept before they are handed to the client.
 const MAX_PENDING: usize = 4096;
 /// How often books' snapshots and the announcement are published.
@@ -166,12 +163,6 @@ impl Drop for NatsSink {
     }
 }
 
-/// The JetStream stream that keeps the feed, for gateways to fill their resume window from
-/// and to lose nothing across outages (`tickfan --jetstream`).
-pub const STREAM: &str = "MD";
-/// The subjects it keeps: ticks and book snapshots, not the announcements.
-pub const STREAM_SUBJECTS: [&str; 3] = ["md.trades.>", "md.quotes.>", "md.book.>"];
-
 /// How much the stream keeps: the oldest messages go first beyond either bound.
 #[derive(Clone, Copy, Debug)]
 pub struct StreamLimits {
@@ -208,9 +199,4 @@ async fn create_stream(client: &async_nats::Client, limits: StreamLimits) -> io:
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
-}
-
-/// Reconnect delays: 100 ms doubling to 2 s.
-pub fn backoff(attempts: usize) -> Duration {
-    Duration::from_millis((100u64 << attempts.min(5)).min(2000))
 }

@@ -89,6 +89,16 @@ struct ChannelState {
 }
 
 impl ChannelState {
+    /// Moves the channel to `seq` (published at `ts`), remembering the seqs skipped on the way
+    /// as the upstream's (a worker's ring cannot skip anything here).
+    fn advance(&mut self, seq: u64, ts: u64) {
+        if self.last_seq != 0 && seq > self.last_seq + 1 {
+            self.upstream_gap = (self.last_seq + 1, seq - 1);
+        }
+        self.last_seq = seq;
+        self.last_ts = ts;
+    }
+
     /// Applies a book update and returns the checksum of the book after it.
     fn apply_book(&mut self, delta: &tickfan_proto::BookDelta, sym: &tickfan_proto::Symbol) -> u32 {
         self.book.apply(delta);
@@ -118,8 +128,6 @@ pub struct Market {
     epoch: String,
     /// The resume window's frames in publish order, for eviction.
     kept: Mutex<Kept>,
-    /// Its size, for metrics.
-    kept_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Market {
@@ -128,14 +136,7 @@ impl Market {
     pub fn new(symbols: Arc<SymbolTable>, window: ResumeWindow, epoch: Option<String>) -> Market {
         let channels = (0..symbols.channel_count()).map(|_| Mutex::default()).collect();
         let epoch = epoch.unwrap_or_else(|| format!("{:016x}", unix_now_ns()));
-        Market {
-            symbols,
-            channels,
-            window,
-            epoch,
-            kept: Mutex::default(),
-            kept_bytes: Default::default(),
-        }
+        Market { symbols, channels, window, epoch, kept: Mutex::default() }
     }
 
     pub fn symbols(&self) -> &Arc<SymbolTable> {
@@ -167,11 +168,7 @@ impl Market {
         write_tick_json_with_crc(json, tick, sym, crc);
         let frame =
             Frame { ch, seq: tick.seq, ts: tick.ts, bytes: frame::build(Opcode::Text, json) };
-        if st.last_seq != 0 && tick.seq > st.last_seq + 1 {
-            st.upstream_gap = (st.last_seq + 1, tick.seq - 1);
-        }
-        st.last_seq = tick.seq;
-        st.last_ts = tick.ts;
+        st.advance(tick.seq, tick.ts);
         if self.window.enabled() {
             let history = &mut st.history;
             if history.back().is_some_and(|f| f.seq + 1 != tick.seq) {
@@ -204,12 +201,11 @@ impl Market {
                 st.history.pop_front();
             }
         }
-        self.kept_bytes.store(kept.bytes as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes the resume window holds now (frames with their overhead).
     pub fn window_bytes(&self) -> u64 {
-        self.kept_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).bytes as u64
     }
 
     /// Producer: replaces book channel `snapshot.channel()`'s book by the whole book the
@@ -226,11 +222,7 @@ impl Market {
         if let TickBody::Book(levels) = &snapshot.body {
             st.apply_book(levels, sym);
         }
-        if st.last_seq != 0 && snapshot.seq > st.last_seq + 1 {
-            st.upstream_gap = (st.last_seq + 1, snapshot.seq - 1);
-        }
-        st.last_seq = snapshot.seq;
-        st.last_ts = snapshot.ts;
+        st.advance(snapshot.seq, snapshot.ts);
         st.history.clear();
         json.clear();
         write_book_snapshot_json(json, &st.book, sym, snapshot.seq, snapshot.ts);

@@ -31,6 +31,27 @@ pub const MAX_SYMBOLS: usize = 100_000;
 /// Longest announcement line: [`MAX_SYMBOLS`] at up to 80 bytes each.
 pub const MAX_ANNOUNCEMENT_BYTES: usize = MAX_SYMBOLS * 80;
 
+/// The feed on NATS (`docs/feed-format.md`, "NATS"): what publisher and gateways agree on.
+pub mod nats {
+    use std::time::Duration;
+
+    /// Subject a gateway asks the announcement on (request/reply).
+    pub const SYMBOLS_GET: &str = "md.symbols.get";
+    /// Subject the publisher repeats its announcement on.
+    pub const SYMBOLS: &str = "md.symbols";
+    /// Every subject of the feed; ticks and book snapshots are on `md.<kind>.<SYM>`.
+    pub const ALL: &str = "md.>";
+    /// The JetStream stream that keeps the feed (`--jetstream` on both sides).
+    pub const STREAM: &str = "MD";
+    /// The subjects it keeps: ticks and book snapshots, not the announcements.
+    pub const STREAM_SUBJECTS: [&str; 3] = ["md.trades.>", "md.quotes.>", "md.book.>"];
+
+    /// Reconnect delays of publisher and gateways: 100 ms doubling to 2 s.
+    pub fn backoff(attempts: usize) -> Duration {
+        Duration::from_millis((100u64 << attempts.min(5)).min(2000))
+    }
+}
+
 /// Why a line was not taken. Lines are skipped, never fatal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LineError {

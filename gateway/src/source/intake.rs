@@ -81,10 +81,6 @@ impl Intake {
         self.batch.clear();
     }
 
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
-    }
-
     fn take(&mut self, line: &[u8]) -> Result<Option<Tick>, LineError> {
         let parsed = match parse_line(line, &self.symbols) {
             Ok(parsed) => parsed,
@@ -110,9 +106,7 @@ impl Intake {
         if tick.seq <= last {
             return Err(LineError::SeqNotIncreasing);
         }
-        if last != 0 && tick.seq > last + 1 {
-            Stats::add(&self.publisher.health().upstream_lost, tick.seq - last - 1);
-        }
+        self.count_skipped(last, tick.seq);
         self.last_seq[i] = tick.seq;
         if tick.body.kind() == Kind::Book {
             // In sync from the upstream's first update, or while updates follow each other.
@@ -137,13 +131,18 @@ impl Intake {
         if self.in_sync[i] && snapshot.seq <= last || snapshot.seq < last {
             return;
         }
-        if last != 0 && snapshot.seq > last + 1 {
-            Stats::add(&self.publisher.health().upstream_lost, snapshot.seq - last - 1);
-        }
+        self.count_skipped(last, snapshot.seq);
         self.flush(); // what came before it goes first
         self.publisher.resync_book(&snapshot);
         self.last_seq[i] = snapshot.seq;
         self.in_sync[i] = true;
+    }
+
+    /// Counts the seqs between a channel's `last` and `seq` as lost upstream.
+    fn count_skipped(&self, last: u64, seq: u64) {
+        if last != 0 && seq > last + 1 {
+            Stats::add(&self.publisher.health().upstream_lost, seq - last - 1);
+        }
     }
 
     fn waiting(&mut self, tick: &Tick) {

@@ -270,11 +270,9 @@ impl FeedHealth {
             return FeedState::Down;
         }
         let stale_after = self.stale_after_ns.load(Ordering::Relaxed);
-        let last = self.last_tick_ns.load(Ordering::Relaxed);
-        let since = if last == 0 { self.started_ns.load(Ordering::Relaxed) } else { last };
-        if stale_after > 0 && now_ns.saturating_sub(since) > stale_after {
+        if stale_after > 0 && self.quiet_ns(now_ns) > stale_after {
             FeedState::Stale
-        } else if last == 0 {
+        } else if self.last_tick_ns.load(Ordering::Relaxed) == 0 {
             FeedState::Starting
         } else if self.backlog.load(Ordering::Relaxed) > CATCH_UP_SLACK {
             FeedState::CatchingUp
@@ -285,9 +283,13 @@ impl FeedHealth {
 
     /// Seconds since the last tick (since the start before the first).
     pub fn quiet_secs(&self, now_ns: u64) -> f64 {
+        self.quiet_ns(now_ns) as f64 / 1e9
+    }
+
+    fn quiet_ns(&self, now_ns: u64) -> u64 {
         let last = self.last_tick_ns.load(Ordering::Relaxed);
         let since = if last == 0 { self.started_ns.load(Ordering::Relaxed) } else { last };
-        now_ns.saturating_sub(since) as f64 / 1e9
+        now_ns.saturating_sub(since)
     }
 
     /// Counts a rejected line.

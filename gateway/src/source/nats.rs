@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
+use tickfan_proto::feed::nats::{backoff, ALL, STREAM, SYMBOLS, SYMBOLS_GET};
 use tickfan_proto::feed::Announcement;
 use tickfan_proto::SymbolTable;
 
@@ -31,14 +32,6 @@ use super::intake::Intake;
 use super::{Opened, Publisher, CATCH_UP_SLACK};
 use crate::metrics::Stats;
 
-/// Subject the announcement is asked on.
-pub const SYMBOLS_GET: &str = "md.symbols.get";
-/// Subject the publisher repeats its announcement on.
-pub const SYMBOLS: &str = "md.symbols";
-/// Every subject of the feed.
-const ALL: &str = "md.>";
-/// The JetStream stream `feed-sim --jetstream` keeps the feed in.
-const STREAM: &str = "MD";
 /// Longest pull of the JetStream consumer (heartbeats every half of it).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Messages the client may hold for this gateway before NATS counts it a slow consumer (and
@@ -361,9 +354,4 @@ fn take(
         intake.push(tick);
     }
     true
-}
-
-/// Reconnect delays: 100 ms doubling to 2 s.
-fn backoff(attempts: usize) -> Duration {
-    Duration::from_millis((100u64 << attempts.min(5)).min(2000))
 }
