@@ -72,17 +72,7 @@ pub fn open(
         "feed announced on NATS"
     );
     let served = subset(&ann, only)?;
-    // The subjects of the symbols served: everything, or each symbol's `md.*.<SYM>`.
-    let subjects: Vec<String> = if only.is_empty() {
-        vec![ALL.to_owned()]
-    } else {
-        served.iter().map(|s| format!("md.*.{}", s.name)).collect()
-    };
-    let only: std::collections::HashSet<String> = if only.is_empty() {
-        Default::default()
-    } else {
-        served.iter().map(|s| s.name.clone()).collect()
-    };
+    let only = (!only.is_empty()).then(|| served.iter().map(|s| s.name.clone()).collect());
     let symbols = SymbolTable::new(served);
     let table = symbols.clone();
     let epoch = ann.epoch.clone();
@@ -91,8 +81,7 @@ pub fn open(
         epoch,
         run: Box::new(move |publisher: Publisher, stop: &AtomicBool| {
             let intake = Intake::new(table, ann.clone(), publisher);
-            let only = (!only.is_empty()).then_some(only);
-            let feed = Feed { client, announced: ann, stats, subjects, only };
+            let feed = Feed { client, announced: ann, stats, only };
             match jetstream {
                 None => rt.block_on(feed.consume(intake, stop)),
                 Some(back) => rt.block_on(feed.consume_stream(intake, back, stop)),
@@ -168,9 +157,7 @@ struct Feed {
     /// The publisher's whole announcement (what `md.symbols` must keep saying).
     announced: Announcement,
     stats: Arc<Stats>,
-    /// Subjects of the symbols served.
-    subjects: Vec<String>,
-    /// The symbols served, when a subset.
+    /// The symbols served, when a subset (`--source-symbols`).
     only: Option<std::collections::HashSet<String>>,
 }
 
@@ -191,11 +178,17 @@ impl Feed {
     /// Feeds every message of the served subjects to the intake, a batch per wake-up, until
     /// `stop`.
     async fn consume(self, mut intake: Intake, stop: &AtomicBool) {
+        // Everything (`md.>` carries the announcements too), or each served symbol's
+        // `md.*.<SYM>` and the announcements apart.
+        let subjects: Vec<String> = match &self.only {
+            None => vec![ALL.to_owned()],
+            Some(names) => {
+                names.iter().map(|n| format!("md.*.{n}")).chain([SYMBOLS.to_owned()]).collect()
+            }
+        };
         let mut subscriptions = Vec::new();
-        // `md.>` carries the announcements too; a subset subscribes to them apart.
-        let announcements = (self.subjects != [ALL]).then_some(SYMBOLS);
-        for subject in self.subjects.iter().map(String::as_str).chain(announcements) {
-            match self.client.subscribe(subject.to_owned()).await {
+        for subject in subjects {
+            match self.client.subscribe(subject.clone()).await {
                 Ok(s) => subscriptions.push(s),
                 Err(e) => return self.fail(format!("cannot subscribe to {subject}: {e}")),
             }
