@@ -352,8 +352,16 @@ impl Outbound {
         }
     }
 
-    /// Queues frames replayed for a resume, then skips live frames up to `last`. Replays are
-    /// bounded by the resume window and the caller's budget, not by the queue's bound.
+    /// Whether `bytes` of replayed frames may be queued on top of what is queued: within this
+    /// queue's bound and the worker's budget, so a storm of resumes cannot queue more than the
+    /// budget.
+    pub fn replay_fits(&self, bytes: usize) -> bool {
+        self.queued_bytes + bytes <= self.limit
+            && self.budget.used.get() + bytes <= self.budget.limit
+    }
+
+    /// Queues frames replayed for a resume, then skips live frames up to `last`. The caller
+    /// checks first that they fit ([`replay_fits`](Self::replay_fits)).
     pub fn replay(&mut self, ch: ChannelId, frames: Vec<Frame>, last: u64) {
         if self.closing {
             return;
@@ -638,6 +646,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::close::CloseCode;
     use crate::market::ResumeWindow;
     use tickfan_proto::encode::write_gap_json;
     use tickfan_proto::{BookDelta, Level, Symbol, SymbolTable, Tick, TickBody};
@@ -869,7 +878,7 @@ mod tests {
         }
         let sink = Sink::new(60); // frame 0 whole, frame 1 started
         q.write_to(&sink).unwrap();
-        q.close_now(frame::close(1008, "slow consumer"));
+        q.close_now(frame::close(CloseCode::Policy, "slow consumer"));
         sink.room.set(usize::MAX);
         q.write_to(&sink).unwrap();
         let got = payloads(&sink.got.borrow());
@@ -946,7 +955,7 @@ mod tests {
             accepted += 1;
         }
         assert_eq!(accepted, (1000 + CONTROL_SLACK) / 1002);
-        q.push_close(frame::close(1001, "bye"));
+        q.push_close(frame::close(CloseCode::GoingAway, "bye"));
         assert!(q.is_closing());
         assert_eq!(q.offer(&data(1, 30), Policy::Gap, &m), Offer::Closed);
     }

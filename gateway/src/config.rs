@@ -68,6 +68,15 @@ pub fn parse_policies(s: &str) -> Result<Policies, String> {
     Ok(p)
 }
 
+/// Where `--inject-panic` panics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PanicSite {
+    Fanout,
+    Feed,
+    Listener,
+    Request,
+}
+
 /// Every tunable of the gateway. Defaults run a complete demo on `127.0.0.1:8080`.
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -163,17 +172,61 @@ pub struct Config {
     pub max_message_bytes: usize,
 
     /// Maximum size of one client frame (or fragmented message); larger ones close the
-    /// connection with 1009.
-    #[arg(long, env = "TICKFAN_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    /// connection with 1009, as soon as a frame's header announces it.
+    #[arg(long, env = "TICKFAN_MAX_FRAME_BYTES", default_value_t = 64 << 10)]
     pub max_frame_bytes: usize,
 
-    /// Client requests per second allowed per connection (token bucket, burst of twice this).
+    /// Bound, in bytes, on client input held in memory over all connections (frames still
+    /// arriving, fragmented messages). A connection whose input would exceed it is closed with
+    /// 1013 (try again later).
+    #[arg(long, env = "TICKFAN_MAX_INBOUND_BYTES", default_value_t = 64 << 20)]
+    pub max_inbound_bytes: usize,
+
+    /// Client frames per second allowed per connection, of every kind (token bucket, burst of
+    /// twice this): a request beyond it gets `rate_limited`, a ping or other frame is ignored,
+    /// and a client that keeps sending through twice this many refusals is closed with 1008.
     #[arg(long, env = "TICKFAN_MAX_REQUESTS_PER_SEC", default_value_t = 50)]
     pub max_requests_per_sec: u32,
 
-    /// Maximum concurrent WebSocket connections; more get HTTP 503.
-    #[arg(long, env = "TICKFAN_MAX_CONNECTIONS", default_value_t = 100_000)]
+    /// Maximum concurrent client sockets: WebSocket connections, plain HTTP connections and
+    /// those still in their handshake. More are answered 503 and closed. 0: as many as the
+    /// open-file limit allows (its hard limit, which the gateway raises its soft limit to, less
+    /// 256). A bound beyond the hard limit is a startup error that says how to raise it.
+    #[arg(long, env = "TICKFAN_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+
+    /// Maximum concurrent sockets not (yet) upgraded to WebSocket: handshakes in progress and
+    /// plain HTTP connections. More are answered 503 and closed.
+    #[arg(long, env = "TICKFAN_MAX_HANDSHAKES", default_value_t = 1024)]
+    pub max_handshakes: usize,
+
+    /// Maximum concurrent sockets from one client address; more are answered 429. 0: no bound
+    /// (the default, since behind a proxy every client has the proxy's address: name it with
+    /// --trust-proxy, then the forwarded address counts).
+    #[arg(long, env = "TICKFAN_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+
+    /// Maximum new sockets from one client address per --new-connections-window; more are
+    /// answered 429 (Binance allows 300 per 5 minutes). 0: no bound.
+    #[arg(long, env = "TICKFAN_MAX_NEW_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_new_connections_per_ip: u32,
+
+    /// Seconds of the window --max-new-connections-per-ip counts in.
+    #[arg(long, env = "TICKFAN_NEW_CONNECTIONS_WINDOW", default_value_t = 300.0)]
+    pub new_connections_window: f64,
+
+    /// Addresses of proxies (load balancers) in front of the gateway, comma-separated. Their
+    /// sockets are not bounded per address; the client each WebSocket handshake is forwarded
+    /// for (the last address of `X-Forwarded-For` that is not one of them) is.
+    #[arg(long, env = "TICKFAN_TRUST_PROXY", value_delimiter = ',', value_name = "IP,…")]
+    pub trust_proxy: Vec<std::net::IpAddr>,
+
+    /// Seconds a WebSocket connection may stay open; then it gets a `shutdown` notice and,
+    /// some seconds later (a tenth of this, at most 30), a close with 1001, so clients
+    /// reconnect and resume before it. Each connection's age is shortened by up to 5 % so
+    /// that reconnections spread out. 0: no maximum.
+    #[arg(long, env = "TICKFAN_MAX_CONNECTION_AGE", default_value_t = 0.0)]
+    pub max_connection_age: f64,
 
     /// Seconds a new connection may take to send its complete HTTP request (upgrade or not)
     /// before it is closed, so idle or trickling sockets cannot pile up.
@@ -221,6 +274,12 @@ pub struct Config {
     /// Seconds a connection may stay without any subscription before it is closed (0: never).
     #[arg(long, env = "TICKFAN_IDLE_TIMEOUT", default_value_t = 120.0)]
     pub idle_timeout: f64,
+
+    /// For tests of the gateway's fault handling: panic at this place (`fanout`: a worker's
+    /// fan-out, at its first batch; `feed`: the feed thread, 0.3 s after start; `listener`: at
+    /// the first accept; `request`: at the first client request).
+    #[arg(long, hide = true, value_enum)]
+    pub inject_panic: Option<PanicSite>,
 
     /// Log filter, e.g. `info` or `info,gateway=debug` (logs go to stderr). The NATS client's
     /// own messages are quiet below `warn` unless asked for (`async_nats=info`).
@@ -286,10 +345,18 @@ impl Config {
         if self.max_queued_bytes < self.queue_bytes {
             return Err("--max-queued-bytes must be at least --queue-bytes".into());
         }
-        if self.max_channels == 0 || self.max_requests_per_sec == 0 || self.max_connections == 0 {
+        if self.max_channels == 0 || self.max_requests_per_sec == 0 || self.max_handshakes == 0 {
             return Err(
-                "--max-channels, --max-requests-per-sec and --max-connections must be > 0".into()
+                "--max-channels, --max-requests-per-sec and --max-handshakes must be > 0".into()
             );
+        }
+        if !(seconds(self.new_connections_window) && self.new_connections_window > 0.0) {
+            return Err("--new-connections-window must be a positive number of seconds".into());
+        }
+        if !seconds(self.max_connection_age)
+            || (self.max_connection_age > 0.0 && self.max_connection_age < 1.0)
+        {
+            return Err("--max-connection-age must be 0 (no maximum) or at least 1 second".into());
         }
         Ok(())
     }

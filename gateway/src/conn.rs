@@ -7,8 +7,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -21,9 +20,11 @@ use tickfan_proto::{
 use tokio::io::unix::AsyncFd;
 
 use crate::channels::ConnKey;
+use crate::close::CloseCode;
 use crate::fanout::{FlushState, Subscribed, SYS_STATS};
 use crate::frame::{self, Opcode};
 use crate::inbound::{Decoder, FrameIn, OpIn, Violation};
+use crate::limits::{RequestLimiter, SocketPermit, Verdict};
 use crate::metrics::{CloseReason, Stats};
 use crate::protocol::{self, Op, Rejection, Request, Resume};
 use crate::worker::WorkerCtx;
@@ -34,86 +35,11 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// a reset caused by unread input.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Gateway-wide connection limit; a permit is held by each open WebSocket connection.
-#[derive(Debug)]
-pub struct ConnLimit {
-    max: usize,
-    current: AtomicUsize,
-}
-
-/// Holds one unit of [`ConnLimit`] until dropped.
-#[derive(Debug)]
-pub struct ConnPermit(Arc<ConnLimit>);
-
-impl ConnLimit {
-    pub fn new(max: usize) -> Arc<ConnLimit> {
-        Arc::new(ConnLimit { max, current: AtomicUsize::new(0) })
-    }
-
-    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnPermit> {
-        let prev = self.current.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.max {
-            self.current.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnPermit(self.clone()))
-    }
-}
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        self.0.current.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Per-connection request rate limit: a token bucket refilled at `rate`/s holding `2 × rate`.
-/// Requests beyond it are refused with `rate_limited`; a client that keeps going far beyond
-/// (more than `8 × rate` refusals without one accepted request) is closed with 1008.
-#[derive(Debug)]
-pub struct RequestLimiter {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-    refused_in_a_row: u32,
-}
-
-/// Verdict of [`RequestLimiter::check`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Allow,
-    Refuse,
-    Flood,
-}
-
-impl RequestLimiter {
-    pub fn new(rate_per_sec: u32) -> RequestLimiter {
-        let rate = f64::from(rate_per_sec);
-        RequestLimiter { rate, tokens: 2.0 * rate, last: Instant::now(), refused_in_a_row: 0 }
-    }
-
-    pub fn check(&mut self, now: Instant) -> Verdict {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(2.0 * self.rate);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.refused_in_a_row = 0;
-            return Verdict::Allow;
-        }
-        self.refused_in_a_row += 1;
-        if f64::from(self.refused_in_a_row) > 8.0 * self.rate {
-            Verdict::Flood
-        } else {
-            Verdict::Refuse
-        }
-    }
-}
-
 /// Why reading stopped.
 #[derive(Debug)]
 pub enum End {
     /// Close the connection with this RFC 6455 code and reason.
-    Close(u16, String),
+    Close(CloseCode, String),
     /// A close frame is already queued (echo of the client's).
     CloseQueued,
     /// The peer is gone (EOF, reset).
@@ -142,7 +68,7 @@ pub async fn run(
     ctx: Rc<WorkerCtx>,
     upgrade: UpgradeFut,
     streams: Option<String>,
-    permit: ConnPermit,
+    permit: SocketPermit,
 ) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
@@ -166,6 +92,7 @@ pub async fn run(
 
     let mut reader = Reader {
         decoder: Decoder::new(ctx.cfg.max_frame_bytes),
+        charged: 0,
         session: Session {
             key,
             limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec),
@@ -188,9 +115,14 @@ pub async fn run(
     match early_end {
         Some(end) => live.end(ctx, key, end),
         None => {
-            if let Err((e, live)) = ctx.io.adopt(key, live) {
+            if let Err(failed) = ctx.io.adopt(key, live) {
+                let (e, live) = *failed;
                 tracing::warn!(error = %e, "cannot watch the connection");
-                live.end(ctx, key, End::Close(1011, "server cannot watch the socket".into()));
+                live.end(
+                    ctx,
+                    key,
+                    End::Close(CloseCode::Internal, "server cannot watch the socket".into()),
+                );
             }
         }
     }
@@ -203,7 +135,7 @@ pub struct Live {
     reader: Reader,
     sock: Rc<TcpStream>,
     /// Held until the connection is forgotten (then by `finish`).
-    permit: Option<ConnPermit>,
+    permit: Option<SocketPermit>,
 }
 
 /// What one round of [`Live::step`] came to.
@@ -255,6 +187,7 @@ impl Live {
 
     /// Hands the ending connection to a closing task of its own (see [`finish`]).
     pub fn end(self, ctx: Rc<WorkerCtx>, key: ConnKey, end: End) {
+        ctx.inbound.recharge(self.reader.charged, 0);
         drop(tokio::task::spawn_local(finish(ctx, key, self.sock, end, self.permit)));
     }
 }
@@ -275,7 +208,7 @@ async fn finish(
     key: ConnKey,
     sock: Rc<TcpStream>,
     end: End,
-    permit: Option<ConnPermit>,
+    permit: Option<SocketPermit>,
 ) {
     let _permit = permit;
     tracing::debug!(conn = key, ?end, "connection ending");
@@ -357,21 +290,35 @@ async fn linger(fd: &AsyncFd<Fd>) {
 struct Reader {
     decoder: Decoder,
     session: Session,
+    /// Bytes of client input this connection holds (an unfinished frame, a fragmented
+    /// message), as charged to the gateway-wide inbound budget.
+    charged: usize,
 }
 
 impl Reader {
     /// Decodes and applies the frames in `bytes`; `Some` when the connection must end.
     fn on_bytes(&mut self, ctx: &WorkerCtx, bytes: &mut [u8]) -> Option<End> {
-        let Reader { decoder, session } = self;
+        let Reader { decoder, session, charged } = self;
         let mut end = None;
         let decoded = decoder.feed(bytes, |frame| {
             end = session.on_frame(ctx, frame);
             end.is_none()
         });
-        match decoded {
+        let end = match decoded {
             Err(v) => Some(v.into()),
             Ok(()) => end,
+        };
+        let held = decoder.held_bytes() + session.partial_bytes();
+        if held != *charged {
+            if !ctx.inbound.recharge(*charged, held) {
+                return Some(End::Close(
+                    CloseCode::TryAgainLater,
+                    "the server holds too much client input: try again later".into(),
+                ));
+            }
+            *charged = held;
         }
+        end
     }
 }
 
@@ -390,6 +337,37 @@ impl Session {
         // Any frame (a pong above all) shows the peer is alive.
         ctx.shard.borrow_mut().alive(self.key);
         let max_frame = ctx.cfg.max_frame_bytes;
+        // Every frame but a close takes a token; one beyond the rate is refused (a request)
+        // or ignored (any other frame), and a flood ends the connection.
+        if frame.op != OpIn::Close {
+            match self.limiter.check(Instant::now()) {
+                Verdict::Allow => {}
+                Verdict::Flood => {
+                    return Some(End::Close(CloseCode::Policy, "frame flood".into()));
+                }
+                Verdict::Refuse if frame.op == OpIn::Text && frame.fin => {
+                    self.refuse(
+                        ctx,
+                        Rejection::new(
+                            None,
+                            ErrorCode::RateLimited,
+                            format!("at most {} requests per second", ctx.cfg.max_requests_per_sec),
+                        ),
+                    );
+                    return None;
+                }
+                // Data may not be dropped from the middle of a fragmented message: it ends.
+                Verdict::Refuse
+                    if matches!(frame.op, OpIn::Text | OpIn::Binary | OpIn::Continuation) =>
+                {
+                    return Some(End::Close(
+                        CloseCode::Policy,
+                        "frame rate exceeded while fragmenting".into(),
+                    ));
+                }
+                Verdict::Refuse => return None,
+            }
+        }
         match frame.op {
             OpIn::Close => {
                 let echo = frame::build(Opcode::Close, frame.payload);
@@ -450,6 +428,9 @@ impl Session {
 
     /// A complete text message: one control request.
     fn on_text(&mut self, ctx: &WorkerCtx, buf: &mut [u8]) -> Option<End> {
+        if ctx.cfg.inject_panic == Some(crate::config::PanicSite::Request) {
+            panic!("injected panic in a client request (--inject-panic request)");
+        }
         let max = ctx.cfg.max_message_bytes;
         if buf.len() > max {
             self.refuse(
@@ -462,26 +443,19 @@ impl Session {
             );
             return None;
         }
-        match self.limiter.check(Instant::now()) {
-            Verdict::Allow => {}
-            Verdict::Refuse => {
-                self.refuse(
-                    ctx,
-                    Rejection::new(
-                        None,
-                        ErrorCode::RateLimited,
-                        format!("at most {} requests per second", ctx.cfg.max_requests_per_sec),
-                    ),
-                );
-                return None;
-            }
-            Verdict::Flood => return Some(End::Close(1008, "request flood".into())),
-        }
         match protocol::parse_request(buf, ctx.cfg.max_channels) {
             Ok(req) => self.apply(ctx, req),
             Err(rejection) => self.refuse(ctx, rejection),
         }
         None
+    }
+
+    /// Bytes held for a fragmented message being received.
+    fn partial_bytes(&self) -> usize {
+        match self.partial.as_deref() {
+            Some(Partial::Text(buf)) => buf.capacity(),
+            Some(Partial::Binary(_)) | None => 0,
+        }
     }
 
     fn refuse_binary(&mut self, ctx: &WorkerCtx) -> Option<End> {
@@ -552,9 +526,8 @@ impl Session {
                     }
                     protocol::reply("subscribed", &id, fields)
                 };
-                let limit = ctx.cfg.queue_bytes;
                 let client_epoch = resume.epoch.as_deref();
-                shard.subscribe(self.key, &specs, &resume.seqs, client_epoch, reply, limit);
+                shard.subscribe(self.key, &specs, &resume.seqs, client_epoch, reply);
                 return;
             }
             Op::Unsubscribe { channels } => {
@@ -684,31 +657,4 @@ impl From<Violation> for End {
 
 fn protocol_error(reason: &str) -> End {
     Violation::protocol(reason).into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limiter_allows_a_burst_then_refuses_then_floods() {
-        let t0 = Instant::now();
-        let mut l = RequestLimiter::new(10);
-        assert!((0..20).all(|_| l.check(t0) == Verdict::Allow));
-        assert_eq!(l.check(t0), Verdict::Refuse);
-        let verdicts: Vec<Verdict> = (0..80).map(|_| l.check(t0)).collect();
-        assert_eq!(verdicts.last(), Some(&Verdict::Flood));
-        // Tokens come back with time.
-        assert_eq!(l.check(t0 + Duration::from_millis(200)), Verdict::Allow);
-    }
-
-    #[test]
-    fn conn_limit_is_released_on_drop() {
-        let limit = ConnLimit::new(2);
-        let a = limit.try_acquire().unwrap();
-        let _b = limit.try_acquire().unwrap();
-        assert!(limit.try_acquire().is_none());
-        drop(a);
-        assert!(limit.try_acquire().is_some());
-    }
 }

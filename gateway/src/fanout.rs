@@ -22,6 +22,7 @@ pub const SYS_STATS: &str = "sys.stats";
 
 use crate::backpressure::{gap_notice, Budget, Flushed, Offer, Outbound, TryWrite};
 use crate::channels::{ConnKey, ConnSubscriptions, SubscriptionIndex};
+use crate::close::CloseCode;
 use crate::config::{Policies, Policy};
 use crate::frame::{self, Frame, Opcode};
 use crate::market::{Market, Replay};
@@ -328,8 +329,8 @@ impl Shard {
     /// `reply` (given the resume outcomes) is queued first, then frames replayed for the
     /// `resume` requests (channel, last seq the client has) that the window still covers, then
     /// a snapshot of every book channel newly covered and not resumed. Live frames follow.
-    /// Replays are bounded in total by the connection's queue bound; channels beyond it are
-    /// not resumed. Seqs of another `epoch` than the market's mean nothing here: none of them
+    /// Replays are bounded in total by the connection's queue bound and the worker's budget
+    /// of queued bytes; channels beyond them are not resumed. Seqs of another `epoch` than the market's mean nothing here: none of them
     /// resumes.
     pub fn subscribe(
         &mut self,
@@ -338,7 +339,6 @@ impl Shard {
         resume: &[(ChannelId, u64)],
         epoch: Option<&str>,
         reply: impl FnOnce(&Subscribed) -> Vec<u8>,
-        queue_limit: usize,
     ) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let same_epoch = epoch.is_none_or(|e| e == self.market.epoch());
@@ -370,7 +370,7 @@ impl Shard {
                 match self.market.replay(ch, seq) {
                     Replay::Frames { frames, last } => {
                         replay_bytes += frames.iter().map(|f| f.bytes.len()).sum::<usize>();
-                        (replay_bytes <= queue_limit).then_some((ch, frames, last))
+                        conn.out.replay_fits(replay_bytes).then_some((ch, frames, last))
                     }
                     Replay::Unavailable => None,
                 }
@@ -496,7 +496,7 @@ impl Shard {
             // being written, and the memory is freed now.
             let reason =
                 format!("slow consumer: more than {} bytes queued", conn.out.queued_bytes());
-            conn.out.close_now(frame::close(1008, &reason));
+            conn.out.close_now(frame::close(CloseCode::Policy, &reason));
             conn.closed_for.get_or_insert(CloseReason::SlowConsumer);
             conn.stop(key, &mut self.woken);
             if !conn.blocked {
@@ -631,7 +631,7 @@ impl Shard {
     }
 
     /// [`close`](Self::close), recording why for the metrics (the driver counts it).
-    pub fn close_with(&mut self, key: ConnKey, code: u16, reason: &str, why: CloseReason) {
+    pub fn close_with(&mut self, key: ConnKey, code: CloseCode, reason: &str, why: CloseReason) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.closed_for.get_or_insert(why);
         }
@@ -640,7 +640,7 @@ impl Shard {
 
     /// Starts a server-initiated close: what is queued is still sent, then the close frame;
     /// the connection's driver is woken to stop reading and wait for the queue to drain.
-    pub fn close(&mut self, key: ConnKey, code: u16, reason: &str) {
+    pub fn close(&mut self, key: ConnKey, code: CloseCode, reason: &str) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.out.push_close(frame::close(code, reason));
         conn.stop(key, &mut self.woken);
@@ -665,7 +665,7 @@ impl Shard {
     }
 
     /// Closes every connection (shutdown: 1001 going away).
-    pub fn close_all(&mut self, code: u16, reason: &str) {
+    pub fn close_all(&mut self, code: CloseCode, reason: &str) {
         let keys: Vec<ConnKey> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.close_with(key, code, reason, CloseReason::GoingAway);
@@ -801,15 +801,8 @@ mod tests {
             (shard.open(sock.clone(), 1 << 20), sock)
         });
         let none = |_: &Subscribed| Vec::new();
-        shard.subscribe(
-            conns[0].0,
-            &[ChannelSpec::Wildcard(Kind::Trades)],
-            &[],
-            None,
-            none,
-            1 << 20,
-        );
-        shard.subscribe(conns[1].0, &[ChannelSpec::Exact(thin_ch)], &[], None, none, 1 << 20);
+        shard.subscribe(conns[0].0, &[ChannelSpec::Wildcard(Kind::Trades)], &[], None, none);
+        shard.subscribe(conns[1].0, &[ChannelSpec::Exact(thin_ch)], &[], None, none);
         shard.flush_dirty();
         let [(_, fat), (_, thin)] = conns;
         fat.writes.borrow_mut().clear();

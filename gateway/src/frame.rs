@@ -4,6 +4,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use tickfan_proto::ChannelId;
 
+use crate::close::CloseCode;
+
 /// Largest header of an unmasked server frame: 2 bytes + 8 bytes of extended length.
 pub const MAX_HEADER_LEN: usize = 10;
 
@@ -63,9 +65,9 @@ pub fn build(opcode: Opcode, payload: &[u8]) -> Bytes {
 
 /// A close frame (RFC 6455 §5.5.1) with a status code and a reason, truncated so the payload
 /// stays within the 125 bytes a control frame may carry.
-pub fn close(code: u16, reason: &str) -> Bytes {
+pub fn close(code: CloseCode, reason: &str) -> Bytes {
     let mut payload = Vec::with_capacity(2 + reason.len().min(123));
-    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&code.code().to_be_bytes());
     let mut cut = reason.len().min(123);
     while !reason.is_char_boundary(cut) {
         cut -= 1;
@@ -94,7 +96,7 @@ mod tests {
 
     #[test]
     fn close_reason_is_truncated_on_a_char_boundary() {
-        let f = close(1008, &"é".repeat(100));
+        let f = close(CloseCode::Policy, &"é".repeat(100));
         assert_eq!(f[0], 0x88);
         let len = usize::from(f[1]);
         assert!(len <= 125);

@@ -1,6 +1,7 @@
 //! The HTTP side of the single port: `/ws` (the WebSocket upgrade, done by fastwebsockets),
 //! `/healthz` and a short index at `/`.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,18 +16,23 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::limits::{Refusal, SocketPermit};
 use crate::worker::WorkerCtx;
 
 /// Serves one accepted TCP connection (HTTP/1.1, possibly upgraded to WebSocket).
-pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream) {
+/// The socket's place at the door goes to its WebSocket connection if it upgrades, and is
+/// given back when the socket closes otherwise.
+pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream, permit: SocketPermit) {
     let stream = match TcpStream::from_std(stream) {
         Ok(s) => s,
         Err(e) => return tracing::warn!(error = %e, "cannot register accepted socket"),
     };
     let ctx_timeout = ctx.cfg.handshake_timeout;
+    let permit = Rc::new(Cell::new(Some(permit)));
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(route(ctx, req)) }
+        let permit = permit.clone();
+        async move { Ok::<_, Infallible>(route(ctx, req, &permit)) }
     });
     // Without a timer hyper applies no header timeout at all: a silent or trickling client
     // would hold its socket forever.
@@ -40,10 +46,14 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream) {
     }
 }
 
-fn route(ctx: Rc<WorkerCtx>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(
+    ctx: Rc<WorkerCtx>,
+    mut req: Request<Incoming>,
+    permit: &Cell<Option<SocketPermit>>,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(ctx, &mut req),
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/ws") => upgrade(ctx, &mut req, permit),
+        (&Method::GET, "/healthz") => healthz(&ctx.stats),
         (&Method::GET, "/readyz") => ready(&ctx),
         (&Method::GET, "/dashboard" | "/dashboard/") => {
             asset(DASHBOARD, "text/html; charset=utf-8")
@@ -67,6 +77,15 @@ fn route(ctx: Rc<WorkerCtx>, mut req: Request<Incoming>) -> Response<Full<Bytes>
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found; see / for what this server offers\n"),
+    }
+}
+
+/// Liveness, for supervisors: 200 while every thread of the gateway is alive and responsive,
+/// 503 with what failed otherwise (restart the process).
+fn healthz(stats: &crate::metrics::Stats) -> Response<Full<Bytes>> {
+    match stats.health.check(tickfan_proto::unix_now_ns()) {
+        Ok(()) => text(StatusCode::OK, "ok\n"),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("unhealthy: {why}\n")),
     }
 }
 
@@ -96,27 +115,60 @@ fn ready(ctx: &WorkerCtx) -> Response<Full<Bytes>> {
     }
 }
 
-fn upgrade(ctx: Rc<WorkerCtx>, req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+fn upgrade(
+    ctx: Rc<WorkerCtx>,
+    req: &mut Request<Incoming>,
+    permit: &Cell<Option<SocketPermit>>,
+) -> Response<Full<Bytes>> {
     if !fastwebsockets::upgrade::is_upgrade_request(req) {
         return text(
             StatusCode::UPGRADE_REQUIRED,
             "this endpoint speaks WebSocket: connect with a WebSocket client, e.g. npx wscat -c ws://HOST:PORT/ws\n",
         );
     }
-    let Some(permit) = ctx.conn_limit.try_acquire() else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection limit reached; try again later\n",
-        );
+    let Some(mut permit) = permit.take() else {
+        return text(StatusCode::BAD_REQUEST, "this socket was upgraded already\n");
     };
+    if let Err(why) = admit_forwarded(&ctx, req, &mut permit) {
+        return refuse(&ctx, why);
+    }
     let streams = req.uri().query().and_then(|q| query_param(q, "streams"));
     match fastwebsockets::upgrade::upgrade(req) {
         Ok((response, fut)) => {
+            permit.upgraded();
             tokio::task::spawn_local(crate::conn::run(ctx, fut, streams, permit));
             response.map(|_| Full::new(Bytes::new()))
         }
         Err(e) => text(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {e}\n")),
     }
+}
+
+/// Behind a trusted proxy (`--trust-proxy`), counts the client the handshake is forwarded for
+/// against its address's bounds. A trusted proxy's handshake that names no client is let
+/// through: the proxy itself is the client.
+fn admit_forwarded(
+    ctx: &WorkerCtx,
+    req: &Request<Incoming>,
+    permit: &mut SocketPermit,
+) -> Result<(), Refusal> {
+    if ctx.cfg.trust_proxy.is_empty() {
+        return Ok(());
+    }
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client = forwarded
+        .and_then(|h| crate::limits::forwarded_client(h, |ip| ctx.door.is_trusted_proxy(ip)));
+    match client {
+        Some(ip) => permit.forwarded_for(ip, std::time::Instant::now()),
+        None => Ok(()),
+    }
+}
+
+/// A handshake turned away: counted, and answered with the refusal's status and text.
+fn refuse(ctx: &WorkerCtx, why: Refusal) -> Response<Full<Bytes>> {
+    ctx.stats.refused(why);
+    let (status, reason) = why.answer();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    text(status, &format!("{reason}\n"))
 }
 
 fn index(ctx: &WorkerCtx) -> Response<Full<Bytes>> {

@@ -11,7 +11,7 @@
 //! frames, close codes and close reasons), plus the mask bit a server must insist on (§5.1).
 //! What the frames *mean* (requests, fragments, pongs, closes) is `conn`'s business.
 
-use fastwebsockets::CloseCode;
+use crate::close::CloseCode;
 
 /// RFC 6455 §5.2 opcodes a client may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,21 +54,24 @@ pub struct FrameIn<'a> {
 /// Why a client's input ends its connection: the close code and reason to send (RFC 6455 §7.4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
-    pub code: u16,
+    pub code: CloseCode,
     pub reason: String,
 }
 
 impl Violation {
     pub fn protocol(reason: &str) -> Violation {
-        Violation { code: 1002, reason: reason.to_owned() }
+        Violation { code: CloseCode::Protocol, reason: reason.to_owned() }
     }
 
     pub fn too_big(max: usize) -> Violation {
-        Violation { code: 1009, reason: format!("message larger than {max} bytes") }
+        Violation { code: CloseCode::TooBig, reason: format!("message larger than {max} bytes") }
     }
 
     pub fn bad_utf8() -> Violation {
-        Violation { code: 1007, reason: "text message is not valid UTF-8".to_owned() }
+        Violation {
+            code: CloseCode::InvalidData,
+            reason: "text message is not valid UTF-8".to_owned(),
+        }
     }
 }
 
@@ -95,6 +98,11 @@ struct Header {
 impl Decoder {
     pub fn new(max_payload: usize) -> Decoder {
         Decoder { held: Vec::new(), max_payload }
+    }
+
+    /// Bytes held for an unfinished frame (its allocation).
+    pub fn held_bytes(&self) -> usize {
+        self.held.capacity()
     }
 
     /// Decodes the frames in `fresh` (just read; the decoder may unmask it in place), preceded
@@ -208,7 +216,7 @@ fn check_close(payload: &[u8]) -> Result<(), Violation> {
                 return Err(Violation::bad_utf8());
             }
             let code = u16::from_be_bytes([*hi, *lo]);
-            if !CloseCode::from(code).is_allowed() {
+            if !fastwebsockets::CloseCode::from(code).is_allowed() {
                 return Err(Violation::protocol(&format!("close code {code} may not be sent")));
             }
             Ok(())
@@ -283,7 +291,7 @@ mod tests {
         ];
         for (wire, code) in cases {
             let got = decode_all(&mut Decoder::new(1024), &wire);
-            assert_eq!(got.map_err(|v| v.code), Err(code), "{wire:x?}");
+            assert_eq!(got.map_err(|v| v.code.code()), Err(code), "{wire:x?}");
         }
     }
 
@@ -291,7 +299,7 @@ mod tests {
     fn a_too_large_frame_is_refused_from_its_header_alone() {
         let wire = frame(0x81, &[b' '; 70_000]);
         let got = decode_all(&mut Decoder::new(65_536), &wire[..10]);
-        assert_eq!(got.map_err(|v| v.code), Err(1009));
+        assert_eq!(got.map_err(|v| v.code), Err(CloseCode::TooBig));
     }
 
     #[test]

@@ -18,12 +18,15 @@
 
 pub mod backpressure;
 pub mod channels;
+pub mod close;
 pub mod config;
 pub mod conn;
 pub mod fanout;
 pub mod frame;
+pub mod health;
 pub mod http;
 pub mod inbound;
+pub mod limits;
 pub mod listener;
 pub mod market;
 pub mod memory;
@@ -50,6 +53,8 @@ pub use metrics::Stats;
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
+    /// What the open-file limit allows, as a line for the operator.
+    capacity: String,
     symbols: Arc<SymbolTable>,
     stats: Arc<Stats>,
     /// Stops the listener and the workers.
@@ -78,12 +83,24 @@ impl Gateway {
         };
         let market = Arc::new(market::Market::new(symbols.clone(), window, opened.epoch));
         stats.market.set(market.clone()).expect("set once, here");
-        let socket = std::net::TcpListener::bind(cfg.listen).with_context(|| {
+        let socket = listener::bind(cfg.listen).with_context(|| {
             format!("cannot listen on {}: is another tickfan running? choose another address with --listen", cfg.listen)
         })?;
         let addr = socket.local_addr()?;
         let cancel = CancellationToken::new();
-        let conn_limit = conn::ConnLimit::new(cfg.max_connections);
+        let (max_sockets, capacity) =
+            limits::raise_open_files(cfg.max_connections).map_err(anyhow::Error::msg)?;
+        let door = limits::Door::new(limits::DoorLimits {
+            max_sockets,
+            max_handshakes: cfg.max_handshakes,
+            max_per_ip: cfg.max_connections_per_ip,
+            max_new_per_ip: cfg.max_new_connections_per_ip,
+            new_window: std::time::Duration::from_secs_f64(cfg.new_connections_window),
+            trusted_proxies: cfg.trust_proxy.clone(),
+        });
+        let inbound = Arc::new(limits::InboundBudget::new(cfg.max_inbound_bytes));
+        stats.door.set(door.clone()).expect("set once, here");
+        stats.inbound.set(inbound.clone()).expect("set once, here");
 
         let mut rings = Vec::new();
         let mut inboxes = Vec::new();
@@ -98,24 +115,40 @@ impl Gateway {
                 cfg: cfg.clone(),
                 stats: stats.clone(),
                 market: market.clone(),
-                conn_limit: conn_limit.clone(),
+                door: door.clone(),
+                inbound: inbound.clone(),
                 cancel: cancel.clone(),
             })?);
             rings.push(ring);
             inboxes.push(tx);
         }
         stats.rings.set(rings.clone()).expect("set once, here");
-        let listener = listener::Listener::new(socket, inboxes, cancel.clone()).spawn()?;
+        let mut listener =
+            listener::Listener::new(socket, inboxes, door, stats.clone(), cancel.clone());
+        listener.inject_panic = cfg.inject_panic == Some(config::PanicSite::Listener);
+        let listener = listener.spawn()?;
         let stop_feed = Arc::new(AtomicBool::new(false));
         let producer = {
             let publisher = source::Publisher::new(market.clone(), rings, stats.clone());
             let (run, stop) = (opened.run, stop_feed.clone());
-            std::thread::Builder::new()
-                .name("tickfan-feed".into())
-                .spawn(move || run(publisher, &stop))?
+            let (stats, inject) = (stats.clone(), cfg.inject_panic);
+            std::thread::Builder::new().name("tickfan-feed".into()).spawn(move || {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if inject == Some(config::PanicSite::Feed) {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        panic!("injected panic in the feed thread (--inject-panic feed)");
+                    }
+                    run(publisher, &stop)
+                }));
+                if let Err(panic) = ran {
+                    let msg = health::panic_message(&*panic);
+                    stats.health.fail(format!("the feed thread panicked: {msg}"));
+                }
+            })?
         };
         Ok(Gateway {
             addr,
+            capacity,
             symbols,
             stats,
             cancel,
@@ -130,6 +163,11 @@ impl Gateway {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many connections the gateway takes, and the open-file limit behind that.
+    pub fn capacity(&self) -> &str {
+        &self.capacity
     }
 
     pub fn symbols(&self) -> &Arc<SymbolTable> {
@@ -153,10 +191,14 @@ impl Gateway {
         }
         self.cancel.cancel();
         if let Some(l) = self.listener.take() {
-            let _ = l.join();
+            if l.join().is_err() {
+                tracing::error!("the listener thread panicked");
+            }
         }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
+        for (i, w) in self.workers.drain(..).enumerate() {
+            if w.join().is_err() {
+                tracing::error!("worker {i}'s thread panicked");
+            }
         }
     }
 }

@@ -1,12 +1,40 @@
-//! Accepts TCP connections and hands them to the fan-out workers, round-robin. The listener
-//! does no I/O on the sockets: handshakes happen on the worker that will own the connection.
+//! Accepts TCP connections, admits them at the [`Door`] and hands them to the fan-out
+//! workers, round-robin. The listener does no I/O on admitted sockets: handshakes happen on the
+//! worker that will own the connection. A socket turned away gets its short HTTP answer (503 or
+//! 429) from here, without reaching a worker.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
+
+use crate::limits::{Door, Refusal, SocketPermit};
+use crate::metrics::Stats;
+
+/// Refused sockets being answered at once, at most; beyond, a refused socket is just closed
+/// (a flood gets no more of the listener's time than this).
+const MAX_ANSWERING: usize = 256;
+/// How long a refused socket is given to send its request before it is answered anyway.
+const ANSWER_WAIT: Duration = Duration::from_millis(500);
+
+/// Connections the kernel keeps waiting for `accept`: room for thousands of clients reconnecting
+/// at once after a restart (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// Binds the listening socket (address reuse on, so a restarted gateway binds at once).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
 
 /// The accept loop and where accepted sockets go.
 #[derive(Debug)]
@@ -14,17 +42,23 @@ pub struct Listener {
     /// Bound listening socket (bound before the thread starts so the address is known).
     socket: std::net::TcpListener,
     /// One inbox per worker.
-    workers: Vec<UnboundedSender<std::net::TcpStream>>,
+    workers: Vec<UnboundedSender<(std::net::TcpStream, SocketPermit)>>,
+    door: Arc<Door>,
+    stats: Arc<Stats>,
     cancel: CancellationToken,
+    /// `--inject-panic listener`.
+    pub inject_panic: bool,
 }
 
 impl Listener {
     pub fn new(
         socket: std::net::TcpListener,
-        workers: Vec<UnboundedSender<std::net::TcpStream>>,
+        workers: Vec<UnboundedSender<(std::net::TcpStream, SocketPermit)>>,
+        door: Arc<Door>,
+        stats: Arc<Stats>,
         cancel: CancellationToken,
     ) -> Listener {
-        Listener { socket, workers, cancel }
+        Listener { socket, workers, door, stats, cancel, inject_panic: false }
     }
 
     /// Runs the accept loop on its own thread until cancelled.
@@ -34,7 +68,14 @@ impl Listener {
                 Ok(rt) => rt,
                 Err(e) => return tracing::error!(error = %e, "cannot start listener runtime"),
             };
-            rt.block_on(self.run());
+            let health = self.stats.clone();
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(self.run());
+            }));
+            if let Err(panic) = ran {
+                let msg = crate::health::panic_message(&*panic);
+                health.health.fail(format!("the listener panicked: {msg}"));
+            }
         })
     }
 
@@ -49,16 +90,34 @@ impl Listener {
         };
         let mut next = 0;
         let mut backoff = Duration::from_millis(5);
+        let answering = Arc::new(AtomicUsize::new(0));
+        let mut beat = tokio::time::interval(crate::health::BEAT);
         loop {
             let accepted = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return,
+                _ = beat.tick() => {
+                    self.stats.health.beat(crate::health::Beater::Listener);
+                    continue;
+                }
                 accepted = listener.accept() => accepted,
             };
-            match accepted.and_then(|(stream, _)| stream.into_std()) {
-                Ok(stream) => {
+            if self.inject_panic {
+                panic!("injected panic in the listener (--inject-panic listener)");
+            }
+            match accepted {
+                Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
-                    if self.workers[next].send(stream).is_err() {
+                    let permit = match self.door.admit(peer.ip(), Instant::now()) {
+                        Ok(permit) => permit,
+                        Err(why) => {
+                            self.stats.refused(why);
+                            turn_away(stream, why, &answering);
+                            continue;
+                        }
+                    };
+                    let Ok(stream) = stream.into_std() else { continue };
+                    if self.workers[next].send((stream, permit)).is_err() {
                         return; // workers are gone: shutting down
                     }
                     next = (next + 1) % self.workers.len();
@@ -72,4 +131,31 @@ impl Listener {
             }
         }
     }
+}
+
+/// Answers a refused socket with its HTTP status and closes it: after its request arrived (read
+/// and discarded, so that the close is a FIN the client reads the answer before, not a reset),
+/// or after [`ANSWER_WAIT`]. With [`MAX_ANSWERING`] refusals already being answered, closes at
+/// once.
+fn turn_away(stream: TcpStream, why: Refusal, answering: &Arc<AtomicUsize>) {
+    if answering.fetch_add(1, Ordering::AcqRel) >= MAX_ANSWERING {
+        answering.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let answering = answering.clone();
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let mut request = [0u8; 2048];
+        let _ = tokio::time::timeout(ANSWER_WAIT, stream.read(&mut request)).await;
+        let (status, text) = why.answer();
+        let reason = if status == 429 { "Too Many Requests" } else { "Service Unavailable" };
+        let answer = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\nretry-after: 5\r\nconnection: close\r\n\r\n{text}\n",
+            text.len() + 1
+        );
+        let _ = tokio::time::timeout(ANSWER_WAIT, stream.write_all(answer.as_bytes())).await;
+        let _ = stream.shutdown().await;
+        answering.fetch_sub(1, Ordering::AcqRel);
+    });
 }

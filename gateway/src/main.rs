@@ -26,11 +26,12 @@ fn main() -> ExitCode {
         .with(filter)
         .init();
 
+    abort_on_panic();
     if let Err(msg) = cfg.validate() {
         eprintln!("tickfan: {msg}");
         return ExitCode::from(2);
     }
-    let files = raise_open_files_limit();
+
     let workers = cfg.worker_count();
     let feed = match &cfg.source {
         gateway::source::SourceSpec::Embedded => format!("embedded feed, {} ticks/s", cfg.rate),
@@ -54,9 +55,12 @@ fn main() -> ExitCode {
     println!("  dashboard  http://{addr}/dashboard      (open in a browser)");
     println!("  metrics    http://{addr}/metrics        (Prometheus)");
     println!("  health     http://{addr}/healthz  http://{addr}/readyz   stop with Ctrl-C");
-    println!("  open files {files}");
+    println!("  capacity   {}", gateway.capacity());
 
-    let fatal = match wait_for_signal_or(|| gateway.stats().feed.fatal.get().cloned()) {
+    let stats = gateway.stats().clone();
+    let fatal =
+        || stats.feed.fatal.get().cloned().or_else(|| stats.health.failure().map(str::to_owned));
+    let fatal = match wait_for_signal_or(fatal) {
         Ok(fatal) => fatal,
         Err(e) => {
             eprintln!("tickfan: cannot wait for signals: {e}");
@@ -74,17 +78,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Every connection is a file descriptor: raises the soft open-files limit to the hard one
-/// (the most an unprivileged process may have), and says what it is.
-fn raise_open_files_limit() -> String {
-    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft);
-    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
-        (Ok(before), Ok(now)) if now > before => {
-            format!("up to {now} (soft limit raised from {before}): about that many connections")
-        }
-        (_, Ok(now)) => format!("up to {now}: about that many connections"),
-        (_, Err(e)) => format!("limit unknown ({e})"),
-    }
+/// A panic anywhere takes the process down at once (after the usual message, and a log line),
+/// rather than leave a gateway half alive: tokio would catch a panic in a task and let the rest
+/// run, a connection's socket and slot leaked, or a worker's clients left without data while
+/// pings keep them connected. The supervisor (systemd, Kubernetes, Docker) restarts it, and
+/// clients resume on the new process.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!("{info}; aborting");
+        eprintln!("tickfan: a panic is a bug; aborting the process so that it is restarted");
+        std::process::abort();
+    }));
 }
 
 /// Blocks until SIGINT or SIGTERM (`None`), or until `fatal` reports why the gateway cannot

@@ -16,6 +16,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tickfan_proto::{ChannelSpec, ErrorCode, Kind};
 
+use crate::close::CloseCode;
+use crate::limits::Refusal;
 use crate::ring::Ring;
 
 /// Why connections end: the `reason` label of `tickfan_connections_closed_total`.
@@ -84,26 +86,30 @@ impl CloseReason {
     }
 
     /// The reason of a close with RFC 6455 `code` sent for a client's fault.
-    pub fn for_code(code: u16) -> CloseReason {
+    pub fn for_code(code: CloseCode) -> CloseReason {
         match code {
-            1001 => CloseReason::GoingAway,
-            1002 => CloseReason::ProtocolError,
-            1007 => CloseReason::InvalidUtf8,
-            1008 => CloseReason::PolicyViolation,
-            1009 => CloseReason::MessageTooBig,
+            CloseCode::GoingAway => CloseReason::GoingAway,
+            CloseCode::Protocol => CloseReason::ProtocolError,
+            CloseCode::InvalidData => CloseReason::InvalidUtf8,
+            CloseCode::Policy => CloseReason::PolicyViolation,
+            CloseCode::TooBig => CloseReason::MessageTooBig,
             _ => CloseReason::Other,
         }
     }
 
     /// The close frame the shard sends for its own reasons.
-    pub fn close_frame(self) -> (u16, &'static str) {
+    pub fn close_frame(self) -> (CloseCode, &'static str) {
         match self {
-            CloseReason::GoingAway => (1001, "server shutting down"),
-            CloseReason::UnreadReplies => (1008, "too many unread replies: read your socket"),
-            CloseReason::SlowConsumer => (1008, "slow consumer"),
-            CloseReason::PingTimeout => (1008, "no pong to the server's pings: presumed dead"),
-            CloseReason::Idle => (1008, "idle: no subscription"),
-            _ => (1011, "server error"),
+            CloseReason::GoingAway => (CloseCode::GoingAway, "server shutting down"),
+            CloseReason::UnreadReplies => {
+                (CloseCode::Policy, "too many unread replies: read your socket")
+            }
+            CloseReason::SlowConsumer => (CloseCode::Policy, "slow consumer"),
+            CloseReason::PingTimeout => {
+                (CloseCode::Policy, "no pong to the server's pings: presumed dead")
+            }
+            CloseReason::Idle => (CloseCode::Policy, "idle: no subscription"),
+            _ => (CloseCode::Internal, "server error"),
         }
     }
 }
@@ -153,6 +159,14 @@ pub struct Stats {
     pub feed: crate::source::FeedHealth,
     /// The market, for the size of its resume window at scrape time (set once at start).
     pub market: OnceLock<Arc<crate::market::Market>>,
+    /// Sockets turned away, by reason (index in [`Refusal::ALL`]).
+    pub connections_refused: [AtomicU64; Refusal::ALL.len()],
+    /// The socket counts, for gauges at scrape time (set once at start).
+    pub door: OnceLock<Arc<crate::limits::Door>>,
+    /// Client input held over all connections (set once at start).
+    pub inbound: OnceLock<Arc<crate::limits::InboundBudget>>,
+    /// Whether every thread is alive (`/healthz`).
+    pub health: crate::health::Health,
 }
 
 /// One worker's per-connection queues, as last sampled.
@@ -185,6 +199,7 @@ impl Stats {
                 .map(|_| Mutex::new(latency_histogram()))
                 .collect(),
             queues: (0..workers.max(1)).map(|_| QueueSample::default()).collect(),
+            health: crate::health::Health::new(workers.max(1)),
             ..Stats::default()
         }
     }
@@ -231,6 +246,12 @@ impl Stats {
         for &(_, ok) in outcomes {
             Stats::add(&self.resumes[usize::from(!ok)], 1);
         }
+    }
+
+    /// Counts a socket or handshake turned away for `why`.
+    pub fn refused(&self, why: Refusal) {
+        let i = Refusal::ALL.iter().position(|&r| r == why).expect("ALL lists every refusal");
+        Stats::add(&self.connections_refused[i], 1);
     }
 
     /// Counts a connection ended for `reason`.
@@ -329,6 +350,13 @@ impl Collector for StatsCollector {
             "WebSocket connections ended, by reason.",
             "reason",
             CloseReason::ALL.iter().map(|r| r.as_str()).zip(&s.connections_closed),
+        )?;
+        labelled_counters(
+            &mut encoder,
+            "tickfan_connections_refused",
+            "Sockets and WebSocket handshakes turned away at the door, by reason.",
+            "reason",
+            Refusal::ALL.iter().map(|r| r.as_str()).zip(&s.connections_refused),
         )?;
         labelled_counters(
             &mut encoder,
@@ -450,6 +478,30 @@ impl Collector for StatsCollector {
                 None,
                 kept.metric_type(),
             )?)?;
+        }
+        let door = s.door.get().map(|d| [d.sockets(), d.handshakes()]).unwrap_or_default();
+        let inbound = s.inbound.get().map_or(0, |b| b.used());
+        let door_gauges = [
+            (
+                "tickfan_sockets",
+                "Client sockets open: WebSocket, plain HTTP and handshaking (bound: \
+                 --max-connections).",
+                door[0],
+            ),
+            (
+                "tickfan_handshaking_sockets",
+                "Client sockets not upgraded to WebSocket (bound: --max-handshakes).",
+                door[1],
+            ),
+            (
+                "tickfan_inbound_bytes",
+                "Client input held in memory over all connections (bound: --max-inbound-bytes).",
+                inbound,
+            ),
+        ];
+        for (name, help, value) in door_gauges {
+            let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
         encode_feed(&mut encoder, &s.feed)
     }

@@ -47,11 +47,11 @@ impl Io {
     /// it when writable after being full, and ends it when the shard stops it. Edge-triggered
     /// registration reports the socket's present state once, so input that arrived before this
     /// call is read too.
-    pub fn adopt(&self, key: ConnKey, live: Live) -> Result<(), (io::Error, Live)> {
+    pub fn adopt(&self, key: ConnKey, live: Live) -> Result<(), Box<(io::Error, Live)>> {
         let fd = live.fd();
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self.registry.register(&mut SourceFd(&fd), Token(key), interest) {
-            return Err((e, live));
+            return Err(Box::new((e, live)));
         }
         let mut table = self.live.borrow_mut();
         if table.len() <= key {

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backpressure::Budget;
 use crate::config::Config;
-use crate::conn::ConnLimit;
 use crate::fanout::Shard;
+use crate::limits::SocketPermit;
 use crate::market::Market;
 use crate::metrics::Stats;
 use crate::ring::Ring;
@@ -37,8 +37,10 @@ pub struct WorkerCtx {
     pub stats: Arc<Stats>,
     /// The feed's symbols.
     pub symbols: Arc<SymbolTable>,
-    /// Gateway-wide connection limit.
-    pub conn_limit: Arc<ConnLimit>,
+    /// Sockets in all and per client address (the handshake may charge a forwarded client).
+    pub door: Arc<crate::limits::Door>,
+    /// Client input held over all connections.
+    pub inbound: Arc<crate::limits::InboundBudget>,
     /// This worker's open connections as its readiness driver watches them.
     pub io: crate::readiness::Io,
 }
@@ -48,12 +50,13 @@ pub struct WorkerCtx {
 pub struct WorkerSetup {
     pub id: usize,
     pub ring: Arc<Ring>,
-    /// Accepted sockets handed over by the listener.
-    pub inbox: UnboundedReceiver<std::net::TcpStream>,
+    /// Accepted sockets handed over by the listener, each with its place at the door.
+    pub inbox: UnboundedReceiver<(std::net::TcpStream, SocketPermit)>,
     pub cfg: Arc<Config>,
     pub stats: Arc<Stats>,
     pub market: Arc<Market>,
-    pub conn_limit: Arc<ConnLimit>,
+    pub door: Arc<crate::limits::Door>,
+    pub inbound: Arc<crate::limits::InboundBudget>,
     pub cancel: CancellationToken,
 }
 
@@ -69,7 +72,7 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<JoinHandle<()>> {
 }
 
 async fn run(setup: WorkerSetup) {
-    let WorkerSetup { id, ring, mut inbox, cfg, stats, market, conn_limit, cancel } = setup;
+    let WorkerSetup { id, ring, mut inbox, cfg, stats, market, door, inbound, cancel } = setup;
     let symbols = market.symbols().clone();
     let budget = Budget::new(cfg.max_queued_bytes / cfg.worker_count());
     let shard = Shard::new(market, stats.clone(), cfg.slow_consumer, budget);
@@ -78,38 +81,81 @@ async fn run(setup: WorkerSetup) {
         Err(e) => return tracing::error!(error = %e, "cannot create the worker's epoll set"),
     };
     let shard = RefCell::new(shard);
-    let ctx = Rc::new(WorkerCtx { shard, cfg, stats, symbols, conn_limit, io });
+    let ctx = Rc::new(WorkerCtx { shard, cfg, stats, symbols, door, inbound, io });
     let driver = tokio::task::spawn_local(crate::readiness::drive(ctx.clone(), poll));
     let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), id, ring, cancel.clone()));
     let stats_task = tokio::task::spawn_local(publish_stats(ctx.clone(), id, cancel.clone()));
     let liveness_task = tokio::task::spawn_local(liveness(ctx.clone(), cancel.clone()));
     let feed_task = tokio::task::spawn_local(feed_status(ctx.clone(), cancel.clone()));
+    let mut beat = tokio::time::interval(crate::health::BEAT);
+    let health = &ctx.stats.health;
+    // A critical task that ends before shutdown (a panic, which tokio catches in the task)
+    // leaves the worker unable to serve its connections: the gateway is marked failed, not left
+    // half alive, and this loop goes on only to answer `/healthz` with why.
+    let mut critical = [("fan-out", Some(fanout)), ("readiness driver", Some(driver))];
     loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
+            _ = beat.tick() => health.beat(crate::health::Beater::Worker(id)),
+            (task, done) = ended(&mut critical) => {
+                let why = match done {
+                    Err(e) if e.is_panic() => {
+                        let panic = e.into_panic();
+                        format!("panicked: {}", crate::health::panic_message(&*panic))
+                    }
+                    _ => "ended".to_owned(),
+                };
+                health.fail(format!("worker {id}'s {task} task {why}"));
+            }
             accepted = inbox.recv() => match accepted {
-                Some(stream) => { tokio::task::spawn_local(crate::http::serve(ctx.clone(), stream)); }
+                Some((stream, permit)) => {
+                    tokio::task::spawn_local(crate::http::serve(ctx.clone(), stream, permit));
+                }
                 None => break,
             },
         }
     }
+    let [(_, fanout), (_, driver)] = critical;
     // Shutdown: deliver what the ring still holds, then close everyone with 1001 after their
     // queued data, and give them a bounded time to flush.
-    let _ = fanout.await;
+    if let Some(fanout) = fanout {
+        let _ = fanout.await;
+    }
     stats_task.abort();
     liveness_task.abort();
     feed_task.abort();
-    ctx.shard.borrow_mut().close_all(1001, "server shutting down");
+    ctx.shard.borrow_mut().close_all(crate::close::CloseCode::GoingAway, "server shutting down");
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while !ctx.shard.borrow().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
-    driver.abort();
+    if let Some(driver) = driver {
+        driver.abort();
+    }
     ctx.io.clear();
     tracing::debug!(worker = id, "worker stopped");
+}
+
+/// The first of `tasks` to end, with its name; that one is taken out (never again awaited).
+async fn ended(
+    tasks: &mut [(&'static str, Option<tokio::task::JoinHandle<()>>)],
+) -> (&'static str, Result<(), tokio::task::JoinError>) {
+    use std::future::Future;
+    std::future::poll_fn(|cx| {
+        for (name, task) in tasks.iter_mut() {
+            if let Some(handle) = task {
+                if let std::task::Poll::Ready(done) = std::pin::Pin::new(handle).poll(cx) {
+                    *task = None;
+                    return std::task::Poll::Ready((*name, done));
+                }
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Pings every connection each `--ping-interval`, closing those that stopped answering, and
@@ -280,6 +326,9 @@ async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: Cancell
                     let Some(frame) = ring.pop() else { break };
                     batch_ts.push(frame.ts);
                     shard.deliver(&frame);
+                }
+                if ctx.cfg.inject_panic == Some(crate::config::PanicSite::Fanout) {
+                    panic!("injected panic in worker {id}'s fan-out (--inject-panic fanout)");
                 }
                 let window = hold.current();
                 if stopping || window.is_zero() || deadline.is_some_and(|d| started >= d) {

@@ -126,7 +126,12 @@ impl Client {
 
     /// Next message, or `None` on timeout or when the connection ended without a close frame.
     pub async fn try_recv(&mut self, timeout: Duration) -> Option<Msg> {
-        let frame = tokio::time::timeout(timeout, self.ws.read_frame()).await.ok()?.ok()?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut frame = tokio::time::timeout_at(deadline, self.ws.read_frame()).await.ok()?.ok()?;
+        // Pongs answer the test's own pings: not messages.
+        while frame.opcode == OpCode::Pong {
+            frame = tokio::time::timeout_at(deadline, self.ws.read_frame()).await.ok()?.ok()?;
+        }
         match frame.opcode {
             OpCode::Text => {
                 let raw = frame.payload.to_vec();

@@ -1,0 +1,280 @@
+//! Limits at the door and on client input, against a live gateway: exceeding each one gives
+//! its documented HTTP status or close code, is counted in `/metrics`, and leaves other
+//! clients unharmed (docs/operations.md, "Limits").
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::json;
+use support::{http_get, start_gateway_with, Client, SeqCheck};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.x).
+async fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.parse::<IpAddr>().unwrap(), 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// A WebSocket handshake on `/ws` from `from` with extra header lines; the status code and,
+/// when it upgraded, the open socket.
+async fn handshake_from(from: &str, addr: SocketAddr, headers: &str) -> (u16, TcpStream, String) {
+    let mut s = connect_from(from, addr).await;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, s, head)
+}
+
+/// The response head (up to the blank line), and for a refusal its body too; "" if the server
+/// closed without answering.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.expect("an answer in time");
+    if !head.starts_with(b"HTTP/1.1 101") {
+        let mut body = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut body)).await;
+        head.extend(body);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// The value of one exact series line of `/metrics`.
+async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let body = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+/// A client on 127.0.0.1 subscribed to every trade, reading for `secs` in the background.
+async fn bystander(addr: SocketAddr, secs: u64) -> tokio::task::JoinHandle<SeqCheck> {
+    let mut c = Client::connect(addr, "/ws").await;
+    let reply = c.request(json!({"op":"subscribe","id":1,"channels":["trades.*"]})).await;
+    assert_eq!(reply["op"], "subscribed");
+    tokio::spawn(c.seq_check_for(Duration::from_secs(secs)))
+}
+
+fn assert_unharmed(seq: &SeqCheck) {
+    assert!(seq.messages > 100, "the bystander received little: {}", seq.messages);
+    assert_eq!((seq.undeclared_gaps, seq.declared_gaps), (0, 0), "the bystander was harmed");
+}
+
+#[tokio::test]
+async fn connections_per_address_are_bounded_and_other_addresses_unaffected() {
+    let gw = start_gateway_with(|c| c.max_connections_per_ip = 3);
+    let addr = gw.local_addr();
+    let watching = bystander(addr, 2).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (status, s, head) = handshake_from("127.0.0.2", addr, "").await;
+        assert_eq!(status, 101, "{head}");
+        open.push(s);
+    }
+    let (status, _, head) = handshake_from("127.0.0.2", addr, "").await;
+    assert_eq!(status, 429, "{head}");
+    assert!(head.contains("too many connections from your address"), "{head}");
+    let (status, _s, head) = handshake_from("127.0.0.3", addr, "").await;
+    assert_eq!(status, 101, "another address is not limited: {head}");
+    // A closed socket gives its place back.
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _s2, head) = handshake_from("127.0.0.2", addr, "").await;
+    assert_eq!(status, 101, "{head}");
+    assert_eq!(metric(addr, "tickfan_connections_refused_total{reason=\"per_ip\"}").await, 1.0);
+    assert_unharmed(&watching.await.unwrap());
+}
+
+#[tokio::test]
+async fn new_connections_per_address_are_bounded_per_window() {
+    let gw = start_gateway_with(|c| {
+        c.max_new_connections_per_ip = 4;
+        c.new_connections_window = 60.0;
+    });
+    let addr = gw.local_addr();
+    for _ in 0..4 {
+        let (status, s, head) = handshake_from("127.0.0.4", addr, "").await;
+        assert_eq!(status, 101, "{head}");
+        drop(s); // closing does not give the arrival back
+    }
+    let (status, _, head) = handshake_from("127.0.0.4", addr, "").await;
+    assert_eq!(status, 429, "{head}");
+    assert!(head.contains("slow down"), "{head}");
+    let (status, _, _) = handshake_from("127.0.0.5", addr, "").await;
+    assert_eq!(status, 101);
+    assert_eq!(
+        metric(addr, "tickfan_connections_refused_total{reason=\"per_ip_rate\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn sockets_in_all_are_bounded_handshakes_included() {
+    let gw = start_gateway_with(|c| c.max_connections = 4);
+    let addr = gw.local_addr();
+    let (status, _ws, _) = handshake_from("127.0.0.1", addr, "").await;
+    assert_eq!(status, 101);
+    // Three sockets that never send a request still count.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(connect_from("127.0.0.6", addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, head) = handshake_from("127.0.0.7", addr, "").await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("connection limit reached"), "{head}");
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, head) = handshake_from("127.0.0.7", addr, "").await;
+    assert_eq!(status, 101, "{head}");
+}
+
+#[tokio::test]
+async fn handshakes_are_bounded_apart_from_upgraded_connections() {
+    let gw = start_gateway_with(|c| c.max_handshakes = 2);
+    let addr = gw.local_addr();
+    // Upgraded connections do not count as handshakes.
+    let mut upgraded = Vec::new();
+    for _ in 0..3 {
+        let (status, s, _) = handshake_from("127.0.0.1", addr, "").await;
+        assert_eq!(status, 101);
+        upgraded.push(s);
+    }
+    let silent = [connect_from("127.0.0.8", addr).await, connect_from("127.0.0.8", addr).await];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, head) = handshake_from("127.0.0.9", addr, "").await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("too many handshakes"), "{head}");
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = "tickfan_connections_refused_total{reason=\"max_handshakes\"}";
+    assert_eq!(metric(addr, refused).await, 1.0);
+    // This scrape is the one socket handshaking now.
+    assert_eq!(metric(addr, "tickfan_handshaking_sockets").await, 1.0);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_bounded() {
+    let gw = start_gateway_with(|c| {
+        c.max_connections_per_ip = 2;
+        c.trust_proxy = vec!["127.0.0.10".parse().unwrap()];
+    });
+    let addr = gw.local_addr();
+    let forwarded = "X-Forwarded-For: 6.6.6.6, 203.0.113.7\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (status, s, head) = handshake_from("127.0.0.10", addr, forwarded).await;
+        assert_eq!(status, 101, "{head}");
+        open.push(s);
+    }
+    let (status, _, head) = handshake_from("127.0.0.10", addr, forwarded).await;
+    assert_eq!(status, 429, "the same forwarded client: {head}");
+    let other = "X-Forwarded-For: 6.6.6.6, 203.0.113.8\r\n";
+    let (status, _s, head) = handshake_from("127.0.0.10", addr, other).await;
+    assert_eq!(status, 101, "another forwarded client: {head}");
+    // An untrusted peer's X-Forwarded-For is ignored: its own address counts.
+    for _ in 0..2 {
+        let (status, s, _) = handshake_from("127.0.0.11", addr, other).await;
+        assert_eq!(status, 101);
+        open.push(s);
+    }
+    let (status, _, _) = handshake_from("127.0.0.11", addr, "X-Forwarded-For: 1.1.1.1\r\n").await;
+    assert_eq!(status, 429);
+}
+
+/// A flood of half-open sockets from one address: refused beyond its bound, while `/healthz`
+/// answers, other addresses connect and subscribers keep their data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_half_open_sockets_leaves_the_gateway_serving_others() {
+    const FLOOD: usize = 5_000;
+    let gw = start_gateway_with(|c| {
+        c.max_connections_per_ip = 100;
+        c.handshake_timeout = 30.0;
+    });
+    let addr = gw.local_addr();
+    let watching = bystander(addr, 4).await;
+    let started = std::time::Instant::now();
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        flood.push(connect_from("127.0.0.12", addr).await);
+    }
+    let connected = started.elapsed();
+    let health = http_get(addr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
+    let (status, _s, head) = handshake_from("127.0.0.13", addr, "").await;
+    assert_eq!(status, 101, "another address during the flood: {head}");
+    assert_unharmed(&watching.await.unwrap());
+    let refused = metric(addr, "tickfan_connections_refused_total{reason=\"per_ip\"}").await;
+    assert!(refused >= (FLOOD - 100) as f64, "refused {refused}");
+    println!("{FLOOD} half-open sockets in {connected:?}; {refused} refused per address");
+    drop(flood);
+}
+
+#[tokio::test]
+async fn client_input_held_over_all_connections_is_bounded() {
+    let gw = start_gateway_with(|c| c.max_inbound_bytes = 100_000);
+    let addr = gw.local_addr();
+    // Two clients each start a 60,000-byte frame and send 50,000 bytes of it: the second
+    // would take the input held beyond the bound.
+    let header = |len: u64| {
+        let mut h = vec![0x81, 0x80 | 127];
+        h.extend_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(&[0, 0, 0, 0]); // mask key 0: the payload goes as it is
+        h
+    };
+    let mut first = support::raw_handshake(addr).await;
+    first.write_all(&header(60_000)).await.unwrap();
+    first.write_all(&[b' '; 50_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = support::raw_handshake(addr).await;
+    second.write_all(&header(60_000)).await.unwrap();
+    second.write_all(&[b' '; 50_000]).await.unwrap();
+    let mut wire = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut wire)).await;
+    assert!(wire.len() >= 4 && wire[0] == 0x88, "a close frame: {wire:?}");
+    assert_eq!(u16::from_be_bytes([wire[2], wire[3]]), 1013);
+    // The first finishes its frame and is answered (its message is too large to be a request).
+    first.write_all(&[b' '; 10_000]).await.unwrap();
+    // (A server ping may come first: read until the reply.)
+    let mut got = Vec::new();
+    let reply = async {
+        while !String::from_utf8_lossy(&got).contains("message_too_large") {
+            let mut buf = [0u8; 512];
+            let n = first.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {got:x?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), reply).await.expect("the first is answered");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(metric(addr, "tickfan_inbound_bytes").await, 0.0);
+}
+
+#[test]
+fn a_connection_bound_beyond_the_open_file_limit_is_a_startup_error_saying_how() {
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    if hard == rlimit::INFINITY {
+        return eprintln!("SKIPPED: no hard open-file limit here");
+    }
+    let mut cfg = gateway::Config::for_tests();
+    cfg.max_connections = hard as usize;
+    let err = gateway::Gateway::start(cfg).unwrap_err().to_string();
+    assert!(err.contains("ulimit -Hn") && err.contains("lower --max-connections"), "{err}");
+}
