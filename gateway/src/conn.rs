@@ -87,6 +87,14 @@ pub async fn run(
     };
     let _ = sock.set_nodelay(true);
     let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes);
+    if ctx.cfg.max_connection_age > 0.0 {
+        let max_age = Duration::from_secs_f64(ctx.cfg.max_connection_age);
+        let spread = (unix_now_ns() % 1_000_003) as f64 / 1_000_003.0;
+        let mut shard = ctx.shard.borrow_mut();
+        for (at, due) in crate::deadlines::age_deadlines(Instant::now(), max_age, spread) {
+            shard.schedule(key, at, due);
+        }
+    }
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     Stats::add(&ctx.stats.connections_opened, 1);
 

@@ -24,6 +24,7 @@ use crate::backpressure::{gap_notice, Budget, Flushed, Offer, Outbound, TryWrite
 use crate::channels::{ConnKey, ConnSubscriptions, SubscriptionIndex};
 use crate::close::CloseCode;
 use crate::config::{Policies, Policy};
+use crate::deadlines::{Deadlines, Due};
 use crate::frame::{self, Frame, Opcode};
 use crate::market::{Market, Replay};
 use crate::metrics::{CloseReason, Stats};
@@ -56,12 +57,15 @@ pub struct Conn {
     idle_since: Option<Instant>,
     /// Why the shard closed it, when it did (slow consumer, dead peer, idle, shutdown).
     closed_for: Option<CloseReason>,
+    /// Tells it from a later connection with the same key (for [`Deadlines`]).
+    serial: u32,
 }
 
 impl Conn {
-    fn new(sock: Rc<dyn TryWrite>, out: Outbound) -> Conn {
+    fn new(sock: Rc<dyn TryWrite>, out: Outbound, serial: u32) -> Conn {
         Conn {
             out,
+            serial,
             subs: ConnSubscriptions::default(),
             stats_seq: None,
             unanswered_pings: 0,
@@ -165,6 +169,10 @@ pub struct Shard {
     tally: Tally,
     /// Whether this shard's connections were last told that the feed is stale.
     feed_stale: bool,
+    /// Timed events of connections (maximum age, credentials' expiry).
+    deadlines: Deadlines,
+    /// The serial of the next connection opened.
+    next_serial: u32,
 }
 
 /// `{"op":"status","feed":"stale"}` or `…"live"}`: the feed's state, as exchanges announce it
@@ -213,6 +221,8 @@ impl Shard {
             stats,
             tally: Tally::default(),
             feed_stale: false,
+            deadlines: Deadlines::default(),
+            next_serial: 0,
         }
     }
 
@@ -228,7 +238,37 @@ impl Shard {
     /// shard's budget.
     pub fn open(&mut self, sock: Rc<dyn TryWrite>, queue_limit: usize) -> ConnKey {
         let out = Outbound::new(queue_limit, self.budget.clone());
-        self.conns.insert(Conn::new(sock, out))
+        self.next_serial = self.next_serial.wrapping_add(1);
+        self.conns.insert(Conn::new(sock, out, self.next_serial))
+    }
+
+    /// Schedules `due` for connection `key` at `at`.
+    pub fn schedule(&mut self, key: ConnKey, at: Instant, due: Due) {
+        if let Some(conn) = self.conns.get(key) {
+            self.deadlines.schedule(at, key, conn.serial, due);
+        }
+    }
+
+    /// Carries out the events due by `now`: the age notice, the closes at the maximum age and
+    /// at the credentials' expiry.
+    pub fn run_deadlines(&mut self, now: Instant) {
+        while let Some((key, serial, due)) = self.deadlines.pop_due(now) {
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.serial == serial) else {
+                continue;
+            };
+            if conn.out.is_closing() || conn.dead {
+                continue;
+            }
+            match due {
+                Due::AgeNotice { in_ms } => {
+                    let notice =
+                        format!(r#"{{"op":"shutdown","in_ms":{in_ms},"reason":"max_age"}}"#);
+                    self.send_json(key, notice.as_bytes());
+                }
+                Due::MaxAge => self.close_for(key, CloseReason::MaxAge),
+                Due::Expired => self.close_for(key, CloseReason::Expired),
+            }
+        }
     }
 
     /// Unsubscribes and forgets a connection.

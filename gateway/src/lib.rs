@@ -21,6 +21,7 @@ pub mod channels;
 pub mod close;
 pub mod config;
 pub mod conn;
+pub mod deadlines;
 pub mod fanout;
 pub mod frame;
 pub mod health;

@@ -47,11 +47,15 @@ pub enum CloseReason {
     PingTimeout,
     /// 1008: no subscription for `--idle-timeout`.
     Idle,
+    /// 1001: `--max-connection-age` reached.
+    MaxAge,
+    /// 1008: the credentials the connection was opened with expired.
+    Expired,
     Other,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::ClientClose,
         CloseReason::PeerGone,
         CloseReason::ServerStopped,
@@ -64,6 +68,8 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::PingTimeout,
         CloseReason::Idle,
+        CloseReason::MaxAge,
+        CloseReason::Expired,
         CloseReason::Other,
     ];
 
@@ -81,6 +87,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::Idle => "idle",
+            CloseReason::MaxAge => "max_age",
+            CloseReason::Expired => "expired",
             CloseReason::Other => "other",
         }
     }
@@ -109,6 +117,8 @@ impl CloseReason {
                 (CloseCode::Policy, "no pong to the server's pings: presumed dead")
             }
             CloseReason::Idle => (CloseCode::Policy, "idle: no subscription"),
+            CloseReason::MaxAge => (CloseCode::GoingAway, "maximum connection age: reconnect"),
+            CloseReason::Expired => (CloseCode::Policy, "credentials expired"),
             _ => (CloseCode::Internal, "server error"),
         }
     }

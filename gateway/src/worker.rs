@@ -87,6 +87,7 @@ async fn run(setup: WorkerSetup) {
     let stats_task = tokio::task::spawn_local(publish_stats(ctx.clone(), id, cancel.clone()));
     let liveness_task = tokio::task::spawn_local(liveness(ctx.clone(), cancel.clone()));
     let feed_task = tokio::task::spawn_local(feed_status(ctx.clone(), cancel.clone()));
+    let deadlines_task = tokio::task::spawn_local(deadlines(ctx.clone(), cancel.clone()));
     let mut beat = tokio::time::interval(crate::health::BEAT);
     let health = &ctx.stats.health;
     // A critical task that ends before shutdown (a panic, which tokio catches in the task)
@@ -125,6 +126,7 @@ async fn run(setup: WorkerSetup) {
     stats_task.abort();
     liveness_task.abort();
     feed_task.abort();
+    deadlines_task.abort();
     ctx.shard.borrow_mut().close_all(crate::close::CloseCode::GoingAway, "server shutting down");
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while !ctx.shard.borrow().is_empty() {
@@ -187,6 +189,14 @@ async fn feed_status(ctx: Rc<WorkerCtx>, cancel: CancellationToken) {
     every(FEED_CHECK, &cancel, || {
         let stale = ctx.stats.feed.state(unix_now_ns()).is_stale();
         ctx.shard.borrow_mut().set_feed_stale(stale);
+    })
+    .await;
+}
+
+/// Carries out the connections' timed events (`deadlines`) as they fall due.
+async fn deadlines(ctx: Rc<WorkerCtx>, cancel: CancellationToken) {
+    every(crate::deadlines::TICK, &cancel, || {
+        ctx.shard.borrow_mut().run_deadlines(Instant::now());
     })
     .await;
 }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::json;
-use support::{http_get, start_gateway_with, Client, SeqCheck};
+use support::{http_get, start_gateway_with, Client, ObserveJson, SeqCheck};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -277,4 +277,33 @@ fn a_connection_bound_beyond_the_open_file_limit_is_a_startup_error_saying_how()
     cfg.max_connections = hard as usize;
     let err = gateway::Gateway::start(cfg).unwrap_err().to_string();
     assert!(err.contains("ulimit -Hn") && err.contains("lower --max-connections"), "{err}");
+}
+
+#[tokio::test]
+async fn a_connection_at_its_maximum_age_is_told_then_closed_with_1001() {
+    let gw = start_gateway_with(|c| c.max_connection_age = 2.0);
+    let addr = gw.local_addr();
+    let opened = std::time::Instant::now();
+    let mut c = Client::connect(addr, "/ws").await;
+    let reply = c.request(json!({"op":"subscribe","id":1,"channels":["trades.*"]})).await;
+    assert_eq!(reply["op"], "subscribed");
+    let mut seq = SeqCheck::default();
+    let notice = loop {
+        let v = c.recv_json().await;
+        if v["op"] == "shutdown" {
+            break v;
+        }
+        seq.observe_json(&v);
+    };
+    let told = opened.elapsed();
+    assert_eq!(notice["reason"], "max_age");
+    let in_ms = notice["in_ms"].as_u64().expect("in_ms");
+    // A tenth of the age, which is 2 s shortened by up to 5 %.
+    assert!((190..=200).contains(&in_ms), "{notice}");
+    let (code, reason) = c.expect_close().await;
+    let closed = opened.elapsed();
+    assert_eq!((code, reason.as_str()), (1001, "maximum connection age: reconnect"));
+    assert!(told < closed && closed >= Duration::from_millis(1800), "{told:?} {closed:?}");
+    assert!(seq.messages > 100 && seq.undeclared_gaps == 0, "{seq:?}");
+    assert_eq!(metric(addr, "tickfan_connections_closed_total{reason=\"max_age\"}").await, 1.0);
 }
