@@ -275,6 +275,43 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_IDLE_TIMEOUT", default_value_t = 120.0)]
     pub idle_timeout: f64,
 
+    /// A file of API keys that may connect, one per line: `KEY PATTERN[,PATTERN…]`, where a
+    /// pattern is `*`, `KIND.*`, `*.SYMBOL`, `KIND.SYMBOL` or `sys.stats` (`#` starts a
+    /// comment). With API keys or a JWT key configured, every WebSocket handshake must present
+    /// a credential (`Authorization: Bearer …` or `?token=…`).
+    #[arg(long, env = "TICKFAN_API_KEYS_FILE", value_name = "FILE")]
+    pub api_keys: Option<std::path::PathBuf>,
+
+    /// API keys given inline, in the format of --api-keys, lines separated by newlines or `;`
+    /// (usually through the environment, to keep them out of `ps`).
+    #[arg(long, env = "TICKFAN_API_KEYS", hide_env_values = true, value_name = "KEYS")]
+    pub api_keys_inline: Option<String>,
+
+    /// Accept JWTs signed with HS256 and this secret (at least 32 bytes). The token carries
+    /// `exp` and `channels` (a list of patterns as for --api-keys); the connection is closed
+    /// with 1008 when it expires.
+    #[arg(long, env = "TICKFAN_JWT_SECRET", hide_env_values = true, value_name = "SECRET")]
+    pub jwt_secret: Option<String>,
+
+    /// Accept JWTs signed with the private half of this public key (PEM: Ed25519 for EdDSA,
+    /// RSA for RS256).
+    #[arg(long, env = "TICKFAN_JWT_PUBLIC_KEY", value_name = "PEM_FILE")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Require this `iss` in JWTs.
+    #[arg(long, env = "TICKFAN_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Require this `aud` in JWTs.
+    #[arg(long, env = "TICKFAN_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Browser origins allowed to open WebSocket connections, comma-separated (e.g.
+    /// `https://app.example.com`); a handshake with another `Origin` header gets 403. Clients
+    /// that send no `Origin` (programs, not browsers) are not affected. Empty: any origin.
+    #[arg(long, env = "TICKFAN_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN,…")]
+    pub allowed_origins: Vec<String>,
+
     /// For tests of the gateway's fault handling: panic at this place (`fanout`: a worker's
     /// fan-out, at its first batch; `feed`: the feed thread, 0.3 s after start; `listener`: at
     /// the first accept; `request`: at the first client request).
@@ -358,7 +395,42 @@ impl Config {
         {
             return Err("--max-connection-age must be 0 (no maximum) or at least 1 second".into());
         }
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            return Err(
+                "give --jwt-secret (HS256) or --jwt-public-key (EdDSA, RS256), not both".into()
+            );
+        }
         Ok(())
+    }
+
+    /// The credentials clients must present, read from the files and values configured;
+    /// `None` when auth is off.
+    pub fn authenticator(&self) -> Result<Option<crate::auth::Authenticator>, String> {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+        };
+        let mut keys = None;
+        if let Some(path) = &self.api_keys {
+            let text = read("--api-keys", path)?;
+            keys = Some(String::from_utf8(text).map_err(|_| "--api-keys: not UTF-8 text")?);
+        }
+        if let Some(inline) = &self.api_keys_inline {
+            let inline = inline.replace(';', "\n");
+            keys = Some(keys.map_or(inline.clone(), |k| k + "\n" + &inline));
+        }
+        let jwt = match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(secret), _) => Some(crate::auth::JwtKey::Secret(secret.clone().into_bytes())),
+            (None, Some(path)) => {
+                Some(crate::auth::JwtKey::PublicPem(read("--jwt-public-key", path)?))
+            }
+            (None, None) => None,
+        };
+        crate::auth::Authenticator::new(
+            keys.as_deref(),
+            jwt,
+            self.jwt_issuer.as_deref(),
+            self.jwt_audience.as_deref(),
+        )
     }
 
     /// A configuration for tests and embedding: listens on `127.0.0.1:0`, defaults otherwise.

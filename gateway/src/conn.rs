@@ -69,6 +69,7 @@ pub async fn run(
     upgrade: UpgradeFut,
     streams: Option<String>,
     permit: SocketPermit,
+    admitted: Option<crate::auth::Admitted>,
 ) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
@@ -87,6 +88,17 @@ pub async fn run(
     };
     let _ = sock.set_nodelay(true);
     let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes);
+    if let Some(admitted) = &admitted {
+        tracing::debug!(conn = key, who = %admitted.who, "authenticated");
+        if let Some(exp) = admitted.expires {
+            let left = Duration::from_secs(exp).saturating_sub(Duration::from_nanos(unix_now_ns()));
+            ctx.shard.borrow_mut().schedule(
+                key,
+                Instant::now() + left,
+                crate::deadlines::Due::Expired,
+            );
+        }
+    }
     if ctx.cfg.max_connection_age > 0.0 {
         let max_age = Duration::from_secs_f64(ctx.cfg.max_connection_age);
         let spread = (unix_now_ns() % 1_000_003) as f64 / 1_000_003.0;
@@ -105,6 +117,7 @@ pub async fn run(
             key,
             limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec),
             partial: None,
+            grants: admitted.as_ref().map(|a| a.grants.clone()),
         },
     };
     if let Some(streams) = streams {
@@ -337,6 +350,8 @@ struct Session {
     limiter: RequestLimiter,
     /// A fragmented message being received (boxed: rare, and every idle connection would pay for it).
     partial: Option<Box<Partial>>,
+    /// What the connection's credentials grant; `None`: auth is off, everything is.
+    grants: Option<std::sync::Arc<crate::auth::Grants>>,
 }
 
 impl Session {
@@ -458,6 +473,38 @@ impl Session {
         None
     }
 
+    /// Refuses a subscription outside the connection's grants (all or nothing).
+    fn check_grants(
+        &self,
+        symbols: &SymbolTable,
+        specs: &[ChannelSpec],
+        sys_stats: bool,
+        id: &Option<serde_json::Value>,
+    ) -> Result<(), Rejection> {
+        let Some(grants) = &self.grants else { return Ok(()) };
+        let mut denied =
+            specs.iter().filter(|&&s| !grants.allows(symbols, s)).map(|&s| symbols.spec_name(s));
+        let first = denied
+            .next()
+            .or_else(|| (sys_stats && !grants.allows_sys_stats()).then(|| SYS_STATS.to_owned()));
+        match first {
+            None => Ok(()),
+            Some(name) => {
+                let shown: String = name.chars().take(64).collect();
+                let hint = if name.ends_with(".*") {
+                    " (a wildcard needs a grant of its whole kind)"
+                } else {
+                    ""
+                };
+                Err(Rejection::new(
+                    id.clone(),
+                    ErrorCode::Forbidden,
+                    format!("your credentials do not grant {shown}{hint}"),
+                ))
+            }
+        }
+    }
+
     /// Bytes held for a fragmented message being received.
     fn partial_bytes(&self) -> usize {
         match self.partial.as_deref() {
@@ -494,6 +541,9 @@ impl Session {
                     Ok(specs) => specs,
                     Err(rejection) => return self.refuse(ctx, rejection),
                 };
+                if let Err(rejection) = self.check_grants(&symbols, &specs, stats, &id) {
+                    return self.refuse(ctx, rejection);
+                }
                 let resume = match resolve_resume(&symbols, &specs, resume, &id) {
                     Ok(resume) => resume,
                     Err(rejection) => return self.refuse(ctx, rejection),

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_TYPE, ORIGIN, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -130,13 +132,28 @@ fn upgrade(
         return text(StatusCode::BAD_REQUEST, "this socket was upgraded already\n");
     };
     if let Err(why) = admit_forwarded(&ctx, req, &mut permit) {
-        return refuse(&ctx, why);
+        return refuse(&ctx, why, None);
     }
-    let streams = req.uri().query().and_then(|q| query_param(q, "streams"));
+    if !origin_allowed(&ctx.cfg.allowed_origins, req) {
+        return refuse(&ctx, Refusal::Origin, None);
+    }
+    let query = req.uri().query().unwrap_or("");
+    let admitted = match &ctx.auth {
+        None => None,
+        Some(auth) => {
+            let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let token = query_param(query, "token");
+            match auth.admit(crate::auth::credential(header, token.as_deref())) {
+                Ok(admitted) => Some(admitted),
+                Err(e) => return refuse(&ctx, Refusal::Unauthorized, Some(&e.to_string())),
+            }
+        }
+    };
+    let streams = query_param(query, "streams");
     match fastwebsockets::upgrade::upgrade(req) {
         Ok((response, fut)) => {
             permit.upgraded();
-            tokio::task::spawn_local(crate::conn::run(ctx, fut, streams, permit));
+            tokio::task::spawn_local(crate::conn::run(ctx, fut, streams, permit, admitted));
             response.map(|_| Full::new(Bytes::new()))
         }
         Err(e) => text(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {e}\n")),
@@ -163,12 +180,27 @@ fn admit_forwarded(
     }
 }
 
-/// A handshake turned away: counted, and answered with the refusal's status and text.
-fn refuse(ctx: &WorkerCtx, why: Refusal) -> Response<Full<Bytes>> {
+/// A handshake turned away: counted, and answered with the refusal's status and its text (or
+/// `detail`).
+fn refuse(ctx: &WorkerCtx, why: Refusal, detail: Option<&str>) -> Response<Full<Bytes>> {
     ctx.stats.refused(why);
     let (status, reason) = why.answer();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    text(status, &format!("{reason}\n"))
+    let mut resp = text(status, &format!("{}\n", detail.unwrap_or(reason)));
+    // A refused client does not keep its socket.
+    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    if why == Refusal::Unauthorized {
+        resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+/// Whether the handshake's `Origin` may connect: any when no list is configured, and always
+/// for clients that send none (programs; browsers always send it).
+fn origin_allowed(allowed: &[String], req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(ORIGIN) else { return true };
+    allowed.is_empty()
+        || origin.to_str().is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
 }
 
 fn index(ctx: &WorkerCtx) -> Response<Full<Bytes>> {

@@ -16,6 +16,7 @@
 //! on stdin or from a file, or NATS (core or JetStream), where many gateways share one feed
 //! (`docs/feed-format.md`, `docs/scaling.md`).
 
+pub mod auth;
 pub mod backpressure;
 pub mod channels;
 pub mod close;
@@ -100,6 +101,7 @@ impl Gateway {
             trusted_proxies: cfg.trust_proxy.clone(),
         });
         let inbound = Arc::new(limits::InboundBudget::new(cfg.max_inbound_bytes));
+        let auth = cfg.authenticator().map_err(anyhow::Error::msg)?.map(Arc::new);
         stats.door.set(door.clone()).expect("set once, here");
         stats.inbound.set(inbound.clone()).expect("set once, here");
 
@@ -118,6 +120,7 @@ impl Gateway {
                 market: market.clone(),
                 door: door.clone(),
                 inbound: inbound.clone(),
+                auth: auth.clone(),
                 cancel: cancel.clone(),
             })?);
             rings.push(ring);

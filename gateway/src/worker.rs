@@ -41,6 +41,8 @@ pub struct WorkerCtx {
     pub door: Arc<crate::limits::Door>,
     /// Client input held over all connections.
     pub inbound: Arc<crate::limits::InboundBudget>,
+    /// The credentials clients must present; `None`: auth is off.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
     /// This worker's open connections as its readiness driver watches them.
     pub io: crate::readiness::Io,
 }
@@ -57,6 +59,7 @@ pub struct WorkerSetup {
     pub market: Arc<Market>,
     pub door: Arc<crate::limits::Door>,
     pub inbound: Arc<crate::limits::InboundBudget>,
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
     pub cancel: CancellationToken,
 }
 
@@ -72,7 +75,8 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<JoinHandle<()>> {
 }
 
 async fn run(setup: WorkerSetup) {
-    let WorkerSetup { id, ring, mut inbox, cfg, stats, market, door, inbound, cancel } = setup;
+    let WorkerSetup { id, ring, mut inbox, cfg, stats, market, door, inbound, auth, cancel } =
+        setup;
     let symbols = market.symbols().clone();
     let budget = Budget::new(cfg.max_queued_bytes / cfg.worker_count());
     let shard = Shard::new(market, stats.clone(), cfg.slow_consumer, budget);
@@ -81,7 +85,7 @@ async fn run(setup: WorkerSetup) {
         Err(e) => return tracing::error!(error = %e, "cannot create the worker's epoll set"),
     };
     let shard = RefCell::new(shard);
-    let ctx = Rc::new(WorkerCtx { shard, cfg, stats, symbols, door, inbound, io });
+    let ctx = Rc::new(WorkerCtx { shard, cfg, stats, symbols, door, inbound, auth, io });
     let driver = tokio::task::spawn_local(crate::readiness::drive(ctx.clone(), poll));
     let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), id, ring, cancel.clone()));
     let stats_task = tokio::task::spawn_local(publish_stats(ctx.clone(), id, cancel.clone()));

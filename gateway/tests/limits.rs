@@ -4,65 +4,15 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{http_get, start_gateway_with, Client, ObserveJson, SeqCheck};
+use support::{
+    connect_from, handshake_from, http_get, metric, start_gateway_with, Client, ObserveJson,
+    SeqCheck,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-/// A TCP connection to `addr` from the loopback address `from` (127.0.0.x).
-async fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(from.parse::<IpAddr>().unwrap(), 0)).unwrap();
-    socket.connect(addr).await.unwrap()
-}
-
-/// A WebSocket handshake on `/ws` from `from` with extra header lines; the status code and,
-/// when it upgraded, the open socket.
-async fn handshake_from(from: &str, addr: SocketAddr, headers: &str) -> (u16, TcpStream, String) {
-    let mut s = connect_from(from, addr).await;
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let head = read_head(&mut s).await;
-    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, s, head)
-}
-
-/// The response head (up to the blank line), and for a refusal its body too; "" if the server
-/// closed without answering.
-async fn read_head(s: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let read = async {
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            if s.read(&mut b).await.unwrap_or(0) == 0 {
-                break;
-            }
-            head.push(b[0]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read).await.expect("an answer in time");
-    if !head.starts_with(b"HTTP/1.1 101") {
-        let mut body = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut body)).await;
-        head.extend(body);
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
-/// The value of one exact series line of `/metrics`.
-async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let body = http_get(addr, "/metrics").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-}
 
 /// A client on 127.0.0.1 subscribed to every trade, reading for `secs` in the background.
 async fn bystander(addr: SocketAddr, secs: u64) -> tokio::task::JoinHandle<SeqCheck> {

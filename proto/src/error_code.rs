@@ -20,10 +20,12 @@ pub enum ErrorCode {
     RateLimited,
     /// A binary frame was sent; this protocol speaks JSON text frames only.
     BinaryFrame,
+    /// The connection's credentials do not grant this channel (auth is on).
+    Forbidden,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::MalformedJson,
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
@@ -32,6 +34,7 @@ impl ErrorCode {
         ErrorCode::MessageTooLarge,
         ErrorCode::RateLimited,
         ErrorCode::BinaryFrame,
+        ErrorCode::Forbidden,
     ];
 
     /// The code as it appears on the wire.
@@ -45,6 +48,7 @@ impl ErrorCode {
             ErrorCode::MessageTooLarge => "message_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BinaryFrame => "binary_frame",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

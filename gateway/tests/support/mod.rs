@@ -448,3 +448,61 @@ impl Ledger {
         req
     }
 }
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.x).
+pub async fn connect_from(from: &str, addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.parse::<std::net::IpAddr>().unwrap(), 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// A WebSocket handshake on `/ws` from `from` with extra header lines; the status code and,
+/// when it upgraded, the open socket.
+pub async fn handshake_from(
+    from: &str,
+    addr: SocketAddr,
+    headers: &str,
+) -> (u16, tokio::net::TcpStream, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = connect_from(from, addr).await;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, s, head)
+}
+
+/// The response head (up to the blank line), and for a refusal its body too; "" if the server
+/// closed without answering.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.expect("an answer in time");
+    if !head.starts_with(b"HTTP/1.1 101") {
+        let mut body = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut body)).await;
+        head.extend(body);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// The value of one exact series line of `/metrics`.
+pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let body = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
