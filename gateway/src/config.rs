@@ -89,6 +89,13 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// A second address for the operator's pages: `/metrics`, `/dashboard`, `/healthz` and
+    /// `/readyz`, served by a thread of their own, off the fan-out workers. With it, the data
+    /// port (--listen) no longer serves `/metrics` and `/dashboard`. Keep it private (e.g.
+    /// 127.0.0.1 or an internal network).
+    #[arg(long, env = "TICKFAN_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Where ticks come from: `embedded` (the built-in simulator, configured by the flags
     /// below), `stdin` (NDJSON, e.g. `feed-sim | tickfan --source stdin`), `file:PATH` (an
     /// NDJSON recording, replayed at --replay-speed) or `nats://HOST:PORT` (a feed many

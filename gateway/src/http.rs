@@ -55,11 +55,46 @@ fn route(
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(ctx, &mut req, permit),
-        (&Method::GET, "/healthz") => healthz(&ctx.stats),
-        (&Method::GET, "/readyz") => ready(&ctx),
-        (&Method::GET, "/dashboard" | "/dashboard/") => {
-            asset(DASHBOARD, "text/html; charset=utf-8")
-        }
+        _ => page(&ctx.stats, ctx.symbols.len(), &req, &Side::Data(ctx.cfg.admin_listen)),
+    }
+}
+
+/// Which listener serves a page.
+#[derive(Debug)]
+pub enum Side {
+    /// The data port; the admin listener's address when `--admin-listen` moved the operator
+    /// pages there.
+    Data(Option<std::net::SocketAddr>),
+    /// The admin listener, with its dashboard page (which connects to the data port).
+    Admin { dashboard: Bytes },
+}
+
+/// Everything but the WebSocket upgrade: probes, metrics, the dashboard and the index. On the
+/// data port, with an admin listener, only the probes and the index.
+pub fn page(
+    stats: &std::sync::Arc<crate::metrics::Stats>,
+    symbols: usize,
+    req: &Request<Incoming>,
+    side: &Side,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let operator_page = path == "/metrics" || path.starts_with("/dashboard");
+    if let (Side::Data(Some(admin)), true) = (side, operator_page) {
+        let msg = format!("{path} is served on the admin listener ({admin}), not here\n");
+        return text(StatusCode::NOT_FOUND, &msg);
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => healthz(stats),
+        (&Method::GET, "/readyz") => ready(stats),
+        (&Method::GET, "/dashboard" | "/dashboard/") => match side {
+            Side::Admin { dashboard } => {
+                let mut resp = Response::new(Full::new(dashboard.clone()));
+                let html = HeaderValue::from_static("text/html; charset=utf-8");
+                resp.headers_mut().insert(CONTENT_TYPE, html);
+                resp
+            }
+            Side::Data(_) => asset(DASHBOARD, "text/html; charset=utf-8"),
+        },
         (&Method::GET, "/dashboard/uPlot.iife.min.js") => {
             asset(UPLOT_JS, "text/javascript; charset=utf-8")
         }
@@ -69,12 +104,12 @@ fn route(
         }
         (&Method::GET, "/metrics") => {
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let (body, content_type) = crate::metrics::exposition(&ctx.stats, accept);
+            let (body, content_type) = crate::metrics::exposition(stats, accept);
             let mut resp = text(StatusCode::OK, &body);
             resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             resp
         }
-        (&Method::GET, "/") => index(&ctx),
+        (&Method::GET, "/") => index(symbols, side),
         (_, "/ws" | "/healthz" | "/readyz" | "/metrics" | "/") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
@@ -93,10 +128,10 @@ fn healthz(stats: &crate::metrics::Stats) -> Response<Full<Bytes>> {
 
 /// Readiness, for load balancers: 200 while the feed is live, 503 with the reason otherwise
 /// (no tick yet, no tick for `--stale-after`, upstream disconnected).
-fn ready(ctx: &WorkerCtx) -> Response<Full<Bytes>> {
+fn ready(stats: &crate::metrics::Stats) -> Response<Full<Bytes>> {
     use crate::source::FeedState;
     let now = tickfan_proto::unix_now_ns();
-    let feed = &ctx.stats.feed;
+    let feed = &stats.feed;
     match feed.state(now) {
         FeedState::Live => text(StatusCode::OK, "ready\n"),
         FeedState::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no tick yet\n"),
@@ -203,24 +238,33 @@ fn origin_allowed(allowed: &[String], req: &Request<Incoming>) -> bool {
         || origin.to_str().is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
 }
 
-fn index(ctx: &WorkerCtx) -> Response<Full<Bytes>> {
+fn index(symbols: usize, side: &Side) -> Response<Full<Bytes>> {
+    let ws = match side {
+        Side::Admin { .. } => "(WebSocket, /ws, is on the data port)\n".to_owned(),
+        Side::Data(_) => "GET /ws       WebSocket: {\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}\n".to_owned(),
+    };
+    let pages = match side {
+        Side::Data(Some(admin)) => {
+            format!("/dashboard and /metrics: on the admin listener, {admin}\n")
+        }
+        _ => "GET /dashboard  live dashboard (open it in a browser)\n\
+              GET /metrics  Prometheus metrics (OpenMetrics when asked for, else text 0.0.4)\n"
+            .to_owned(),
+    };
     let body = format!(
-        "tickfan market-data gateway (protocol v{})\n\n\
-         GET /ws       WebSocket: {{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}\n\
-         GET /healthz  liveness\n\
+        "tickfan market-data gateway (protocol v{})\n\n{ws}\
+         GET /healthz  liveness: 200 while every thread is alive, 503 with what failed\n\
          GET /readyz   readiness: 200 while the feed is live, 503 with the reason otherwise\n\
-         GET /dashboard  live dashboard (open it in a browser)\n\
-         GET /metrics  Prometheus metrics (OpenMetrics when asked for, else text 0.0.4)\n\n\
-         {} symbols; channels trades.<SYM>, quotes.<SYM>, book.<SYM>, and <kind>.*\n",
+         {pages}\n\
+         {symbols} symbols; channels trades.<SYM>, quotes.<SYM>, book.<SYM>, and <kind>.*\n",
         tickfan_proto::PROTOCOL_VERSION,
-        ctx.symbols.len()
     );
     text(StatusCode::OK, &body)
 }
 
 /// The live dashboard: one page, its script inline, uPlot vendored (MIT, licence served beside
 /// it), all compiled into the binary so it works offline.
-const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+pub const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 const UPLOT_JS: &str = include_str!("../assets/vendor/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../assets/vendor/uPlot.min.css");
 const UPLOT_LICENSE: &str = include_str!("../assets/vendor/uPlot.LICENSE");

@@ -16,6 +16,7 @@
 //! on stdin or from a file, or NATS (core or JetStream), where many gateways share one feed
 //! (`docs/feed-format.md`, `docs/scaling.md`).
 
+pub mod admin;
 pub mod auth;
 pub mod backpressure;
 pub mod channels;
@@ -55,6 +56,8 @@ pub use metrics::Stats;
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
+    /// The admin listener's address, when there is one.
+    admin_addr: Option<SocketAddr>,
     /// What the open-file limit allows, as a line for the operator.
     capacity: String,
     symbols: Arc<SymbolTable>,
@@ -67,6 +70,7 @@ pub struct Gateway {
     /// False for a source that may block in a read `stop_feed` cannot interrupt (stdin).
     wait_for_producer: bool,
     listener: Option<JoinHandle<()>>,
+    admin: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -74,6 +78,16 @@ impl Gateway {
     /// Binds the listening socket and starts the producer, the workers and the listener.
     pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
         cfg.validate().map_err(anyhow::Error::msg)?;
+        let mut cfg = cfg;
+        let admin_socket = match cfg.admin_listen {
+            None => None,
+            Some(at) => Some(listener::bind(at).with_context(|| {
+                format!("cannot listen on {at} (--admin-listen): choose another address")
+            })?),
+        };
+        // The address bound (port 0 picks one), for the data port's pages to point to.
+        let admin_addr = admin_socket.as_ref().map(|s| s.local_addr()).transpose()?;
+        cfg.admin_listen = admin_addr;
         let cfg = Arc::new(cfg);
         let stats = Arc::new(Stats::new(cfg.worker_count()));
         stats.feed.stale_after_ns.store((cfg.stale_after * 1e9) as u64, Ordering::Relaxed);
@@ -89,6 +103,7 @@ impl Gateway {
             format!("cannot listen on {}: is another tickfan running? choose another address with --listen", cfg.listen)
         })?;
         let addr = socket.local_addr()?;
+
         let cancel = CancellationToken::new();
         let (max_sockets, capacity) =
             limits::raise_open_files(cfg.max_connections).map_err(anyhow::Error::msg)?;
@@ -131,6 +146,16 @@ impl Gateway {
             listener::Listener::new(socket, inboxes, door, stats.clone(), cancel.clone());
         listener.inject_panic = cfg.inject_panic == Some(config::PanicSite::Listener);
         let listener = listener.spawn()?;
+        let admin = match admin_socket {
+            None => None,
+            Some(socket) => Some(admin::spawn(
+                socket,
+                stats.clone(),
+                symbols.len(),
+                addr.port(),
+                cancel.clone(),
+            )?),
+        };
         let stop_feed = Arc::new(AtomicBool::new(false));
         let producer = {
             let publisher = source::Publisher::new(market.clone(), rings, stats.clone());
@@ -152,6 +177,7 @@ impl Gateway {
         };
         Ok(Gateway {
             addr,
+            admin_addr,
             capacity,
             symbols,
             stats,
@@ -160,6 +186,7 @@ impl Gateway {
             producer: Some(producer),
             wait_for_producer: !opened.may_block,
             listener: Some(listener),
+            admin,
             workers,
         })
     }
@@ -167,6 +194,11 @@ impl Gateway {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address (`--admin-listen`), if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// How many connections the gateway takes, and the open-file limit behind that.
@@ -198,6 +230,9 @@ impl Gateway {
             if l.join().is_err() {
                 tracing::error!("the listener thread panicked");
             }
+        }
+        if let Some(a) = self.admin.take() {
+            let _ = a.join();
         }
         for (i, w) in self.workers.drain(..).enumerate() {
             if w.join().is_err() {

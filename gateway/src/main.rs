@@ -33,6 +33,10 @@ fn main() -> ExitCode {
     }
 
     let workers = cfg.worker_count();
+    let auth_on = cfg.api_keys.is_some()
+        || cfg.api_keys_inline.is_some()
+        || cfg.jwt_secret.is_some()
+        || cfg.jwt_public_key.is_some();
     let feed = match &cfg.source {
         gateway::source::SourceSpec::Embedded => format!("embedded feed, {} ticks/s", cfg.rate),
         other => format!("source {other}"),
@@ -52,9 +56,13 @@ fn main() -> ExitCode {
         "  try        npx wscat -c ws://{addr}/ws -x '{{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}' -w 5"
     );
     println!("  or         npx wscat -c 'ws://{addr}/ws?streams=trades.BTC-USD,quotes.BTC-USD'");
-    println!("  dashboard  http://{addr}/dashboard      (open in a browser)");
-    println!("  metrics    http://{addr}/metrics        (Prometheus)");
-    println!("  health     http://{addr}/healthz  http://{addr}/readyz   stop with Ctrl-C");
+    if auth_on {
+        println!("  auth       on: add ?token=<API key or JWT> to the URL, or send Authorization: Bearer");
+    }
+    let pages = gateway.admin_addr().unwrap_or(addr);
+    println!("  dashboard  http://{pages}/dashboard      (open in a browser)");
+    println!("  metrics    http://{pages}/metrics        (Prometheus)");
+    println!("  health     http://{pages}/healthz  http://{pages}/readyz   stop with Ctrl-C");
     println!("  capacity   {}", gateway.capacity());
 
     let stats = gateway.stats().clone();

@@ -16,10 +16,11 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
-/// Starts the gateway binary on `port`, waiting until it answers.
-async fn tickfan(port: u16) -> Child {
+/// Starts the gateway binary on `port` (with `extra` flags), waiting until it answers.
+async fn tickfan(port: u16, extra: &[&str]) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_tickfan"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--symbols", "10", "--rate", "5000"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -139,6 +140,32 @@ async fn devtools_get(addr: SocketAddr, path: &str) -> String {
     }
 }
 
+/// Finds the dashboard page among Chromium's targets and attaches to it over DevTools.
+async fn attach(devtools: u16) -> Cdp {
+    let devtools_addr: SocketAddr = format!("127.0.0.1:{devtools}").parse().unwrap();
+    let mut page_ws = None;
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        let body = devtools_get(devtools_addr, "/json/list").await;
+        let targets: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        page_ws = targets.as_array().and_then(|t| {
+            let page = |t: &&Value| {
+                t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.contains("/dashboard"))
+            };
+            t.iter().find(page).and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned))
+        });
+        seen = targets;
+        if page_ws.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page_ws = page_ws.unwrap_or_else(|| panic!("no dashboard page among {seen}"));
+    let path = &page_ws[page_ws.find("/devtools").unwrap()..];
+    let ws = bench::client::connect(devtools_addr, path, None).await.unwrap();
+    Cdp { ws, next_id: 0 }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -172,7 +199,7 @@ async fn chromium(url: &str, profile: &Path) -> Option<(Child, u16)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_live_figures_and_reconnects_after_a_restart() {
     let port = free_port();
-    let mut gateway = tickfan(port).await;
+    let mut gateway = tickfan(port, &[]).await;
     // Some load beside the page: three clients on every trade, read as fast as they come.
     let gw_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut load = Vec::new();
@@ -185,29 +212,7 @@ async fn dashboard_shows_live_figures_and_reconnects_after_a_restart() {
     let url = format!("http://127.0.0.1:{port}/dashboard");
     let Some((mut browser, devtools)) = chromium(&url, &profile).await else { return };
 
-    // Find the page and attach to it.
-    let devtools_addr: SocketAddr = format!("127.0.0.1:{devtools}").parse().unwrap();
-    let mut page_ws = None;
-    let mut seen = Value::Null;
-    for _ in 0..50 {
-        let body = devtools_get(devtools_addr, "/json/list").await;
-        let targets: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        page_ws = targets.as_array().and_then(|t| {
-            let page = |t: &&Value| {
-                t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.contains("/dashboard"))
-            };
-            t.iter().find(page).and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned))
-        });
-        seen = targets;
-        if page_ws.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let page_ws = page_ws.unwrap_or_else(|| panic!("no dashboard page among {seen}"));
-    let path = &page_ws[page_ws.find("/devtools").unwrap()..];
-    let ws = bench::client::connect(devtools_addr, path, None).await.unwrap();
-    let mut cdp = Cdp { ws, next_id: 0 };
+    let mut cdp = attach(devtools).await;
 
     // Live figures from sys.stats, both charts drawn, trades of BTC-USD listed.
     let live = wait_for(&mut cdp, "live figures", |p| {
@@ -256,7 +261,7 @@ async fn dashboard_shows_live_figures_and_reconnects_after_a_restart() {
         p["status"].as_str().is_some_and(|s| s.starts_with("disconnected"))
     })
     .await;
-    let _gateway = tickfan(port).await;
+    let _gateway = tickfan(port, &[]).await;
     wait_for(&mut cdp, "a reconnection", |p| {
         p["status"] == "connected" && p["reconnects"].as_u64() >= Some(2)
     })
@@ -272,6 +277,32 @@ async fn dashboard_shows_live_figures_and_reconnects_after_a_restart() {
     eprintln!("after restart: {back}");
     assert_eq!((back["lost"].as_u64(), back["crc_bad"].as_u64()), (Some(0), Some(0)));
 
+    let _ = browser.kill().await;
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+/// With an admin listener and auth on: the page, served on the admin port and given a token,
+/// opens its WebSocket on the data port with that token and shows live figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_on_the_admin_listener_reaches_the_data_port_with_its_token() {
+    let (port, admin) = (free_port(), free_port());
+    let admin_at = format!("127.0.0.1:{admin}");
+    let keys = "dash-key-0123456789 *";
+    let _gateway = tickfan(port, &["--admin-listen", &admin_at, "--api-keys-inline", keys]).await;
+    let profile =
+        std::env::temp_dir().join(format!("tickfan-chromium-admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&profile);
+    let url = format!("http://{admin_at}/dashboard?token=dash-key-0123456789");
+    let Some((mut browser, devtools)) = chromium(&url, &profile).await else { return };
+    let mut cdp = attach(devtools).await;
+    let live = wait_for(&mut cdp, "live figures", |p| {
+        p["status"] == "connected"
+            && p["seq"].as_u64().is_some_and(|s| s >= 2)
+            && p["crc_ok"].as_u64().is_some_and(|n| n > 10)
+    })
+    .await;
+    eprintln!("dashboard on the admin listener: {live}");
+    assert_eq!(live["crc_bad"], 0);
     let _ = browser.kill().await;
     let _ = std::fs::remove_dir_all(&profile);
 }
