@@ -56,6 +56,12 @@ pub const CONTROL_SLACK: usize = 256 << 10;
 pub trait TryWrite {
     /// Like `TcpStream::try_write_vectored`: `WouldBlock` when the socket buffer is full.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Sends what the writer holds beyond the queue (a TLS session's records): `Ok` when none
+    /// is left, `WouldBlock` when the socket is full.
+    fn flush_pending(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for dyn TryWrite {
@@ -501,7 +507,13 @@ impl Outbound {
                 if self.queue.capacity() > 4096 {
                     self.queue.shrink_to(256);
                 }
-                return Ok((total, Flushed::Drained));
+                return match sock.flush_pending() {
+                    Ok(()) => Ok((total, Flushed::Drained)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        Ok((total, Flushed::Blocked))
+                    }
+                    Err(e) => Err(e),
+                };
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let n = self.queue.len().min(MAX_IOV);

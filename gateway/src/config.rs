@@ -313,6 +313,14 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
+    /// PEM certificate chain for TLS on the data port (`wss://`, `https://`), with --tls-key.
+    #[arg(long, env = "TICKFAN_TLS_CERT", value_name = "PEM_FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TICKFAN_TLS_KEY", value_name = "PEM_FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Browser origins allowed to open WebSocket connections, comma-separated (e.g.
     /// `https://app.example.com`); a handshake with another `Origin` header gets 403. Clients
     /// that send no `Origin` (programs, not browsers) are not affected. Empty: any origin.
@@ -401,6 +409,9 @@ impl Config {
             || (self.max_connection_age > 0.0 && self.max_connection_age < 1.0)
         {
             return Err("--max-connection-age must be 0 (no maximum) or at least 1 second".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
         }
         if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
             return Err(

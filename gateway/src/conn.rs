@@ -4,7 +4,6 @@
 //! shared frames straight into the socket (see `fanout`).
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -27,6 +26,7 @@ use crate::inbound::{Decoder, FrameIn, OpIn, Violation};
 use crate::limits::{RequestLimiter, SocketPermit, Verdict};
 use crate::metrics::{CloseReason, Stats};
 use crate::protocol::{self, Op, Rejection, Request, Resume};
+use crate::tls::Sock;
 use crate::worker::WorkerCtx;
 
 /// How long a closing connection may take to flush its close frame.
@@ -75,18 +75,11 @@ pub async fn run(
         Ok(ws) => ws,
         Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
     };
-    // Take the raw socket back from hyper and tokio: the fan-out writes pre-built frames to it
-    // directly, and the worker's own epoll set watches it.
-    let parts = match ws.into_inner().into_inner().downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => parts,
-        Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
-    };
-    let (io, read_buf) = (parts.io, parts.read_buf);
-    let sock = match io.into_inner().into_std() {
-        Ok(sock) => Rc::new(sock),
-        Err(e) => return tracing::warn!(error = %e, "cannot take the upgraded socket"),
-    };
-    let _ = sock.set_nodelay(true);
+    // Take the raw socket (and its TLS session) back from hyper and tokio: the fan-out writes
+    // pre-built frames to it directly, and the worker's own epoll set watches it.
+    let Some((sock, read_buf)) = take_socket(ws.into_inner().into_inner()) else { return };
+    let sock = Rc::new(sock);
+    let _ = sock.tcp().set_nodelay(true);
     let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes);
     if let Some(admitted) = &admitted {
         tracing::debug!(conn = key, who = %admitted.who, "authenticated");
@@ -127,10 +120,20 @@ pub async fn run(
     }
     // Bytes the client sent right after its handshake, already read by hyper, come first.
     // Copied, so that hyper's read buffer is freed now rather than held for the connection's life.
+    // Then what the TLS session decrypted already: the socket will not signal it again.
     let early_end = {
         let mut early = read_buf.to_vec();
         drop(read_buf);
-        reader.on_bytes(&ctx, &mut early)
+        let mut end = reader.on_bytes(&ctx, &mut early);
+        let mut buf = [0u8; READ_CHUNK];
+        while end.is_none() {
+            let n = sock.take_buffered(&mut buf);
+            if n == 0 {
+                break;
+            }
+            end = reader.on_bytes(&ctx, &mut buf[..n]);
+        }
+        end
     };
     let live = Live { reader, sock, permit: Some(permit) };
     match early_end {
@@ -154,7 +157,7 @@ pub async fn run(
 #[derive(Debug)]
 pub struct Live {
     reader: Reader,
-    sock: Rc<TcpStream>,
+    sock: Rc<Sock>,
     /// Held until the connection is forgotten (then by `finish`).
     permit: Option<SocketPermit>,
 }
@@ -191,7 +194,7 @@ impl Live {
                 return Step::Wait;
             }
             let mut buf = [0u8; READ_CHUNK];
-            match (&*self.sock).read(&mut buf) {
+            match self.sock.read(&mut buf) {
                 Ok(0) => return Step::End(End::Gone),
                 Ok(n) => {
                     if let Some(end) = self.reader.on_bytes(ctx, &mut buf[..n]) {
@@ -213,8 +216,29 @@ impl Live {
     }
 }
 
+/// The upgraded connection's socket, plain or TLS, and the bytes hyper read past the request.
+fn take_socket(upgraded: hyper::upgrade::Upgraded) -> Option<(Sock, bytes::Bytes)> {
+    type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    let std = |tcp: tokio::net::TcpStream| {
+        tcp.into_std().map_err(|e| tracing::warn!(error = %e, "cannot take the upgraded socket"))
+    };
+    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => Some((Sock::Plain(std(parts.io.into_inner()).ok()?), parts.read_buf)),
+        Err(upgraded) => match upgraded.downcast::<TokioIo<Tls>>() {
+            Ok(parts) => {
+                let (tcp, session) = parts.io.into_inner().into_inner();
+                Some((Sock::tls(std(tcp).ok()?, session), parts.read_buf))
+            }
+            Err(_) => {
+                tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
+                None
+            }
+        },
+    }
+}
+
 /// The socket as tokio's reactor sees it while the connection closes.
-struct Fd(Rc<TcpStream>);
+struct Fd(Rc<Sock>);
 
 impl AsRawFd for Fd {
     fn as_raw_fd(&self) -> RawFd {
@@ -227,7 +251,7 @@ impl AsRawFd for Fd {
 async fn finish(
     ctx: Rc<WorkerCtx>,
     key: ConnKey,
-    sock: Rc<TcpStream>,
+    sock: Rc<Sock>,
     end: End,
     permit: Option<SocketPermit>,
 ) {
@@ -247,7 +271,7 @@ async fn finish(
     let dead_peer = closed_for == Some(CloseReason::PingTimeout);
     let interest = tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE;
     if !matches!(end, End::Gone) && !dead_peer {
-        // SAFETY: `Fd` holds the socket (an `Rc<TcpStream>`), so its descriptor stays open and
+        // SAFETY: `Fd` holds the socket (an `Rc<Sock>`), so its descriptor stays open and
         // the same for as long as the `AsyncFd` lives.
         #[allow(unsafe_code)]
         let registered = unsafe { AsyncFd::register_with_interest(Fd(sock.clone()), interest) };
@@ -255,7 +279,7 @@ async fn finish(
             // Let the queue, close frame last, reach the peer; then FIN and drain its input.
             let drained = std::future::poll_fn(|cx| drain(&ctx, key, &fd, cx));
             let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, drained).await;
-            let _ = socket2::SockRef::from(&*sock).shutdown(std::net::Shutdown::Write);
+            sock.shutdown_write();
             let _ = tokio::time::timeout(LINGER_TIMEOUT, linger(&fd)).await;
         }
     }
@@ -299,7 +323,7 @@ async fn linger(fd: &AsyncFd<Fd>) {
     let mut sink = [0u8; 1024];
     loop {
         let Ok(mut guard) = fd.readable().await else { return };
-        match guard.try_io(|fd| (&*fd.get_ref().0).read(&mut sink)) {
+        match guard.try_io(|fd| fd.get_ref().0.tcp().read(&mut sink)) {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) | Err(_) => {}
         }

@@ -24,12 +24,32 @@ use crate::worker::WorkerCtx;
 /// Serves one accepted TCP connection (HTTP/1.1, possibly upgraded to WebSocket).
 /// The socket's place at the door goes to its WebSocket connection if it upgrades, and is
 /// given back when the socket closes otherwise.
+/// With TLS on, the TLS handshake comes first, within the same `--handshake-timeout`.
 pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream, permit: SocketPermit) {
     let stream = match TcpStream::from_std(stream) {
         Ok(s) => s,
         Err(e) => return tracing::warn!(error = %e, "cannot register accepted socket"),
     };
-    let ctx_timeout = ctx.cfg.handshake_timeout;
+    let timeout = Duration::from_secs_f64(ctx.cfg.handshake_timeout);
+    let Some(config) = ctx.tls.clone() else {
+        return http_on(ctx, stream, permit, timeout).await;
+    };
+    let accepting = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    match tokio::time::timeout(timeout, accepting).await {
+        Ok(Ok(tls)) => http_on(ctx, tls, permit, timeout).await,
+        Ok(Err(e)) => {
+            ctx.stats.refused(Refusal::TlsHandshake);
+            tracing::debug!(error = %e, "TLS handshake failed");
+        }
+        Err(_) => ctx.stats.refused(Refusal::TlsHandshake),
+    }
+}
+
+/// Serves HTTP/1.1 on `io` (a TCP or TLS stream), upgrades to WebSocket included.
+async fn http_on<IO>(ctx: Rc<WorkerCtx>, io: IO, permit: SocketPermit, timeout: Duration)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let permit = Rc::new(Cell::new(Some(permit)));
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
@@ -40,8 +60,8 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream, permit: Sock
     // would hold its socket forever.
     let serving = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs_f64(ctx_timeout))
-        .serve_connection(TokioIo::new(stream), service)
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = serving.await {
         tracing::debug!(error = %e, "http connection ended with an error");

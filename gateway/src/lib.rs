@@ -38,6 +38,7 @@ pub mod protocol;
 pub mod readiness;
 pub mod ring;
 pub mod source;
+pub mod tls;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -117,6 +118,12 @@ impl Gateway {
         });
         let inbound = Arc::new(limits::InboundBudget::new(cfg.max_inbound_bytes));
         let auth = cfg.authenticator().map_err(anyhow::Error::msg)?.map(Arc::new);
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(tls::server_config(cert, key).map_err(anyhow::Error::msg)?)
+            }
+            _ => None,
+        };
         stats.door.set(door.clone()).expect("set once, here");
         stats.inbound.set(inbound.clone()).expect("set once, here");
 
@@ -136,6 +143,7 @@ impl Gateway {
                 door: door.clone(),
                 inbound: inbound.clone(),
                 auth: auth.clone(),
+                tls: tls.clone(),
                 cancel: cancel.clone(),
             })?);
             rings.push(ring);

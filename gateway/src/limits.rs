@@ -33,16 +33,19 @@ pub enum Refusal {
     Origin,
     /// No valid credentials (auth is on).
     Unauthorized,
+    /// The TLS handshake failed or took longer than `--handshake-timeout` (no HTTP answer).
+    TlsHandshake,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::Capacity,
         Refusal::Handshakes,
         Refusal::PerIp,
         Refusal::PerIpRate,
         Refusal::Origin,
         Refusal::Unauthorized,
+        Refusal::TlsHandshake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Refusal {
             Refusal::PerIpRate => "per_ip_rate",
             Refusal::Origin => "origin",
             Refusal::Unauthorized => "unauthorized",
+            Refusal::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -65,6 +69,7 @@ impl Refusal {
             Refusal::PerIpRate => (429, "too many new connections from your address; slow down"),
             Refusal::Origin => (403, "this Origin may not connect"),
             Refusal::Unauthorized => (401, "credentials required"),
+            Refusal::TlsHandshake => (400, "TLS handshake failed"),
         }
     }
 }

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     }
 
     let workers = cfg.worker_count();
+    let (ws, http) = if cfg.tls_cert.is_some() { ("wss", "https") } else { ("ws", "http") };
     let auth_on = cfg.api_keys.is_some()
         || cfg.api_keys_inline.is_some()
         || cfg.jwt_secret.is_some()
@@ -50,19 +51,25 @@ fn main() -> ExitCode {
     };
     let addr = gateway.local_addr();
     let symbols = gateway.symbols().len();
-    println!("tickfan listening on http://{addr}  ({symbols} symbols, {feed}, {workers} workers)");
-    println!("  WebSocket  ws://{addr}/ws");
     println!(
-        "  try        npx wscat -c ws://{addr}/ws -x '{{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}' -w 5"
+        "tickfan listening on {http}://{addr}  ({symbols} symbols, {feed}, {workers} workers)"
     );
-    println!("  or         npx wscat -c 'ws://{addr}/ws?streams=trades.BTC-USD,quotes.BTC-USD'");
+    println!("  WebSocket  {ws}://{addr}/ws");
+    println!(
+        "  try        npx wscat -c {ws}://{addr}/ws -x '{{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}' -w 5"
+    );
+    println!("  or         npx wscat -c '{ws}://{addr}/ws?streams=trades.BTC-USD,quotes.BTC-USD'");
     if auth_on {
         println!("  auth       on: add ?token=<API key or JWT> to the URL, or send Authorization: Bearer");
     }
-    let pages = gateway.admin_addr().unwrap_or(addr);
-    println!("  dashboard  http://{pages}/dashboard      (open in a browser)");
-    println!("  metrics    http://{pages}/metrics        (Prometheus)");
-    println!("  health     http://{pages}/healthz  http://{pages}/readyz   stop with Ctrl-C");
+    // The admin listener speaks plain HTTP; the data port, TLS when it is on.
+    let pages = match gateway.admin_addr() {
+        Some(admin) => format!("http://{admin}"),
+        None => format!("{http}://{addr}"),
+    };
+    println!("  dashboard  {pages}/dashboard      (open in a browser)");
+    println!("  metrics    {pages}/metrics        (Prometheus)");
+    println!("  health     {pages}/healthz  {pages}/readyz   stop with Ctrl-C");
     println!("  capacity   {}", gateway.capacity());
 
     let stats = gateway.stats().clone();

@@ -43,6 +43,8 @@ pub struct WorkerCtx {
     pub inbound: Arc<crate::limits::InboundBudget>,
     /// The credentials clients must present; `None`: auth is off.
     pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// TLS on the data port (`--tls-cert`); `None`: plain.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// This worker's open connections as its readiness driver watches them.
     pub io: crate::readiness::Io,
 }
@@ -60,6 +62,7 @@ pub struct WorkerSetup {
     pub door: Arc<crate::limits::Door>,
     pub inbound: Arc<crate::limits::InboundBudget>,
     pub auth: Option<Arc<crate::auth::Authenticator>>,
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     pub cancel: CancellationToken,
 }
 
@@ -75,7 +78,7 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<JoinHandle<()>> {
 }
 
 async fn run(setup: WorkerSetup) {
-    let WorkerSetup { id, ring, mut inbox, cfg, stats, market, door, inbound, auth, cancel } =
+    let WorkerSetup { id, ring, mut inbox, cfg, stats, market, door, inbound, auth, tls, cancel } =
         setup;
     let symbols = market.symbols().clone();
     let budget = Budget::new(cfg.max_queued_bytes / cfg.worker_count());
@@ -85,7 +88,7 @@ async fn run(setup: WorkerSetup) {
         Err(e) => return tracing::error!(error = %e, "cannot create the worker's epoll set"),
     };
     let shard = RefCell::new(shard);
-    let ctx = Rc::new(WorkerCtx { shard, cfg, stats, symbols, door, inbound, auth, io });
+    let ctx = Rc::new(WorkerCtx { shard, cfg, stats, symbols, door, inbound, auth, tls, io });
     let driver = tokio::task::spawn_local(crate::readiness::drive(ctx.clone(), poll));
     let fanout = tokio::task::spawn_local(fan_out(ctx.clone(), id, ring, cancel.clone()));
     let stats_task = tokio::task::spawn_local(publish_stats(ctx.clone(), id, cancel.clone()));

@@ -280,7 +280,7 @@ async fn until_banner(mut child: tokio::process::Child) -> (tokio::process::Chil
     let banner = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let line = lines.next_line().await.unwrap().expect("a banner line");
-            if line.contains("listening on http://") {
+            if line.contains("listening on http") {
                 return line;
             }
         }
@@ -288,7 +288,7 @@ async fn until_banner(mut child: tokio::process::Child) -> (tokio::process::Chil
     .await
     .expect("banner within 10 s");
     let addr = banner
-        .split("http://")
+        .split("://")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("banner names the address: {banner}"))

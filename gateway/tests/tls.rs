@@ -1,0 +1,163 @@
+//! TLS on the data port (`--tls-cert`, `--tls-key`) with a certificate made here by rcgen:
+//! `https://` pages, `wss://` subscriptions (our client and wscat from npm), and a plain client
+//! turned away.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
+use serde_json::{json, Value};
+use support::{start_gateway_with, ObserveJson, SeqCheck};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+/// A self-signed certificate for localhost and 127.0.0.1, written as PEM files.
+struct Cert {
+    dir: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+impl Cert {
+    fn new() -> Cert {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(names).unwrap();
+        let dir = std::env::temp_dir().join(format!("tickfan-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key_pair.serialize_pem()).unwrap();
+        Cert { dir, der: cert.der().clone() }
+    }
+
+    fn connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+impl Drop for Cert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn tls_connect(cert: &Cert, addr: SocketAddr) -> Tls {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    cert.connector().connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// `GET path` over TLS: the whole response.
+async fn https_get(cert: &Cert, addr: SocketAddr, path: &str) -> String {
+    let mut s = tls_connect(cert, addr).await;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn wss_and_https_serve_the_same_protocol_over_tls() {
+    let cert = Cert::new();
+    let gw = start_gateway_with(|c| {
+        c.tls_cert = Some(cert.dir.join("cert.pem"));
+        c.tls_key = Some(cert.dir.join("key.pem"));
+    });
+    let addr = gw.local_addr();
+    let health = https_get(&cert, addr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
+
+    // wss: the upgrade over TLS, then a subscription read for a while without a gap.
+    let mut s = tls_connect(&cert, addr).await;
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut ws = WebSocket::after_handshake(s, Role::Client);
+    ws.set_auto_pong(true);
+    let subscribe = json!({"op":"subscribe","id":1,"channels":["trades.*","book.BTC-USD"]});
+    let text = subscribe.to_string().into_bytes();
+    ws.write_frame(Frame::text(Payload::Owned(text))).await.unwrap();
+    let mut seq = SeqCheck::default();
+    let mut replied = false;
+    while seq.messages < 2000 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.read_frame())
+            .await
+            .expect("data within 5 s")
+            .unwrap();
+        if frame.opcode != OpCode::Text {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&frame.payload).unwrap();
+        replied |= v["op"] == "subscribed";
+        seq.observe_json(&v);
+    }
+    assert!(replied);
+    assert_eq!((seq.undeclared_gaps, seq.declared_gaps), (0, 0), "{seq:?}");
+    assert!(seq.snapshots >= 1, "the book starts with a snapshot");
+
+    // A plain client gets no HTTP answer from a TLS port, and is counted.
+    let plain = support::http_get(addr, "/healthz").await;
+    assert!(!plain.contains("200"), "{plain}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = https_get(&cert, addr, "/metrics").await;
+    assert!(metrics.contains("tickfan_connections_refused_total{reason=\"tls_handshake\"} 1"));
+}
+
+#[tokio::test]
+async fn wscat_subscribes_over_wss() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let modules = bench::compare::ensure_node_modules(root)
+        .expect("wscat is needed: run `npm ci` at the repository root");
+    let cert = Cert::new();
+    let (cert_pem, key_pem) = (cert.dir.join("cert.pem"), cert.dir.join("key.pem"));
+    let (_gw, addr) = support::spawn_tickfan(&[
+        "--tls-cert",
+        cert_pem.to_str().unwrap(),
+        "--tls-key",
+        key_pem.to_str().unwrap(),
+    ])
+    .await;
+    let mut child = tokio::process::Command::new(modules.join(".bin/wscat"))
+        .args(["-c", &format!("wss://localhost:{}/ws", addr.port())])
+        .args(["--ca", cert_pem.to_str().unwrap()])
+        .args(["-x", r#"{"op":"subscribe","id":1,"channels":["trades.*"]}"#, "-w", "2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("wscat runs");
+    let _stdin = child.stdin.take();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("wscat exits after -w 2")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let trades = stdout.lines().filter(|l| l.contains(r#""ch":"trades."#)).count();
+    assert!(
+        stdout.contains(r#""op":"subscribed""#),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(trades > 50, "wscat printed only {trades} trades over wss:\n{stdout}");
+}
