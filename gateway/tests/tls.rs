@@ -27,7 +27,10 @@ impl Cert {
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let rcgen::CertifiedKey { cert, key_pair } =
             rcgen::generate_simple_self_signed(names).unwrap();
-        let dir = std::env::temp_dir().join(format!("tickfan-tls-{}", std::process::id()));
+        // One directory per certificate: the tests of this file run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tickfan-tls-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
         std::fs::write(dir.join("key.pem"), key_pair.serialize_pem()).unwrap();
