@@ -98,3 +98,23 @@ async fn wscat_subscribes_and_prints_ticks() {
         .all(|m| m["ch"].as_str().unwrap().starts_with("trades.") || m["ch"] == "quotes.BTC-USD"));
     assert!(data.iter().any(|m| m["ch"] == "quotes.BTC-USD"));
 }
+
+/// The configuration reference of docs/operations.md lists every flag `tickfan --help` shows.
+#[tokio::test]
+async fn every_flag_is_in_the_configuration_reference() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tickfan")).arg("--help").output().await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+    let docs = std::fs::read_to_string(docs).unwrap();
+    let reference = docs.split("## Configuration reference").nth(1).expect("the section");
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .map(|l| l.split([' ', '=']).next().unwrap_or_default())
+        .filter(|f| !matches!(*f, "help" | "version"))
+        .collect();
+    assert!(flags.len() > 40, "{help}");
+    let missing: Vec<&&str> =
+        flags.iter().filter(|f| !reference.contains(&format!("| `--{f}` |"))).collect();
+    assert!(missing.is_empty(), "flags missing from the reference: {missing:?}");
+}
