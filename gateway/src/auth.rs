@@ -27,7 +27,7 @@ enum Pattern {
 }
 
 impl Pattern {
-    fn parse(s: &str) -> Result<Pattern, String> {
+    fn parse(s: &str) -> Result<Pattern, GrantError> {
         let s = s.trim();
         if s == "*" {
             return Ok(Pattern::Channels { kind: None, symbol: None });
@@ -35,7 +35,7 @@ impl Pattern {
         if s == "sys.stats" {
             return Ok(Pattern::SysStats);
         }
-        let bad = || format!("grant {s:?}: expected *, KIND.*, *.SYMBOL, KIND.SYMBOL or sys.stats");
+        let bad = || GrantError::Pattern(s.to_owned());
         let (kind, symbol) = s.split_once('.').ok_or_else(bad)?;
         let kind = match kind {
             "*" => None,
@@ -56,14 +56,14 @@ pub struct Grants(Vec<Pattern>);
 
 impl Grants {
     /// Parses comma-separated (or listed) patterns.
-    pub fn parse<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Result<Grants, String> {
+    pub fn parse<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Result<Grants, GrantError> {
         let patterns: Vec<Pattern> = patterns
             .into_iter()
             .filter(|p| !p.trim().is_empty())
             .map(Pattern::parse)
             .collect::<Result<_, _>>()?;
         if patterns.is_empty() {
-            return Err("no channel is granted".into());
+            return Err(GrantError::Empty);
         }
         Ok(Grants(patterns))
     }
@@ -102,6 +102,36 @@ pub struct Admitted {
     pub expires: Option<u64>,
     /// Who, for the logs: the key's label or the token's `sub`.
     pub who: String,
+}
+
+/// A grant list that cannot be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GrantError {
+    #[error("grant {0:?}: expected *, KIND.*, *.SYMBOL, KIND.SYMBOL or sys.stats")]
+    Pattern(String),
+    #[error("no channel is granted")]
+    Empty,
+}
+
+/// Auth settings that cannot be used (a startup error).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("API keys, line {line}: expected KEY PATTERN[,PATTERN…]")]
+    KeyLine { line: usize },
+    #[error("API keys, line {line}: a key has at least 16 characters")]
+    ShortKey { line: usize },
+    #[error("API keys, line {line}: {source}")]
+    Grants { line: usize, source: GrantError },
+    #[error("--api-keys: not UTF-8 text")]
+    KeysNotText,
+    #[error("--jwt-secret must have at least 32 bytes")]
+    ShortSecret,
+    #[error("--jwt-public-key is neither an Ed25519 nor an RSA public key in PEM")]
+    PublicKey,
+    #[error("give --jwt-secret (HS256) or --jwt-public-key (EdDSA, RS256), not both")]
+    TwoJwtKeys,
+    #[error("{flag} {}: {source}", path.display())]
+    Read { flag: &'static str, path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// Why a handshake's credential was not accepted (answered 401 with this text).
@@ -159,31 +189,31 @@ impl Authenticator {
         jwt: Option<JwtKey>,
         issuer: Option<&str>,
         audience: Option<&str>,
-    ) -> Result<Option<Authenticator>, String> {
+    ) -> Result<Option<Authenticator>, ConfigError> {
         if api_keys.is_none() && jwt.is_none() {
             return Ok(None);
         }
         let mut keys = HashMap::new();
-        for (n, line) in api_keys.unwrap_or_default().lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+        for (n, line_text) in api_keys.unwrap_or_default().lines().enumerate() {
+            let line_text = line_text.trim();
+            if line_text.is_empty() || line_text.starts_with('#') {
                 continue;
             }
-            let (key, patterns) = line.split_once(char::is_whitespace).ok_or_else(|| {
-                format!("API keys, line {}: expected KEY PATTERN[,PATTERN…]", n + 1)
-            })?;
+            let line = n + 1;
+            let (key, patterns) =
+                line_text.split_once(char::is_whitespace).ok_or(ConfigError::KeyLine { line })?;
             if key.len() < 16 {
-                return Err(format!("API keys, line {}: a key has at least 16 characters", n + 1));
+                return Err(ConfigError::ShortKey { line });
             }
             let grants = Grants::parse(patterns.split(','))
-                .map_err(|e| format!("API keys, line {}: {e}", n + 1))?;
+                .map_err(|source| ConfigError::Grants { line, source })?;
             keys.insert(key.to_owned(), Arc::new(grants));
         }
         let jwt = match jwt {
             None => None,
             Some(JwtKey::Secret(secret)) => {
                 if secret.len() < 32 {
-                    return Err("--jwt-secret must have at least 32 bytes".into());
+                    return Err(ConfigError::ShortSecret);
                 }
                 Some((DecodingKey::from_secret(&secret), Validation::new(Algorithm::HS256)))
             }
@@ -191,10 +221,7 @@ impl Authenticator {
                 let (key, alg) = DecodingKey::from_ed_pem(&pem)
                     .map(|k| (k, Algorithm::EdDSA))
                     .or_else(|_| DecodingKey::from_rsa_pem(&pem).map(|k| (k, Algorithm::RS256)))
-                    .map_err(|_| {
-                        "--jwt-public-key is neither an Ed25519 nor an RSA public key in PEM"
-                            .to_owned()
-                    })?;
+                    .map_err(|_| ConfigError::PublicKey)?;
                 Some((key, Validation::new(alg)))
             }
         };
@@ -273,8 +300,8 @@ mod tests {
         assert!(!g.allows_sys_stats());
         assert!(Grants::parse(["*"]).unwrap().allows_sys_stats());
         assert!(Grants::parse(["sys.stats"]).unwrap().allows_sys_stats());
-        assert!(Grants::parse(["ticker.*"]).unwrap_err().contains("expected"));
-        assert!(Grants::parse([" "]).unwrap_err().contains("no channel"));
+        assert_eq!(Grants::parse(["ticker.*"]), Err(GrantError::Pattern("ticker.*".into())));
+        assert_eq!(Grants::parse([" "]), Err(GrantError::Empty));
     }
 
     #[test]
@@ -286,9 +313,9 @@ mod tests {
         assert_eq!(auth.admit(Some("nope")).unwrap_err(), AuthError::UnknownKey);
         assert_eq!(auth.admit(None).unwrap_err(), AuthError::Missing);
         let err = Authenticator::new(Some("short trades.*"), None, None, None).unwrap_err();
-        assert!(err.contains("line 1") && err.contains("16 characters"), "{err}");
+        assert!(matches!(err, ConfigError::ShortKey { line: 1 }), "{err}");
         let err = Authenticator::new(Some("0123456789abcdef"), None, None, None).unwrap_err();
-        assert!(err.contains("expected KEY PATTERN"), "{err}");
+        assert!(err.to_string().contains("expected KEY PATTERN"), "{err}");
         assert!(Authenticator::new(None, None, None, None).unwrap().is_none());
     }
 

@@ -423,21 +423,29 @@ impl Config {
 
     /// The credentials clients must present, read from the files and values configured;
     /// `None` when auth is off.
-    pub fn authenticator(&self) -> Result<Option<crate::auth::Authenticator>, String> {
-        let read = |flag: &str, path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+    pub fn authenticator(
+        &self,
+    ) -> Result<Option<crate::auth::Authenticator>, crate::auth::ConfigError> {
+        use crate::auth::ConfigError;
+        let read = |flag: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| ConfigError::Read {
+                flag,
+                path: path.to_owned(),
+                source,
+            })
         };
         let mut keys = None;
         if let Some(path) = &self.api_keys {
             let text = read("--api-keys", path)?;
-            keys = Some(String::from_utf8(text).map_err(|_| "--api-keys: not UTF-8 text")?);
+            keys = Some(String::from_utf8(text).map_err(|_| ConfigError::KeysNotText)?);
         }
         if let Some(inline) = &self.api_keys_inline {
             let inline = inline.replace(';', "\n");
             keys = Some(keys.map_or(inline.clone(), |k| k + "\n" + &inline));
         }
         let jwt = match (&self.jwt_secret, &self.jwt_public_key) {
-            (Some(secret), _) => Some(crate::auth::JwtKey::Secret(secret.clone().into_bytes())),
+            (Some(_), Some(_)) => return Err(ConfigError::TwoJwtKeys),
+            (Some(secret), None) => Some(crate::auth::JwtKey::Secret(secret.clone().into_bytes())),
             (None, Some(path)) => {
                 Some(crate::auth::JwtKey::PublicPem(read("--jwt-public-key", path)?))
             }

@@ -1,7 +1,8 @@
-//! One WebSocket connection after the upgrade: its reader (frames decoded by `inbound`, control
-//! messages applied), serviced by the worker's readiness driver (`readiness`) when the socket
-//! is readable, and its closing task. Data never passes through here: the fan-out writes
-//! shared frames straight into the socket (see `fanout`).
+//! One WebSocket connection after the upgrade: its reader (frames decoded by `inbound`, limited
+//! by `limits`, requests parsed by `protocol` and carried out by `ops`), serviced by the
+//! worker's readiness driver (`readiness`) when the socket is readable, and its closing task.
+//! Data never passes through here: the fan-out writes shared frames straight into the socket
+//! (see `fanout`), plain or through its TLS session (`tls`).
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
@@ -12,20 +13,17 @@ use std::time::{Duration, Instant};
 
 use fastwebsockets::upgrade::UpgradeFut;
 use hyper_util::rt::TokioIo;
-use serde_json::json;
-use tickfan_proto::{
-    unix_now_ns, ChannelId, ChannelSpec, ErrorCode, ParseChannelError, SymbolTable,
-};
+use tickfan_proto::{unix_now_ns, ErrorCode};
 use tokio::io::unix::AsyncFd;
 
 use crate::channels::ConnKey;
 use crate::close::CloseCode;
-use crate::fanout::{FlushState, Subscribed, SYS_STATS};
+use crate::fanout::FlushState;
 use crate::frame::{self, Opcode};
 use crate::inbound::{Decoder, FrameIn, OpIn, Violation};
 use crate::limits::{RequestLimiter, SocketPermit, Verdict};
 use crate::metrics::{CloseReason, Stats};
-use crate::protocol::{self, Op, Rejection, Request, Resume};
+use crate::protocol::{self, Op, Rejection, Request};
 use crate::tls::Sock;
 use crate::worker::WorkerCtx;
 
@@ -497,38 +495,6 @@ impl Session {
         None
     }
 
-    /// Refuses a subscription outside the connection's grants (all or nothing).
-    fn check_grants(
-        &self,
-        symbols: &SymbolTable,
-        specs: &[ChannelSpec],
-        sys_stats: bool,
-        id: &Option<serde_json::Value>,
-    ) -> Result<(), Rejection> {
-        let Some(grants) = &self.grants else { return Ok(()) };
-        let mut denied =
-            specs.iter().filter(|&&s| !grants.allows(symbols, s)).map(|&s| symbols.spec_name(s));
-        let first = denied
-            .next()
-            .or_else(|| (sys_stats && !grants.allows_sys_stats()).then(|| SYS_STATS.to_owned()));
-        match first {
-            None => Ok(()),
-            Some(name) => {
-                let shown: String = name.chars().take(64).collect();
-                let hint = if name.ends_with(".*") {
-                    " (a wildcard needs a grant of its whole kind)"
-                } else {
-                    ""
-                };
-                Err(Rejection::new(
-                    id.clone(),
-                    ErrorCode::Forbidden,
-                    format!("your credentials do not grant {shown}{hint}"),
-                ))
-            }
-        }
-    }
-
     /// Bytes held for a fragmented message being received.
     fn partial_bytes(&self) -> usize {
         match self.partial.as_deref() {
@@ -554,181 +520,20 @@ impl Session {
         ctx.shard.borrow_mut().send_json(self.key, &rejection.to_json());
     }
 
-    /// Applies one valid request and sends its reply.
+    /// Applies one valid request: its operation answers, or it is refused.
     fn apply(&mut self, ctx: &WorkerCtx, req: Request) {
-        let symbols = ctx.symbols.clone();
-        let Request { id, op } = req;
-        let reply = match op {
-            Op::Subscribe { channels, resume } => {
-                let (stats, channels) = take_sys_stats(channels);
-                let specs = match resolve(&symbols, &channels, &id) {
-                    Ok(specs) => specs,
-                    Err(rejection) => return self.refuse(ctx, rejection),
-                };
-                if let Err(rejection) = self.check_grants(&symbols, &specs, stats, &id) {
-                    return self.refuse(ctx, rejection);
-                }
-                let resume = match resolve_resume(&symbols, &specs, resume, &id) {
-                    Ok(resume) => resume,
-                    Err(rejection) => return self.refuse(ctx, rejection),
-                };
-                let mut shard = ctx.shard.borrow_mut();
-                let Some(after) = shard.subscriptions_with(self.key, &specs) else { return };
-                let max = ctx.cfg.max_channels;
-                if after > max {
-                    drop(shard);
-                    return self.refuse(
-                        ctx,
-                        Rejection::new(
-                            id,
-                            ErrorCode::TooManyChannels,
-                            format!(
-                                "at most {max} channels per connection; unsubscribe some first"
-                            ),
-                        ),
-                    );
-                }
-                if stats {
-                    shard.set_stats(self.key, true);
-                }
-                let mut names: Vec<String> = specs.iter().map(|&s| symbols.spec_name(s)).collect();
-                if stats {
-                    names.push(SYS_STATS.to_owned());
-                }
-                let epoch = shard.market().epoch().to_owned();
-                let reply = |done: &Subscribed| {
-                    let mut fields = json!({ "channels": names, "epoch": epoch });
-                    if !done.resumed.is_empty() {
-                        let resumed: serde_json::Map<String, serde_json::Value> = done
-                            .resumed
-                            .iter()
-                            .map(|&(ch, ok)| (symbols.channel_name(ch), ok.into()))
-                            .collect();
-                        fields["resumed"] = resumed.into();
-                    }
-                    protocol::reply("subscribed", &id, fields)
-                };
-                let client_epoch = resume.epoch.as_deref();
-                shard.subscribe(self.key, &specs, &resume.seqs, client_epoch, reply);
-                return;
-            }
-            Op::Unsubscribe { channels } => {
-                let (stats, channels) = take_sys_stats(channels);
-                let specs = match resolve(&symbols, &channels, &id) {
-                    Ok(specs) => specs,
-                    Err(rejection) => return self.refuse(ctx, rejection),
-                };
-                let mut shard = ctx.shard.borrow_mut();
-                shard.unsubscribe(self.key, &specs);
-                if stats {
-                    shard.set_stats(self.key, false);
-                }
-                drop(shard);
-                let mut names: Vec<String> = specs.iter().map(|&s| symbols.spec_name(s)).collect();
-                if stats {
-                    names.push(SYS_STATS.to_owned());
-                }
-                protocol::reply("unsubscribed", &id, json!({ "channels": names }))
-            }
-            Op::List => {
-                let names = ctx.shard.borrow().subscription_names(self.key);
-                protocol::reply("list", &id, json!({ "channels": names }))
-            }
-            Op::Symbols => {
-                let names: Vec<&str> = symbols.iter().map(|s| s.name.as_str()).collect();
-                protocol::reply("symbols", &id, json!({ "symbols": names }))
-            }
-            Op::Ping => protocol::pong(&id, unix_now_ns()),
-        };
-        ctx.shard.borrow_mut().send_json(self.key, &reply);
-    }
-}
-
-/// Splits `sys.stats` (which is not a market channel) out of a request's channel list.
-fn take_sys_stats(channels: Vec<String>) -> (bool, Vec<String>) {
-    let before = channels.len();
-    let rest: Vec<String> = channels.into_iter().filter(|c| c != SYS_STATS).collect();
-    (rest.len() < before, rest)
-}
-
-/// A subscribe's resume request, resolved: the channels and their last seqs.
-#[derive(Debug, Default)]
-struct ResolvedResume {
-    epoch: Option<String>,
-    seqs: Vec<(ChannelId, u64)>,
-}
-
-/// Checks that every channel of `resume` is a concrete channel the request subscribes to.
-fn resolve_resume(
-    symbols: &SymbolTable,
-    specs: &[ChannelSpec],
-    resume: Option<Resume>,
-    id: &Option<serde_json::Value>,
-) -> Result<ResolvedResume, Rejection> {
-    let Some(resume) = resume else { return Ok(ResolvedResume::default()) };
-    let mut seqs = Vec::with_capacity(resume.seqs.len());
-    for (name, seq) in resume.seqs {
-        let shown: String = name.chars().take(64).collect();
-        let ch = match symbols.parse_channel(&name) {
-            Ok(ChannelSpec::Exact(ch)) => ch,
-            Ok(ChannelSpec::Wildcard(_)) => {
-                return Err(Rejection::new(
-                    id.clone(),
-                    ErrorCode::BadRequest,
-                    format!("resume names channels, not wildcards: {shown}"),
-                ))
-            }
-            Err(_) => {
-                return Err(Rejection::new(
-                    id.clone(),
-                    ErrorCode::UnknownChannel,
-                    format!("no such channel in resume: {shown}"),
-                ))
-            }
-        };
-        let requested = specs.iter().any(|s| match *s {
-            ChannelSpec::Exact(c) => c == ch,
-            ChannelSpec::Wildcard(kind) => kind == ch.kind(),
-        });
-        if !requested {
-            return Err(Rejection::new(
-                id.clone(),
-                ErrorCode::BadRequest,
-                format!("{shown} is in resume but not in channels"),
-            ));
+        match crate::ops::apply(ctx, self.key, self.grants.as_deref(), req) {
+            Ok(Some(reply)) => ctx.shard.borrow_mut().send_json(self.key, &reply),
+            Ok(None) => {}
+            Err(rejection) => self.refuse(ctx, rejection),
         }
-        seqs.push((ch, seq));
     }
-    Ok(ResolvedResume { epoch: resume.epoch, seqs })
 }
 
 /// The payload of the server's pings: the send time, Unix ns, big-endian (clients echo it
 /// in their pong, which makes a round-trip time measurable).
 pub fn ping_payload() -> [u8; 8] {
     unix_now_ns().to_be_bytes()
-}
-
-/// Resolves channel names (all or nothing), dropping duplicates but keeping order.
-fn resolve(
-    symbols: &SymbolTable,
-    names: &[String],
-    id: &Option<serde_json::Value>,
-) -> Result<Vec<ChannelSpec>, Rejection> {
-    let mut specs: Vec<ChannelSpec> = Vec::with_capacity(names.len());
-    for name in names {
-        let spec = symbols.parse_channel(name).map_err(|e| {
-            let shown: String = name.chars().take(64).collect();
-            let msg = match e {
-                ParseChannelError::UnknownSymbol => format!("no such channel: {shown}"),
-                ParseChannelError::Malformed => format!("malformed channel name {shown:?}: {e}"),
-            };
-            Rejection::new(id.clone(), ErrorCode::UnknownChannel, msg)
-        })?;
-        if !specs.contains(&spec) {
-            specs.push(spec);
-        }
-    }
-    Ok(specs)
 }
 
 impl From<Violation> for End {

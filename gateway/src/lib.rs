@@ -34,6 +34,7 @@ pub mod listener;
 pub mod market;
 pub mod memory;
 pub mod metrics;
+pub mod ops;
 pub mod protocol;
 pub mod readiness;
 pub mod ring;
@@ -106,8 +107,7 @@ impl Gateway {
         let addr = socket.local_addr()?;
 
         let cancel = CancellationToken::new();
-        let (max_sockets, capacity) =
-            limits::raise_open_files(cfg.max_connections).map_err(anyhow::Error::msg)?;
+        let (max_sockets, capacity) = limits::raise_open_files(cfg.max_connections)?;
         let door = limits::Door::new(limits::DoorLimits {
             max_sockets,
             max_handshakes: cfg.max_handshakes,
@@ -119,9 +119,7 @@ impl Gateway {
         let inbound = Arc::new(limits::InboundBudget::new(cfg.max_inbound_bytes));
         let auth = cfg.authenticator().map_err(anyhow::Error::msg)?.map(Arc::new);
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(tls::server_config(cert, key).map_err(anyhow::Error::msg)?)
-            }
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ => None,
         };
         stats.door.set(door.clone()).expect("set once, here");

@@ -258,30 +258,38 @@ pub fn forwarded_client(header: &str, trusted: impl Fn(IpAddr) -> bool) -> Optio
 /// eventfds, the feed, log and NATS connections, with room to spare.
 pub const RESERVED_FILES: u64 = 256;
 
+/// Why the open-file limit cannot give `--max-connections` what it needs (a startup error).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFilesError {
+    #[error("cannot read the open-file limit: {0}")]
+    Read(std::io::Error),
+    #[error(
+        "--max-connections {max_connections} needs {needed} open files, but this process may \
+         open at most {hard} (its hard limit, `ulimit -Hn`): raise it (systemd LimitNOFILE=, \
+         docker --ulimit nofile=, /etc/security/limits.conf) or lower --max-connections to {}",
+        hard.saturating_sub(RESERVED_FILES)
+    )]
+    TooFew { max_connections: usize, needed: u64, hard: u64 },
+    #[error("cannot raise the open-file limit to {wanted}: {source}")]
+    Raise { wanted: u64, source: std::io::Error },
+}
+
 /// Raises the soft open-file limit to what `max_connections` sockets need (0: as many as the
-/// hard limit allows). Returns the effective connection bound and a line saying what was done,
-/// or an error saying how to make room.
-pub fn raise_open_files(max_connections: usize) -> Result<(usize, String), String> {
+/// hard limit allows). Returns the effective connection bound and a line saying what was done.
+pub fn raise_open_files(max_connections: usize) -> Result<(usize, String), OpenFilesError> {
     use rlimit::Resource;
-    let (soft, hard) = rlimit::getrlimit(Resource::NOFILE)
-        .map_err(|e| format!("cannot read the open-file limit: {e}"))?;
-    let want = match max_connections {
+    let (soft, hard) = rlimit::getrlimit(Resource::NOFILE).map_err(OpenFilesError::Read)?;
+    let wanted = match max_connections {
         0 => hard,
         n => n as u64 + RESERVED_FILES,
     };
-    if want > hard {
-        return Err(format!(
-            "--max-connections {max_connections} needs {want} open files, but this process may \
-             open at most {hard} (its hard limit, `ulimit -Hn`): raise it (systemd \
-             LimitNOFILE=, docker --ulimit nofile=, /etc/security/limits.conf) or lower \
-             --max-connections to {}",
-            hard.saturating_sub(RESERVED_FILES)
-        ));
+    if wanted > hard {
+        return Err(OpenFilesError::TooFew { max_connections, needed: wanted, hard });
     }
-    let now = if want > soft {
-        rlimit::setrlimit(Resource::NOFILE, want, hard)
-            .map_err(|e| format!("cannot raise the open-file limit to {want}: {e}"))?;
-        want
+    let now = if wanted > soft {
+        rlimit::setrlimit(Resource::NOFILE, wanted, hard)
+            .map_err(|source| OpenFilesError::Raise { wanted, source })?;
+        wanted
     } else {
         soft
     };

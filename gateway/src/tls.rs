@@ -24,20 +24,30 @@ use crate::backpressure::TryWrite;
 /// Ciphertext rustls may hold for one connection before a write counts as blocked.
 const TLS_BUFFER: usize = 64 << 10;
 
+/// TLS settings that cannot be used (a startup error).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--tls-cert {}: {source}", path.display())]
+    Cert { path: std::path::PathBuf, source: tokio_rustls::rustls::pki_types::pem::Error },
+    #[error("--tls-cert {}: no certificate in it", path.display())]
+    NoCert { path: std::path::PathBuf },
+    #[error("--tls-key {}: {source}", path.display())]
+    Key { path: std::path::PathBuf, source: tokio_rustls::rustls::pki_types::pem::Error },
+    #[error("--tls-cert/--tls-key: {0}")]
+    Rustls(#[from] tokio_rustls::rustls::Error),
+}
+
 /// The server's TLS configuration from a PEM certificate chain and its PEM private key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ConfigError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+        .map_err(|source| ConfigError::Cert { path: cert.to_owned(), source })?;
     if certs.is_empty() {
-        return Err(format!("--tls-cert {}: no certificate in it", cert.display()));
+        return Err(ConfigError::NoCert { path: cert.to_owned() });
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
-    let mut config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+        .map_err(|source| ConfigError::Key { path: key.to_owned(), source })?;
+    let mut config = ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::json;
 use support::{
-    http_get, start_gateway, start_gateway_with, without_epoch, Client, Msg, ObserveJson, SeqCheck,
+    start_gateway, start_gateway_with, without_epoch, Client, Msg, ObserveJson, SeqCheck,
 };
 
 #[tokio::test]
@@ -219,8 +219,8 @@ async fn control_frames_count_against_the_rate_too() {
     // A burst of 2 x rate pings is answered, the next 2 x rate are ignored, then the flood
     // ends the connection.
     assert_eq!(c.recv().await, Msg::Close(1008, "frame flood".to_owned()));
-    let metrics = http_get(gw.local_addr(), "/metrics").await;
-    assert!(metrics.contains("tickfan_connections_closed_total{reason=\"policy_violation\"} 1"));
+    let closed = "tickfan_connections_closed_total{reason=\"policy_violation\"}";
+    support::metric_reaches(gw.local_addr(), closed, 1.0).await;
 }
 
 #[tokio::test]

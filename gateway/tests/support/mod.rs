@@ -506,3 +506,17 @@ pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
+
+/// Waits (up to 5 s) for a series of `/metrics` to reach `want`: counters of a connection's
+/// end are updated by its closing task, a moment after the client saw the close frame.
+pub async fn metric_reaches(addr: SocketAddr, series: &str, want: f64) {
+    let mut last = f64::NAN;
+    for _ in 0..50 {
+        last = metric(addr, series).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{series} is {last}, not {want}");
+}
