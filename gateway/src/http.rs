@@ -146,11 +146,15 @@ fn healthz(stats: &crate::metrics::Stats) -> Response<Full<Bytes>> {
     }
 }
 
-/// Readiness, for load balancers: 200 while the feed is live, 503 with the reason otherwise
-/// (no tick yet, no tick for `--stale-after`, upstream disconnected).
+/// Readiness, for load balancers: 200 while the gateway is healthy (its accept loop and
+/// workers beat) and the feed is live, 503 with the reason otherwise (unhealthy, no tick yet,
+/// no tick for `--stale-after`, upstream disconnected).
 fn ready(stats: &crate::metrics::Stats) -> Response<Full<Bytes>> {
     use crate::source::FeedState;
     let now = tickfan_proto::unix_now_ns();
+    if let Err(why) = stats.health.check(now) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: unhealthy: {why}\n"));
+    }
     let feed = &stats.feed;
     match feed.state(now) {
         FeedState::Live => text(StatusCode::OK, "ready\n"),

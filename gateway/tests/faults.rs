@@ -65,24 +65,39 @@ async fn an_embedded_gateway_whose_worker_failed_is_unhealthy_and_says_why() {
     assert!(before.starts_with("HTTP/1.1 200"), "{before}");
     let mut c = Client::connect(addr, "/ws").await;
     c.send_json(json!({"op":"ping","id":1})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let failure = gw.stats().health.failure().map(str::to_owned);
+    let mut failure = None;
+    for _ in 0..50 {
+        failure = gw.stats().health.failure().map(str::to_owned);
+        if failure.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let failure = failure.expect("the failure is recorded");
     assert!(failure.contains("readiness driver task panicked"), "{failure}");
     assert!(failure.contains("injected panic in a client request"), "{failure}");
-    // Either worker may answer: both say the gateway is unhealthy.
+    // Either worker may answer: both say the gateway is unhealthy, and not ready.
     for _ in 0..4 {
         let health = http_get(addr, "/healthz").await;
         assert!(health.starts_with("HTTP/1.1 503"), "{health}");
         assert!(health.contains("unhealthy: worker"), "{health}");
+        let ready = http_get(addr, "/readyz").await;
+        assert!(ready.contains("503") && ready.contains("not ready: unhealthy: worker"), "{ready}");
     }
 }
 
 #[tokio::test]
 async fn an_embedded_gateway_whose_feed_thread_panicked_is_unhealthy() {
     let gw = start_gateway_with(|c| c.inject_panic = Some(gateway::config::PanicSite::Feed));
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let health = http_get(gw.local_addr(), "/healthz").await;
+    // The feed thread panics 0.3 s after start.
+    let mut health = String::new();
+    for _ in 0..50 {
+        health = http_get(gw.local_addr(), "/healthz").await;
+        if !health.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     assert!(health.contains("the feed thread panicked: injected panic"), "{health}");
 }
