@@ -14,6 +14,21 @@ use support::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A WebSocket upgrade from `from`, retried (for up to 5 s) until a place freed by a socket
+/// just closed is seen free by the gateway.
+async fn upgrades_eventually(from: &str, addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let (status, s, head) = handshake_from(from, addr, "").await;
+        if status == 101 {
+            return s;
+        }
+        last = head;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no upgrade from {from} within 5 s: {last}");
+}
+
 /// A client on 127.0.0.1 subscribed to every trade, reading for `secs` in the background.
 async fn bystander(addr: SocketAddr, secs: u64) -> tokio::task::JoinHandle<SeqCheck> {
     let mut c = Client::connect(addr, "/ws").await;
@@ -43,12 +58,10 @@ async fn connections_per_address_are_bounded_and_other_addresses_unaffected() {
     assert!(head.contains("too many connections from your address"), "{head}");
     let (status, _s, head) = handshake_from("127.0.0.3", addr, "").await;
     assert_eq!(status, 101, "another address is not limited: {head}");
-    // A closed socket gives its place back.
-    drop(open.pop());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _s2, head) = handshake_from("127.0.0.2", addr, "").await;
-    assert_eq!(status, 101, "{head}");
     assert_eq!(metric(addr, "tickfan_connections_refused_total{reason=\"per_ip\"}").await, 1.0);
+    // A closed socket gives its place back (once the gateway has seen it close).
+    drop(open.pop());
+    let _s2 = upgrades_eventually("127.0.0.2", addr).await;
     assert_unharmed(&watching.await.unwrap());
 }
 
@@ -91,9 +104,7 @@ async fn sockets_in_all_are_bounded_handshakes_included() {
     assert_eq!(status, 503, "{head}");
     assert!(head.contains("connection limit reached"), "{head}");
     drop(silent);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _, head) = handshake_from("127.0.0.7", addr, "").await;
-    assert_eq!(status, 101, "{head}");
+    let _ws2 = upgrades_eventually("127.0.0.7", addr).await;
 }
 
 #[tokio::test]
@@ -113,9 +124,22 @@ async fn handshakes_are_bounded_apart_from_upgraded_connections() {
     assert_eq!(status, 503, "{head}");
     assert!(head.contains("too many handshakes"), "{head}");
     drop(silent);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let refused = "tickfan_connections_refused_total{reason=\"max_handshakes\"}";
-    assert_eq!(metric(addr, refused).await, 1.0);
+    // Scrapes are refused too until the gateway has seen the silent sockets close.
+    let mut refused_scrapes = 0;
+    let metrics = loop {
+        let got = http_get(addr, "/metrics").await;
+        if got.starts_with("HTTP/1.1 200") {
+            break got;
+        }
+        refused_scrapes += 1;
+        assert!(refused_scrapes < 50, "{got}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let refused = format!(
+        "tickfan_connections_refused_total{{reason=\"max_handshakes\"}} {}",
+        1 + refused_scrapes
+    );
+    assert!(metrics.contains(&refused), "{refused} in {metrics}");
     // Three upgraded connections are open: the one socket handshaking is the scrape itself
     // (once the sockets of earlier scrapes are closed).
     metric_reaches(addr, "tickfan_handshaking_sockets", 1.0).await;
@@ -193,7 +217,13 @@ async fn client_input_held_over_all_connections_is_bounded() {
     let mut first = support::raw_handshake(addr).await;
     first.write_all(&header(60_000)).await.unwrap();
     first.write_all(&[b' '; 50_000]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first's input is held before the second sends.
+    for _ in 0..50 {
+        if metric(addr, "tickfan_inbound_bytes").await >= 50_000.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut second = support::raw_handshake(addr).await;
     second.write_all(&header(60_000)).await.unwrap();
     second.write_all(&[b' '; 50_000]).await.unwrap();
@@ -214,8 +244,7 @@ async fn client_input_held_over_all_connections_is_bounded() {
         }
     };
     tokio::time::timeout(Duration::from_secs(5), reply).await.expect("the first is answered");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(metric(addr, "tickfan_inbound_bytes").await, 0.0);
+    metric_reaches(addr, "tickfan_inbound_bytes", 0.0).await;
 }
 
 #[test]

@@ -121,9 +121,16 @@ async fn wss_and_https_serve_the_same_protocol_over_tls() {
     // A plain client gets no HTTP answer from a TLS port, and is counted.
     let plain = support::http_get(addr, "/healthz").await;
     assert!(!plain.contains("200"), "{plain}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let metrics = https_get(&cert, addr, "/metrics").await;
-    assert!(metrics.contains("tickfan_connections_refused_total{reason=\"tls_handshake\"} 1"));
+    let counted = "tickfan_connections_refused_total{reason=\"tls_handshake\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = https_get(&cert, addr, "/metrics").await;
+        if metrics.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains(counted), "{metrics}");
 }
 
 #[tokio::test]
