@@ -214,19 +214,8 @@ fn encode(send: &Send, out: &mut Vec<u8>) {
         }
         Send::Garbage(bytes) => return out.extend_from_slice(bytes),
     };
-    out.push(first);
     let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+    out.extend(support::frame_header(first, mask_bit, payload.len() as u64));
     if masked {
         let key = [0x37, 0xfa, 0x21, 0x3d];
         out.extend_from_slice(&key);

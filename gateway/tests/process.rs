@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -49,34 +48,11 @@ async fn invalid_flags_fail_with_a_clear_message() {
     assert!(err.contains("--rate"), "{err}");
 }
 
-/// wscat from `npm ci` (pinned in the root package.json); installed on first use if missing.
-fn wscat() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let modules = bench::compare::ensure_node_modules(root)
-        .expect("wscat is needed: run `npm ci` at the repository root");
-    modules.join(".bin/wscat")
-}
-
 #[tokio::test]
 async fn wscat_subscribes_and_prints_ticks() {
-    let wscat = wscat();
     let (_child, addr) = spawn_tickfan(&[]).await;
-    let mut child = Command::new(wscat)
-        .args(["-c", &format!("ws://{addr}/ws")])
-        .args(["-x", r#"{"op":"subscribe","id":1,"channels":["trades.*","quotes.BTC-USD"]}"#])
-        .args(["-w", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("wscat runs");
-    // wscat quits when its stdin closes, as it does for a user typing Ctrl-D: keep it open.
-    let _stdin = child.stdin.take();
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .expect("wscat exits after -w 2")
-        .unwrap();
+    let subscribe = r#"{"op":"subscribe","id":1,"channels":["trades.*","quotes.BTC-USD"]}"#;
+    let out = support::run_wscat(&format!("ws://{addr}/ws"), &["-x", subscribe, "-w", "2"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let messages: Vec<serde_json::Value> = stdout
         .lines()

@@ -468,7 +468,7 @@ fn case(name: &str, send: Vec<u8>, expect: Expect) -> Case {
 /// 16-bit or 64-bit length form its payload needs.
 fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
     let key = [0x37, 0xFA, 0x21, 0x3D];
-    let mut out = header(b0, 0x80, payload.len() as u64);
+    let mut out = support::frame_header(b0, 0x80, payload.len() as u64);
     out.extend_from_slice(&key);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
     out
@@ -476,32 +476,15 @@ fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
 
 /// A client frame without the mask bit, which a server must refuse.
 fn unmasked(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = header(b0, 0, payload.len() as u64);
+    let mut out = support::frame_header(b0, 0, payload.len() as u64);
     out.extend_from_slice(payload);
     out
 }
 
 /// Only the header (and masking key) of a masked frame claiming `len` payload bytes.
 fn oversized_header(b0: u8, len: u64) -> Vec<u8> {
-    let mut out = header(b0, 0x80, len);
+    let mut out = support::frame_header(b0, 0x80, len);
     out.extend_from_slice(&[1, 2, 3, 4]);
-    out
-}
-
-/// The first 2, 4 or 10 bytes of a frame: `b0`, then the mask bit and the length.
-fn header(b0: u8, mask_bit: u8, len: u64) -> Vec<u8> {
-    let mut out = vec![b0];
-    match len {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
     out
 }
 

@@ -82,19 +82,7 @@ async fn wss_and_https_serve_the_same_protocol_over_tls() {
 
     // wss: the upgrade over TLS, then a subscription read for a while without a gap.
     let mut s = tls_connect(&cert, addr).await;
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    support::upgrade_by_hand(&mut s, "localhost").await;
     let mut ws = WebSocket::after_handshake(s, Role::Client);
     ws.set_auto_pong(true);
     let subscribe = json!({"op":"subscribe","id":1,"channels":["trades.*","book.BTC-USD"]});
@@ -135,9 +123,6 @@ async fn wss_and_https_serve_the_same_protocol_over_tls() {
 
 #[tokio::test]
 async fn wscat_subscribes_over_wss() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let modules = bench::compare::ensure_node_modules(root)
-        .expect("wscat is needed: run `npm ci` at the repository root");
     let cert = Cert::new();
     let (cert_pem, key_pem) = (cert.dir.join("cert.pem"), cert.dir.join("key.pem"));
     let (_gw, addr) = support::spawn_tickfan(&[
@@ -147,21 +132,11 @@ async fn wscat_subscribes_over_wss() {
         key_pem.to_str().unwrap(),
     ])
     .await;
-    let mut child = tokio::process::Command::new(modules.join(".bin/wscat"))
-        .args(["-c", &format!("wss://localhost:{}/ws", addr.port())])
-        .args(["--ca", cert_pem.to_str().unwrap()])
-        .args(["-x", r#"{"op":"subscribe","id":1,"channels":["trades.*"]}"#, "-w", "2"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("wscat runs");
-    let _stdin = child.stdin.take();
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .expect("wscat exits after -w 2")
-        .unwrap();
+    let url = format!("wss://localhost:{}/ws", addr.port());
+    let subscribe = r#"{"op":"subscribe","id":1,"channels":["trades.*"]}"#;
+    let out =
+        support::run_wscat(&url, &["--ca", cert_pem.to_str().unwrap(), "-x", subscribe, "-w", "2"])
+            .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let trades = stdout.lines().filter(|l| l.contains(r#""ch":"trades."#)).count();
     assert!(

@@ -31,14 +31,22 @@ pub fn installed<C>(program: &str, package: &str, spawned: std::io::Result<C>) -
 /// A WebSocket upgrade of `/ws` done by hand over a raw TCP socket, for tests that then write
 /// bytes no conforming client would.
 pub async fn raw_handshake(addr: SocketAddr) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    upgrade_by_hand(&mut s, "x").await;
+    s
+}
+
+/// Sends the upgrade request of `/ws` on `s` (TCP or TLS) and reads the 101 answer.
+pub async fn upgrade_by_hand<S>(s: &mut S, host: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
@@ -46,7 +54,6 @@ pub async fn raw_handshake(addr: SocketAddr) -> tokio::net::TcpStream {
         head.push(b[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    s
 }
 
 /// `GET path` over a fresh connection; the whole response, head and body, as text.
@@ -519,4 +526,46 @@ pub async fn metric_reaches(addr: SocketAddr, series: &str, want: f64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{series} is {last}, not {want}");
+}
+
+/// The first 2, 4 or 10 bytes of a WebSocket frame (RFC 6455 §5.2): `b0` (FIN, RSV, opcode),
+/// then the mask bit (0x80 or 0) and the payload length.
+pub fn frame_header(b0: u8, mask_bit: u8, len: u64) -> Vec<u8> {
+    let mut out = vec![b0];
+    match len {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+    out
+}
+
+/// Runs wscat from `npm ci` (pinned in the root package.json; installed on first use if
+/// missing) on `url` with `args`, waits for it to exit (it quits after `-w SECS`), and returns
+/// what it printed.
+pub async fn run_wscat(url: &str, args: &[&str]) -> std::process::Output {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let modules = bench::compare::ensure_node_modules(root)
+        .expect("wscat is needed: run `npm ci` at the repository root");
+    let mut child = tokio::process::Command::new(modules.join(".bin/wscat"))
+        .args(["-c", url])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("wscat runs");
+    // wscat quits when its stdin closes, as it does for a user typing Ctrl-D: keep it open.
+    let _stdin = child.stdin.take();
+    tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("wscat exits after -w")
+        .unwrap()
 }
