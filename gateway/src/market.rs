@@ -60,12 +60,16 @@ struct KeptFrame {
     size: u32,
 }
 
+/// How far past this gateway's last seq of a channel a resume may ask for and still resume (see
+/// [`Market::replay`]); further is a seq this feed never had.
+pub const MAX_AHEAD: u64 = 100_000;
+
 /// What a resume from a seq can get.
 #[derive(Debug)]
 pub enum Replay {
     /// Every frame after the requested seq, up to and including `last`.
     Frames { frames: Vec<Frame>, last: u64 },
-    /// Out of the window (too old, or a seq this channel never had).
+    /// Out of the window (too old, or a seq this channel is not about to have).
     Unavailable,
 }
 
@@ -246,6 +250,12 @@ impl Market {
     pub fn replay(&self, ch: ChannelId, after: u64) -> Replay {
         let st = self.state(ch);
         if after > st.last_seq {
+            // A little ahead: another gateway of the same feed (same epoch, same seqs) got
+            // further than this one before the client moved here. The client has everything up
+            // to `after`; what follows comes live, as this gateway reads it.
+            if after - st.last_seq <= MAX_AHEAD {
+                return Replay::Frames { frames: Vec::new(), last: after };
+            }
             return Replay::Unavailable;
         }
         if after == st.last_seq {
@@ -314,10 +324,14 @@ mod tests {
             frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
             (seq - 9..=seq).collect::<Vec<_>>()
         );
-        assert!(matches!(m.replay(ch, seq + 1), Replay::Unavailable));
         assert!(
             matches!(m.replay(ch, seq), Replay::Frames { ref frames, .. } if frames.is_empty())
         );
+        // A little ahead (another gateway of the feed got further): nothing to replay, and
+        // live frames up to that seq are skipped. Far ahead: a seq the feed never had.
+        let Replay::Frames { frames, last } = m.replay(ch, seq + 3) else { panic!() };
+        assert_eq!((frames.len(), last), (0, seq + 3));
+        assert!(matches!(m.replay(ch, seq + MAX_AHEAD + 1), Replay::Unavailable));
     }
 
     #[test]

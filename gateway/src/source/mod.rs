@@ -219,9 +219,14 @@ impl Default for FeedHealth {
     }
 }
 
-/// Messages a JetStream consumer may be behind at start and count as caught up (about a tenth
-/// of a second of a busy feed). After that, lag in a burst does not make it catching up again.
+/// A JetStream consumer counts as caught up at start when it has nothing left to deliver, or
+/// when it is at most this many messages behind and the message it reads was published at
+/// most [`CATCH_UP_AGE_NS`] ago: within a tenth of a second of the live edge, whatever the
+/// feed's rate, so that a client resuming from another gateway finds its seqs here. After
+/// that, lag in a burst does not make it catching up again.
 pub const CATCH_UP_SLACK: u64 = 2_000;
+/// See [`CATCH_UP_SLACK`].
+pub const CATCH_UP_AGE_NS: u64 = 100_000_000;
 
 /// What a client or a load balancer is told of the feed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

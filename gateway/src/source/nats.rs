@@ -29,7 +29,7 @@ use tickfan_proto::feed::Announcement;
 use tickfan_proto::SymbolTable;
 
 use super::intake::Intake;
-use super::{Opened, Publisher, CATCH_UP_SLACK};
+use super::{Opened, Publisher, CATCH_UP_AGE_NS, CATCH_UP_SLACK};
 use crate::metrics::Stats;
 
 /// Longest pull of the JetStream consumer (heartbeats every half of it).
@@ -243,9 +243,14 @@ impl Feed {
                                 // the consumer briefly behind later must not make the gateway
                                 // flap out of its load balancer's rotation.
                                 if !caught_up {
-                                    let pending = msg.info().map_or(0, |i| i.pending);
-                                    caught_up = pending <= CATCH_UP_SLACK;
-                                    let backlog = if caught_up { 0 } else { pending };
+                                    let (pending, age_ns) = msg.info().map_or((0, 0), |i| {
+                                        let at = i.published.unix_timestamp_nanos();
+                                        let age = i128::from(tickfan_proto::unix_now_ns()) - at;
+                                        (i.pending, u64::try_from(age).unwrap_or(0))
+                                    });
+                                    caught_up = pending == 0
+                                        || (pending <= CATCH_UP_SLACK && age_ns <= CATCH_UP_AGE_NS);
+                                    let backlog = if caught_up { 0 } else { pending.max(1) };
                                     stats.feed.backlog.store(backlog, Ordering::Relaxed);
                                 }
                                 if self.serves(&msg.subject) {
