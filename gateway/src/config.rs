@@ -369,6 +369,9 @@ impl Config {
         if self.max_message_bytes < 256 || self.max_message_bytes > self.max_frame_bytes {
             return Err("--max-message-bytes must be >= 256 and <= --max-frame-bytes".into());
         }
+        if self.max_frame_bytes > 1 << 30 {
+            return Err("--max-frame-bytes must be at most 1 GiB".into());
+        }
         if !(self.handshake_timeout.is_finite() && self.handshake_timeout > 0.0) {
             return Err("--handshake-timeout must be a positive number of seconds".into());
         }

@@ -102,11 +102,11 @@ pub async fn run(
     Stats::add(&ctx.stats.connections_opened, 1);
 
     let mut reader = Reader {
-        decoder: Decoder::new(ctx.cfg.max_frame_bytes),
+        decoder: Decoder::default(),
         charged: 0,
         session: Session {
             key,
-            limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec),
+            limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec, Instant::now()),
             partial: None,
             grants: admitted.as_ref().map(|a| a.grants.clone()),
         },
@@ -209,7 +209,7 @@ impl Live {
 
     /// Hands the ending connection to a closing task of its own (see [`finish`]).
     pub fn end(self, ctx: Rc<WorkerCtx>, key: ConnKey, end: End) {
-        ctx.inbound.recharge(self.reader.charged, 0);
+        ctx.inbound.recharge(self.reader.charged as usize, 0);
         drop(tokio::task::spawn_local(finish(ctx, key, self.sock, end, self.permit)));
     }
 }
@@ -334,8 +334,9 @@ struct Reader {
     decoder: Decoder,
     session: Session,
     /// Bytes of client input this connection holds (an unfinished frame, a fragmented
-    /// message), as charged to the gateway-wide inbound budget.
-    charged: usize,
+    /// message), as charged to the gateway-wide inbound budget (at most --max-frame-bytes and
+    /// a read's worth).
+    charged: u32,
 }
 
 impl Reader {
@@ -343,7 +344,7 @@ impl Reader {
     fn on_bytes(&mut self, ctx: &WorkerCtx, bytes: &mut [u8]) -> Option<End> {
         let Reader { decoder, session, charged } = self;
         let mut end = None;
-        let decoded = decoder.feed(bytes, |frame| {
+        let decoded = decoder.feed(bytes, ctx.cfg.max_frame_bytes, |frame| {
             end = session.on_frame(ctx, frame);
             end.is_none()
         });
@@ -351,9 +352,10 @@ impl Reader {
             Err(v) => Some(v.into()),
             Ok(()) => end,
         };
-        let held = decoder.held_bytes() + session.partial_bytes();
+        // Both are bounded by --max-frame-bytes (at most 1 GiB) and a read: a u32.
+        let held = (decoder.held_bytes() + session.partial_bytes()) as u32;
         if held != *charged {
-            if !ctx.inbound.recharge(*charged, held) {
+            if !ctx.inbound.recharge(*charged as usize, held as usize) {
                 return Some(End::Close(
                     CloseCode::TryAgainLater,
                     "the server holds too much client input: try again later".into(),
@@ -385,7 +387,7 @@ impl Session {
         // Every frame but a close takes a token; one beyond the rate is refused (a request)
         // or ignored (any other frame), and a flood ends the connection.
         if frame.op != OpIn::Close {
-            match self.limiter.check(Instant::now()) {
+            match self.limiter.check(ctx.cfg.max_requests_per_sec, Instant::now()) {
                 Verdict::Allow => {}
                 Verdict::Flood => {
                     return Some(End::Close(CloseCode::Policy, "frame flood".into()));
@@ -544,4 +546,18 @@ impl From<Violation> for End {
 
 fn protocol_error(reason: &str) -> End {
     Violation::protocol(reason).into()
+}
+#[cfg(test)]
+mod tests {
+    /// Every open connection has one of these in its worker's table, idle or not
+    /// (docs/architecture.md, "Memory per connection"): growing it is a decision, not an
+    /// accident.
+    #[test]
+    fn an_idle_connection_reader_stays_small() {
+        assert!(
+            std::mem::size_of::<super::Live>() <= 112,
+            "{}",
+            std::mem::size_of::<super::Live>()
+        );
+    }
 }

@@ -76,13 +76,11 @@ impl Violation {
 }
 
 /// Incremental decoder of one connection's client frames.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Decoder {
     /// The start of an unfinished frame, when the last read ended inside one. Empty (and
     /// without an allocation) the rest of the time.
     held: Vec<u8>,
-    /// Largest payload accepted in one frame (`--max-frame-bytes`).
-    max_payload: usize,
 }
 
 /// A parsed frame header.
@@ -96,10 +94,6 @@ struct Header {
 }
 
 impl Decoder {
-    pub fn new(max_payload: usize) -> Decoder {
-        Decoder { held: Vec::new(), max_payload }
-    }
-
     /// Bytes held for an unfinished frame (its allocation).
     pub fn held_bytes(&self) -> usize {
         self.held.capacity()
@@ -108,13 +102,16 @@ impl Decoder {
     /// Decodes the frames in `fresh` (just read; the decoder may unmask it in place), preceded
     /// by any unfinished frame from before, and calls `each` for every complete frame in order.
     /// `each` returns `false` to stop (the connection is ending); then the rest is dropped.
+    /// A frame whose payload would exceed `max_payload` (`--max-frame-bytes`; given per call,
+    /// not kept per connection) is refused from its header.
     pub fn feed(
         &mut self,
         fresh: &mut [u8],
+        max_payload: usize,
         mut each: impl FnMut(FrameIn<'_>) -> bool,
     ) -> Result<(), Violation> {
         if self.held.is_empty() {
-            let used = self.frames(fresh, &mut each)?;
+            let used = frames(fresh, max_payload, &mut each)?;
             if used < fresh.len() {
                 self.held.extend_from_slice(&fresh[used..]);
             }
@@ -122,7 +119,7 @@ impl Decoder {
         }
         self.held.extend_from_slice(fresh);
         let mut held = std::mem::take(&mut self.held);
-        let used = self.frames(&mut held, &mut each)?;
+        let used = frames(&mut held, max_payload, &mut each)?;
         if used < held.len() {
             held.drain(..used);
             self.held = held; // keep the allocation: the frame is still coming
@@ -130,79 +127,79 @@ impl Decoder {
         // else: `held` is dropped with its allocation.
         Ok(())
     }
+}
 
-    /// Decodes complete frames from the front of `buf`; returns how many bytes they took.
-    fn frames(
-        &self,
-        buf: &mut [u8],
-        each: &mut impl FnMut(FrameIn<'_>) -> bool,
-    ) -> Result<usize, Violation> {
-        let mut at = 0;
-        while let Some(h) = self.header(&buf[at..])? {
-            let end = at + h.len + h.payload_len;
-            if end > buf.len() {
-                break;
-            }
-            let payload = &mut buf[at + h.len..end];
-            fastwebsockets::unmask(payload, h.mask);
-            if h.op == OpIn::Close {
-                check_close(payload)?;
-            }
-            at = end;
-            if !each(FrameIn { fin: h.fin, op: h.op, payload }) {
-                return Ok(buf.len());
-            }
+/// Decodes complete frames from the front of `buf`; returns how many bytes they took.
+fn frames(
+    buf: &mut [u8],
+    max_payload: usize,
+    each: &mut impl FnMut(FrameIn<'_>) -> bool,
+) -> Result<usize, Violation> {
+    let mut at = 0;
+    while let Some(h) = header(&buf[at..], max_payload)? {
+        let end = at + h.len + h.payload_len;
+        if end > buf.len() {
+            break;
         }
-        Ok(at)
+        let payload = &mut buf[at + h.len..end];
+        fastwebsockets::unmask(payload, h.mask);
+        if h.op == OpIn::Close {
+            check_close(payload)?;
+        }
+        at = end;
+        if !each(FrameIn { fin: h.fin, op: h.op, payload }) {
+            return Ok(buf.len());
+        }
     }
+    Ok(at)
+}
 
-    /// Parses the header at the front of `buf`, if it is all there (RFC 6455 §5.2).
-    fn header(&self, buf: &[u8]) -> Result<Option<Header>, Violation> {
-        let [b0, b1, ..] = *buf else { return Ok(None) };
-        if b0 & 0x70 != 0 {
-            return Err(Violation::protocol(
-                "reserved bits are not zero (no extension was negotiated)",
-            ));
-        }
-        let op = OpIn::from_bits(b0 & 0x0F).ok_or_else(|| Violation::protocol("unknown opcode"))?;
-        let fin = b0 & 0x80 != 0;
-        if b1 & 0x80 == 0 {
-            return Err(Violation::protocol("client frames must be masked (RFC 6455 section 5.1)"));
-        }
-        let (extra, short) = match b1 & 0x7F {
-            126 => (2, None),
-            127 => (8, None),
-            n => (0, Some(usize::from(n))),
-        };
-        let len = 2 + extra + 4;
-        if op.is_control() {
-            if !fin {
-                return Err(Violation::protocol("control frames must not be fragmented"));
-            }
-            if short.is_none_or(|n| n > 125) {
-                return Err(Violation::protocol("control frames carry at most 125 bytes"));
-            }
-        }
-        if buf.len() < 2 + extra {
-            return Ok(None);
-        }
-        let payload_len = match short {
-            Some(n) => n,
-            None if extra == 2 => usize::from(u16::from_be_bytes([buf[2], buf[3]])),
-            None => {
-                let n = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes"));
-                usize::try_from(n).unwrap_or(usize::MAX)
-            }
-        };
-        if payload_len > self.max_payload {
-            return Err(Violation::too_big(self.max_payload));
-        }
-        if buf.len() < len {
-            return Ok(None);
-        }
-        let mask = buf[len - 4..len].try_into().expect("4 bytes");
-        Ok(Some(Header { fin, op, mask, len, payload_len }))
+/// Parses the header at the front of `buf`, if it is all there (RFC 6455 §5.2).
+fn header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Violation> {
+    let [b0, b1, ..] = *buf else { return Ok(None) };
+    if b0 & 0x70 != 0 {
+        return Err(Violation::protocol(
+            "reserved bits are not zero (no extension was negotiated)",
+        ));
     }
+    let op = OpIn::from_bits(b0 & 0x0F).ok_or_else(|| Violation::protocol("unknown opcode"))?;
+    let fin = b0 & 0x80 != 0;
+    if b1 & 0x80 == 0 {
+        return Err(Violation::protocol("client frames must be masked (RFC 6455 section 5.1)"));
+    }
+    let (extra, short) = match b1 & 0x7F {
+        126 => (2, None),
+        127 => (8, None),
+        n => (0, Some(usize::from(n))),
+    };
+    let len = 2 + extra + 4;
+    if op.is_control() {
+        if !fin {
+            return Err(Violation::protocol("control frames must not be fragmented"));
+        }
+        if short.is_none_or(|n| n > 125) {
+            return Err(Violation::protocol("control frames carry at most 125 bytes"));
+        }
+    }
+    if buf.len() < 2 + extra {
+        return Ok(None);
+    }
+    let payload_len = match short {
+        Some(n) => n,
+        None if extra == 2 => usize::from(u16::from_be_bytes([buf[2], buf[3]])),
+        None => {
+            let n = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes"));
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }
+    };
+    if payload_len > max_payload {
+        return Err(Violation::too_big(max_payload));
+    }
+    if buf.len() < len {
+        return Ok(None);
+    }
+    let mask = buf[len - 4..len].try_into().expect("4 bytes");
+    Ok(Some(Header { fin, op, mask, len, payload_len }))
 }
 
 /// A close frame's body (RFC 6455 §5.5.1, §7.4): empty, or a code that may be sent followed
@@ -249,9 +246,17 @@ mod tests {
     }
 
     fn decode_all(d: &mut Decoder, wire: &[u8]) -> Result<Vec<(bool, OpIn, Vec<u8>)>, Violation> {
+        decode_with(d, 1024, wire)
+    }
+
+    fn decode_with(
+        d: &mut Decoder,
+        max: usize,
+        wire: &[u8],
+    ) -> Result<Vec<(bool, OpIn, Vec<u8>)>, Violation> {
         let mut got = Vec::new();
         let mut buf = wire.to_vec();
-        d.feed(&mut buf, |f| {
+        d.feed(&mut buf, max, |f| {
             got.push((f.fin, f.op, f.payload.to_vec()));
             true
         })?;
@@ -264,7 +269,7 @@ mod tests {
         wire.extend(frame(0x89, b"hi"));
         wire.extend(frame(0x81, &[b'x'; 300]));
         for cut in 0..wire.len() {
-            let mut d = Decoder::new(1024);
+            let mut d = Decoder::default();
             let mut got = decode_all(&mut d, &wire[..cut]).unwrap();
             got.extend(decode_all(&mut d, &wire[cut..]).unwrap());
             assert_eq!(got.len(), 3, "cut at {cut}");
@@ -290,7 +295,7 @@ mod tests {
             (frame(0x88, &[0x03, 0xE8, 0xFF]), 1007), // close reason not UTF-8
         ];
         for (wire, code) in cases {
-            let got = decode_all(&mut Decoder::new(1024), &wire);
+            let got = decode_all(&mut Decoder::default(), &wire);
             assert_eq!(got.map_err(|v| v.code.code()), Err(code), "{wire:x?}");
         }
     }
@@ -298,7 +303,7 @@ mod tests {
     #[test]
     fn a_too_large_frame_is_refused_from_its_header_alone() {
         let wire = frame(0x81, &[b' '; 70_000]);
-        let got = decode_all(&mut Decoder::new(65_536), &wire[..10]);
+        let got = decode_with(&mut Decoder::default(), 65_536, &wire[..10]);
         assert_eq!(got.map_err(|v| v.code), Err(CloseCode::TooBig));
     }
 
@@ -306,9 +311,9 @@ mod tests {
     fn stopping_drops_the_rest() {
         let mut wire = frame(0x88, &[0x03, 0xE8]);
         wire.extend(frame(0x81, b"after the close"));
-        let mut d = Decoder::new(1024);
+        let mut d = Decoder::default();
         let mut n = 0;
-        d.feed(&mut wire, |_| {
+        d.feed(&mut wire, 1024, |_| {
             n += 1;
             false
         })

@@ -339,11 +339,14 @@ impl InboundBudget {
 /// per second holding `2 × rate`. A text request beyond it is refused with `rate_limited`;
 /// another frame beyond it is ignored (a ping gets no pong). A client that goes on sending
 /// through `2 × rate` refusals in a row is closed with 1008.
+///
+/// Twelve bytes per connection: the rate is the gateway's (`--max-requests-per-sec`, given to
+/// [`check`](Self::check)), and the last look is in milliseconds since the process began
+/// (wrapping after 49 days, which at worst refuses one frame of a client silent that long).
 #[derive(Debug)]
 pub struct RequestLimiter {
-    rate: f32,
     tokens: f32,
-    last: Instant,
+    last_ms: u32,
     refused_in_a_row: u32,
 }
 
@@ -355,23 +358,35 @@ pub enum Verdict {
     Flood,
 }
 
+/// `now` in milliseconds since the first call, truncated to 32 bits.
+fn millis(now: Instant) -> u32 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    now.saturating_duration_since(start).as_millis() as u32
+}
+
 impl RequestLimiter {
-    pub fn new(rate_per_sec: u32) -> RequestLimiter {
-        let rate = rate_per_sec as f32;
-        RequestLimiter { rate, tokens: 2.0 * rate, last: Instant::now(), refused_in_a_row: 0 }
+    pub fn new(rate_per_sec: u32, now: Instant) -> RequestLimiter {
+        RequestLimiter {
+            tokens: 2.0 * rate_per_sec as f32,
+            last_ms: millis(now),
+            refused_in_a_row: 0,
+        }
     }
 
-    pub fn check(&mut self, now: Instant) -> Verdict {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(2.0 * self.rate);
+    pub fn check(&mut self, rate_per_sec: u32, now: Instant) -> Verdict {
+        let rate = rate_per_sec as f32;
+        let now_ms = millis(now);
+        let elapsed = now_ms.wrapping_sub(self.last_ms) as f32 / 1000.0;
+        self.last_ms = now_ms;
+        self.tokens = (self.tokens + elapsed * rate).min(2.0 * rate);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             self.refused_in_a_row = 0;
             return Verdict::Allow;
         }
         self.refused_in_a_row += 1;
-        if self.refused_in_a_row as f32 > 2.0 * self.rate {
+        if self.refused_in_a_row as f32 > 2.0 * rate {
             Verdict::Flood
         } else {
             Verdict::Refuse
@@ -390,13 +405,14 @@ mod tests {
     #[test]
     fn limiter_allows_a_burst_then_refuses_then_floods() {
         let t0 = Instant::now();
-        let mut l = RequestLimiter::new(10);
-        assert!((0..20).all(|_| l.check(t0) == Verdict::Allow));
-        let verdicts: Vec<Verdict> = (0..21).map(|_| l.check(t0)).collect();
+        let mut l = RequestLimiter::new(10, t0);
+        assert!((0..20).all(|_| l.check(10, t0) == Verdict::Allow));
+        let verdicts: Vec<Verdict> = (0..21).map(|_| l.check(10, t0)).collect();
         assert!(verdicts[..20].iter().all(|&v| v == Verdict::Refuse), "{verdicts:?}");
         assert_eq!(verdicts[20], Verdict::Flood);
         // Tokens come back with time.
-        assert_eq!(l.check(t0 + Duration::from_millis(200)), Verdict::Allow);
+        assert_eq!(l.check(10, t0 + Duration::from_millis(200)), Verdict::Allow);
+        assert_eq!(std::mem::size_of::<RequestLimiter>(), 12);
     }
 
     #[test]
