@@ -228,6 +228,12 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_TRUST_PROXY", value_delimiter = ',', value_name = "IP,…")]
     pub trust_proxy: Vec<std::net::IpAddr>,
 
+    /// Connections from --trust-proxy addresses start with a PROXY protocol header (v1 or v2:
+    /// HAProxy's `send-proxy`/`send-proxy-v2`, AWS NLB): the client it names is what the
+    /// per-address bounds count. A trusted connection without one is closed.
+    #[arg(long, env = "TICKFAN_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
     /// Seconds a WebSocket connection may stay open; then it gets a `shutdown` notice and,
     /// some seconds later (a tenth of this, at most 30), a close with 1001, so clients
     /// reconnect and resume before it. Each connection's age is shortened by up to 5 % so
@@ -412,6 +418,11 @@ impl Config {
             || (self.max_connection_age > 0.0 && self.max_connection_age < 1.0)
         {
             return Err("--max-connection-age must be 0 (no maximum) or at least 1 second".into());
+        }
+        if self.proxy_protocol && self.trust_proxy.is_empty() {
+            return Err("--proxy-protocol reads the header of the proxies --trust-proxy names: \
+                        name them"
+                .into());
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("--tls-cert and --tls-key go together".into());

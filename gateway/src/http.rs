@@ -25,12 +25,37 @@ use crate::worker::WorkerCtx;
 /// The socket's place at the door goes to its WebSocket connection if it upgrades, and is
 /// given back when the socket closes otherwise.
 /// With TLS on, the TLS handshake comes first, within the same `--handshake-timeout`.
-pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream, permit: SocketPermit) {
-    let stream = match TcpStream::from_std(stream) {
+pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream, mut permit: SocketPermit) {
+    let mut stream = match TcpStream::from_std(stream) {
         Ok(s) => s,
         Err(e) => return tracing::warn!(error = %e, "cannot register accepted socket"),
     };
     let timeout = Duration::from_secs_f64(ctx.cfg.handshake_timeout);
+    if ctx.cfg.proxy_protocol && permit.is_unattributed() {
+        let header = tokio::time::timeout(timeout, crate::proxy::read_header(&mut stream)).await;
+        let admitted = match header {
+            Ok(Ok(Some(client))) => permit.forwarded_for(client, std::time::Instant::now()),
+            Ok(Ok(None)) => Ok(()), // the proxy's own connection (a health check)
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "trusted proxy connection refused");
+                Err(Refusal::ProxyHeader)
+            }
+            Err(_) => Err(Refusal::ProxyHeader),
+        };
+        if let Err(why) = admitted {
+            ctx.stats.refused(why);
+            if ctx.tls.is_none() {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                // Read the request first, so that the close is a FIN after the answer.
+                let mut request = [0u8; 2048];
+                let wait = Duration::from_millis(500);
+                let _ = tokio::time::timeout(wait, stream.read(&mut request)).await;
+                let answer = why.http_response();
+                let _ = tokio::time::timeout(timeout, stream.write_all(answer.as_bytes())).await;
+            }
+            return;
+        }
+    }
     let Some(config) = ctx.tls.clone() else {
         return http_on(ctx, stream, permit, timeout).await;
     };

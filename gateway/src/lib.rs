@@ -36,6 +36,7 @@ pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;
+pub mod proxy;
 pub mod readiness;
 pub mod ring;
 pub mod source;

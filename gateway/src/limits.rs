@@ -35,10 +35,12 @@ pub enum Refusal {
     Unauthorized,
     /// The TLS handshake failed or took longer than `--handshake-timeout` (no HTTP answer).
     TlsHandshake,
+    /// `--proxy-protocol`: a trusted proxy's connection without a valid PROXY header.
+    ProxyHeader,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::Capacity,
         Refusal::Handshakes,
         Refusal::PerIp,
@@ -46,6 +48,7 @@ impl Refusal {
         Refusal::Origin,
         Refusal::Unauthorized,
         Refusal::TlsHandshake,
+        Refusal::ProxyHeader,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,7 +60,24 @@ impl Refusal {
             Refusal::Origin => "origin",
             Refusal::Unauthorized => "unauthorized",
             Refusal::TlsHandshake => "tls_handshake",
+            Refusal::ProxyHeader => "proxy_header",
         }
+    }
+
+    /// The whole HTTP response a socket refused before any HTTP was read gets (then it is
+    /// closed).
+    pub fn http_response(self) -> String {
+        let (status, text) = self.answer();
+        let reason = match status {
+            429 => "Too Many Requests",
+            400 => "Bad Request",
+            _ => "Service Unavailable",
+        };
+        format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\nretry-after: 5\r\nconnection: close\r\n\r\n{text}\n",
+            text.len() + 1
+        )
     }
 
     /// The HTTP status and the short text the refused client gets.
@@ -70,6 +90,7 @@ impl Refusal {
             Refusal::Origin => (403, "this Origin may not connect"),
             Refusal::Unauthorized => (401, "credentials required"),
             Refusal::TlsHandshake => (400, "TLS handshake failed"),
+            Refusal::ProxyHeader => (400, "PROXY protocol header expected"),
         }
     }
 }
@@ -216,6 +237,11 @@ pub struct SocketPermit {
 }
 
 impl SocketPermit {
+    /// A trusted proxy's socket whose client is not known yet.
+    pub fn is_unattributed(&self) -> bool {
+        self.ip.is_none()
+    }
+
     /// The socket is a WebSocket connection now: it no longer counts as a handshake.
     pub fn upgraded(&mut self) {
         if std::mem::take(&mut self.handshaking) {

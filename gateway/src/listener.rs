@@ -147,13 +147,7 @@ fn turn_away(stream: TcpStream, why: Refusal, answering: &Arc<AtomicUsize>) {
         let mut stream = stream;
         let mut request = [0u8; 2048];
         let _ = tokio::time::timeout(ANSWER_WAIT, stream.read(&mut request)).await;
-        let (status, text) = why.answer();
-        let reason = if status == 429 { "Too Many Requests" } else { "Service Unavailable" };
-        let answer = format!(
-            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
-             content-length: {}\r\nretry-after: 5\r\nconnection: close\r\n\r\n{text}\n",
-            text.len() + 1
-        );
+        let answer = why.http_response();
         let _ = tokio::time::timeout(ANSWER_WAIT, stream.write_all(answer.as_bytes())).await;
         let _ = stream.shutdown().await;
         answering.fetch_sub(1, Ordering::AcqRel);

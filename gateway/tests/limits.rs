@@ -287,3 +287,55 @@ async fn a_connection_at_its_maximum_age_is_told_then_closed_with_1001() {
     assert!(seq.messages > 100 && seq.undeclared_gaps == 0, "{seq:?}");
     metric_reaches(addr, "tickfan_connections_closed_total{reason=\"max_age\"}", 1.0).await;
 }
+
+/// A WebSocket handshake from `from` that starts with `prefix` (a PROXY protocol header), and
+/// its status.
+async fn handshake_after(
+    from: &str,
+    addr: SocketAddr,
+    prefix: &[u8],
+) -> (u16, tokio::net::TcpStream) {
+    let mut s = connect_from(from, addr).await;
+    s.write_all(prefix).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = support::read_head(&mut s).await;
+    (head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0), s)
+}
+
+#[tokio::test]
+async fn behind_a_proxy_protocol_proxy_the_client_it_names_is_bounded() {
+    let gw = start_gateway_with(|c| {
+        c.max_connections_per_ip = 2;
+        c.trust_proxy = vec!["127.0.0.21".parse().unwrap()];
+        c.proxy_protocol = true;
+    });
+    let addr = gw.local_addr();
+    let v1 = b"PROXY TCP4 203.0.113.9 10.0.0.1 51234 8080\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (status, s) = handshake_after("127.0.0.21", addr, v1).await;
+        assert_eq!(status, 101);
+        open.push(s);
+    }
+    assert_eq!(
+        handshake_after("127.0.0.21", addr, v1).await.0,
+        429,
+        "the same client, a third time"
+    );
+    // Version 2 (binary), another client.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend([0x21, 0x11, 0, 12, 198, 51, 100, 9, 10, 0, 0, 1, 0xC8, 0, 0x1F, 0x90]);
+    let (status, _v2) = handshake_after("127.0.0.21", addr, &v2).await;
+    assert_eq!(status, 101);
+    // The trusted proxy must send the header; other peers are not asked for one.
+    assert_eq!(handshake_after("127.0.0.21", addr, b"").await.0, 400, "no header: refused");
+    let (status, _plain) = handshake_after("127.0.0.22", addr, b"").await;
+    assert_eq!(status, 101);
+    metric_reaches(addr, "tickfan_connections_refused_total{reason=\"per_ip\"}", 1.0).await;
+    metric_reaches(addr, "tickfan_connections_refused_total{reason=\"proxy_header\"}", 1.0).await;
+}
