@@ -212,12 +212,15 @@ fn upgrade(
             "this endpoint speaks WebSocket: connect with a WebSocket client, e.g. npx wscat -c ws://HOST:PORT/ws\n",
         );
     }
-    let Some(mut permit) = permit.take() else {
+    let Some(mut taken) = permit.take() else {
         return text(StatusCode::BAD_REQUEST, "this socket was upgraded already\n");
     };
-    if let Err(why) = admit_forwarded(&ctx, req, &mut permit) {
+    if let Err(why) = admit_forwarded(&ctx, req, &mut taken) {
+        permit.set(Some(taken)); // held until the socket closes (right after the answer)
         return refuse(&ctx, why, None);
     }
+    // Kept by the socket unless it upgrades, so that a refused socket stays counted.
+    permit.set(Some(taken));
     if !origin_allowed(&ctx.cfg.allowed_origins, req) {
         return refuse(&ctx, Refusal::Origin, None);
     }
@@ -236,6 +239,9 @@ fn upgrade(
     let streams = query_param(query, "streams");
     match fastwebsockets::upgrade::upgrade(req) {
         Ok((response, fut)) => {
+            let Some(mut permit) = permit.take() else {
+                return text(StatusCode::BAD_REQUEST, "this socket was upgraded already\n");
+            };
             permit.upgraded();
             tokio::task::spawn_local(crate::conn::run(ctx, fut, streams, permit, admitted));
             response.map(|_| Full::new(Bytes::new()))

@@ -339,3 +339,28 @@ async fn behind_a_proxy_protocol_proxy_the_client_it_names_is_bounded() {
     metric_reaches(addr, "tickfan_connections_refused_total{reason=\"per_ip\"}", 1.0).await;
     metric_reaches(addr, "tickfan_connections_refused_total{reason=\"proxy_header\"}", 1.0).await;
 }
+
+#[tokio::test]
+async fn a_socket_whose_handshake_failed_still_counts_while_it_stays_open() {
+    let gw = start_gateway_with(|c| c.max_connections = 2);
+    let addr = gw.local_addr();
+    // No Sec-WebSocket-Key: 400, and the socket stays open (keep-alive).
+    let mut bad = connect_from("127.0.0.30", addr).await;
+    bad.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        bad.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&head));
+    let (status, _ok, _) = handshake_from("127.0.0.31", addr, "").await;
+    assert_eq!(status, 101);
+    let (status, _, head) = handshake_from("127.0.0.32", addr, "").await;
+    assert_eq!(status, 503, "the failed handshake's socket is still open and counted: {head}");
+}
