@@ -68,6 +68,9 @@ pub fn parse_policies(s: &str) -> Result<Policies, String> {
     Ok(p)
 }
 
+/// The largest number of seconds any time flag takes (about 31 years).
+const MAX_SECONDS: f64 = 1e9;
+
 /// Where `--inject-panic` panics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PanicSite {
@@ -378,16 +381,23 @@ impl Config {
         if self.max_frame_bytes > 1 << 30 {
             return Err("--max-frame-bytes must be at most 1 GiB".into());
         }
-        if !(self.handshake_timeout.is_finite() && self.handshake_timeout > 0.0) {
-            return Err("--handshake-timeout must be a positive number of seconds".into());
+        if !(self.handshake_timeout.is_finite() && self.handshake_timeout > 0.0)
+            || self.handshake_timeout > MAX_SECONDS
+        {
+            return Err(
+                "--handshake-timeout must be a positive number of seconds, at most 1e9".into()
+            );
         }
         if self.book_depth == 0 || self.book_depth > 1000 {
             return Err(format!("--book-depth must be 1..=1000, got {}", self.book_depth));
         }
-        if !(self.resume_secs.is_finite() && self.resume_secs >= 0.0) {
+        if !(self.resume_secs.is_finite() && self.resume_secs >= 0.0)
+            || self.resume_secs > MAX_SECONDS
+        {
             return Err("--resume-secs must be a number of seconds >= 0".into());
         }
-        let seconds = |x: f64| x.is_finite() && x >= 0.0;
+        // Bounded, so that every duration made of them fits (a larger one would panic).
+        let seconds = |x: f64| x.is_finite() && (0.0..=MAX_SECONDS).contains(&x);
         let nats = matches!(self.source, crate::source::SourceSpec::Nats(_));
         if (self.jetstream || !self.source_symbols.is_empty()) && !nats {
             return Err("--jetstream and --source-symbols read from NATS: use them with --source \
@@ -395,10 +405,10 @@ impl Config {
                 .into());
         }
         if !seconds(self.replay_speed) || !seconds(self.stale_after) {
-            return Err("--replay-speed and --stale-after must be numbers >= 0".into());
+            return Err("--replay-speed and --stale-after must be numbers from 0 to 1e9".into());
         }
         if !seconds(self.ping_interval) || !seconds(self.idle_timeout) {
-            return Err("--ping-interval and --idle-timeout must be seconds >= 0".into());
+            return Err("--ping-interval and --idle-timeout must be seconds from 0 to 1e9".into());
         }
         if self.ping_misses == 0 {
             return Err("--ping-misses must be at least 1".into());
@@ -412,12 +422,14 @@ impl Config {
             );
         }
         if !(seconds(self.new_connections_window) && self.new_connections_window > 0.0) {
-            return Err("--new-connections-window must be a positive number of seconds".into());
+            return Err(
+                "--new-connections-window must be a positive number of seconds, at most 1e9".into(),
+            );
         }
         if !seconds(self.max_connection_age)
             || (self.max_connection_age > 0.0 && self.max_connection_age < 1.0)
         {
-            return Err("--max-connection-age must be 0 (no maximum) or at least 1 second".into());
+            return Err("--max-connection-age must be 0 (no maximum) or 1 to 1e9 seconds".into());
         }
         if self.proxy_protocol && self.trust_proxy.is_empty() {
             return Err("--proxy-protocol reads the header of the proxies --trust-proxy names: \
@@ -482,6 +494,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_flags_are_bounded_so_that_no_duration_overflows() {
+        let err = |args: &[&str]| {
+            let cfg = Config::parse_from([&["tickfan"], args].concat());
+            cfg.validate().unwrap_err()
+        };
+        assert!(err(&["--max-connection-age", "1e30"]).contains("--max-connection-age"));
+        assert!(err(&["--ping-interval", "1e12"]).contains("--ping-interval"));
+        assert!(err(&["--handshake-timeout", "inf"]).contains("--handshake-timeout"));
+        assert!(err(&["--new-connections-window", "0"]).contains("--new-connections-window"));
+        assert!(Config::parse_from(["tickfan", "--max-connection-age", "86400"])
+            .validate()
+            .is_ok());
+    }
 
     #[test]
     fn policies_parse_with_defaults_and_clear_errors() {

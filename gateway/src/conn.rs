@@ -83,11 +83,10 @@ pub async fn run(
         tracing::debug!(conn = key, who = %admitted.who, "authenticated");
         if let Some(exp) = admitted.expires {
             let left = Duration::from_secs(exp).saturating_sub(Duration::from_nanos(unix_now_ns()));
-            ctx.shard.borrow_mut().schedule(
-                key,
-                Instant::now() + left,
-                crate::deadlines::Due::Expired,
-            );
+            // An `exp` too far ahead to be an instant here never comes: nothing to schedule.
+            if let Some(at) = Instant::now().checked_add(left) {
+                ctx.shard.borrow_mut().schedule(key, at, crate::deadlines::Due::Expired);
+            }
         }
     }
     if ctx.cfg.max_connection_age > 0.0 {
