@@ -246,7 +246,7 @@ impl Authenticator {
         let credential = credential.map(str::trim).filter(|c| !c.is_empty());
         let credential = credential.ok_or(AuthError::Missing)?;
         if let Some(grants) = self.keys.get(credential) {
-            let who = format!("key {}…", &credential[..4]);
+            let who = format!("key {}…", credential.chars().take(4).collect::<String>());
             return Ok(Admitted { grants: grants.clone(), expires: None, who });
         }
         let looks_like_jwt = credential.split('.').count() == 3;
