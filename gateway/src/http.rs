@@ -45,13 +45,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream, mut permit: 
         if let Err(why) = admitted {
             ctx.stats.refused(why);
             if ctx.tls.is_none() {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                // Read the request first, so that the close is a FIN after the answer.
-                let mut request = [0u8; 2048];
-                let wait = Duration::from_millis(500);
-                let _ = tokio::time::timeout(wait, stream.read(&mut request)).await;
-                let answer = why.http_response();
-                let _ = tokio::time::timeout(timeout, stream.write_all(answer.as_bytes())).await;
+                crate::listener::answer(&mut stream, why).await;
             }
             return;
         }

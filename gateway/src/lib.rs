@@ -63,6 +63,8 @@ pub struct Gateway {
     admin_addr: Option<SocketAddr>,
     /// What the open-file limit allows, as a line for the operator.
     capacity: String,
+    /// Whether handshakes must present credentials.
+    auth_enabled: bool,
     symbols: Arc<SymbolTable>,
     stats: Arc<Stats>,
     /// Stops the listener and the workers.
@@ -186,6 +188,7 @@ impl Gateway {
             addr,
             admin_addr,
             capacity,
+            auth_enabled: auth.is_some(),
             symbols,
             stats,
             cancel,
@@ -206,6 +209,11 @@ impl Gateway {
     /// The admin listener's address (`--admin-listen`), if any.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Whether WebSocket handshakes must present an API key or a JWT.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_enabled
     }
 
     /// How many connections the gateway takes, and the open-file limit behind that.

@@ -133,10 +133,8 @@ impl Listener {
     }
 }
 
-/// Answers a refused socket with its HTTP status and closes it: after its request arrived (read
-/// and discarded, so that the close is a FIN the client reads the answer before, not a reset),
-/// or after [`ANSWER_WAIT`]. With [`MAX_ANSWERING`] refusals already being answered, closes at
-/// once.
+/// Answers a refused socket ([`answer`]) on a task of its own and closes it; with
+/// [`MAX_ANSWERING`] refusals already being answered, closes at once.
 fn turn_away(stream: TcpStream, why: Refusal, answering: &Arc<AtomicUsize>) {
     if answering.fetch_add(1, Ordering::AcqRel) >= MAX_ANSWERING {
         answering.fetch_sub(1, Ordering::AcqRel);
@@ -145,11 +143,18 @@ fn turn_away(stream: TcpStream, why: Refusal, answering: &Arc<AtomicUsize>) {
     let answering = answering.clone();
     tokio::spawn(async move {
         let mut stream = stream;
-        let mut request = [0u8; 2048];
-        let _ = tokio::time::timeout(ANSWER_WAIT, stream.read(&mut request)).await;
-        let answer = why.http_response();
-        let _ = tokio::time::timeout(ANSWER_WAIT, stream.write_all(answer.as_bytes())).await;
-        let _ = stream.shutdown().await;
+        answer(&mut stream, why).await;
         answering.fetch_sub(1, Ordering::AcqRel);
     });
+}
+
+/// Answers a socket refused before any HTTP was read with the refusal's HTTP response, after
+/// its request arrived (read and discarded, so that the close is a FIN the client reads the
+/// answer before, not a reset) or after [`ANSWER_WAIT`], then shuts down the sending side.
+pub async fn answer(stream: &mut TcpStream, why: Refusal) {
+    let mut request = [0u8; 2048];
+    let _ = tokio::time::timeout(ANSWER_WAIT, stream.read(&mut request)).await;
+    let answer = why.http_response();
+    let _ = tokio::time::timeout(ANSWER_WAIT, stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }

@@ -34,10 +34,6 @@ fn main() -> ExitCode {
 
     let workers = cfg.worker_count();
     let (ws, http) = if cfg.tls_cert.is_some() { ("wss", "https") } else { ("ws", "http") };
-    let auth_on = cfg.api_keys.is_some()
-        || cfg.api_keys_inline.is_some()
-        || cfg.jwt_secret.is_some()
-        || cfg.jwt_public_key.is_some();
     let feed = match &cfg.source {
         gateway::source::SourceSpec::Embedded => format!("embedded feed, {} ticks/s", cfg.rate),
         other => format!("source {other}"),
@@ -59,7 +55,7 @@ fn main() -> ExitCode {
         "  try        npx wscat -c {ws}://{addr}/ws -x '{{\"op\":\"subscribe\",\"id\":1,\"channels\":[\"trades.BTC-USD\"]}}' -w 5"
     );
     println!("  or         npx wscat -c '{ws}://{addr}/ws?streams=trades.BTC-USD,quotes.BTC-USD'");
-    if auth_on {
+    if gateway.auth_enabled() {
         println!("  auth       on: add ?token=<API key or JWT> to the URL, or send Authorization: Bearer");
     }
     // The admin listener speaks plain HTTP; the data port, TLS when it is on.

@@ -297,12 +297,7 @@ async fn handshake_after(
 ) -> (u16, tokio::net::TcpStream) {
     let mut s = connect_from(from, addr).await;
     s.write_all(prefix).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(support::upgrade_request("x", "").as_bytes()).await.unwrap();
     let head = support::read_head(&mut s).await;
     (head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0), s)
 }
@@ -346,18 +341,10 @@ async fn a_socket_whose_handshake_failed_still_counts_while_it_stays_open() {
     let addr = gw.local_addr();
     // No Sec-WebSocket-Key: 400, and the socket stays open (keep-alive).
     let mut bad = connect_from("127.0.0.30", addr).await;
-    bad.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        bad.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
+    let without_key = support::upgrade_request("x", "")
+        .replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+    bad.write_all(without_key.as_bytes()).await.unwrap();
+    let head = support::response_head(&mut bad).await;
     assert!(head.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&head));
     let (status, _ok, _) = handshake_from("127.0.0.31", addr, "").await;
     assert_eq!(status, 101);

@@ -41,19 +41,36 @@ pub async fn upgrade_by_hand<S>(s: &mut S, host: &str)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
+    use tokio::io::AsyncWriteExt;
+    s.write_all(upgrade_request(host, "").as_bytes()).await.unwrap();
+    let head = response_head(s).await;
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+}
+
+/// The upgrade request of `/ws`, with extra header lines (each ending in `\r\n`).
+pub fn upgrade_request(host: &str, headers: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    )
+}
+
+/// A response's head, up to its blank line (or what came before the server closed), read byte
+/// by byte so that nothing after it is consumed; within 5 s.
+pub async fn response_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.expect("an answer in time");
+    head
 }
 
 /// `GET path` over a fresh connection; the whole response, head and body, as text.
@@ -472,11 +489,7 @@ pub async fn handshake_from(
 ) -> (u16, tokio::net::TcpStream, String) {
     use tokio::io::AsyncWriteExt;
     let mut s = connect_from(from, addr).await;
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(upgrade_request("x", headers).as_bytes()).await.unwrap();
     let head = read_head(&mut s).await;
     let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, s, head)
@@ -486,17 +499,7 @@ pub async fn handshake_from(
 /// closed without answering.
 pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;
-    let mut head = Vec::new();
-    let read = async {
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            if s.read(&mut b).await.unwrap_or(0) == 0 {
-                break;
-            }
-            head.push(b[0]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read).await.expect("an answer in time");
+    let mut head = response_head(s).await;
     if !head.starts_with(b"HTTP/1.1 101") {
         let mut body = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut body)).await;
