@@ -44,6 +44,13 @@ impl Deadlines {
         Some((key, serial, due))
     }
 
+    /// Forgets the events of connections gone (`live` says which are not), so that the heap
+    /// holds about the events of open connections rather than those of every connection opened
+    /// within the longest deadline (a day of churn, with `--max-connection-age 86400`).
+    pub fn forget_unless(&mut self, live: impl Fn(ConnKey, u32) -> bool) {
+        self.heap.retain(|Reverse((_, key, serial, _))| live(*key, *serial));
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }
@@ -83,6 +90,12 @@ mod tests {
         assert_eq!(d.pop_due(t0 + Duration::from_secs(100)), Some((7, 1, Due::MaxAge)));
         assert!(d.is_empty());
         // Spread shortens the age by up to 5 %; the notice is at most 30 s ahead.
+        // Events of connections gone can be forgotten before they are due.
+        d.schedule(t0, 1, 1, Due::MaxAge);
+        d.schedule(t0, 2, 1, Due::MaxAge);
+        d.forget_unless(|key, _| key == 2);
+        assert_eq!(d.pop_due(t0), Some((2, 1, Due::MaxAge)));
+        assert!(d.is_empty());
         let [(notice, _), (close, _)] = age_deadlines(t0, Duration::from_secs(3600), 1.0);
         assert_eq!(close - t0, Duration::from_secs(3420));
         assert_eq!(close - notice, Duration::from_secs(30));

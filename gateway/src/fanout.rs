@@ -244,8 +244,13 @@ impl Shard {
 
     /// Schedules `due` for connection `key` at `at`.
     pub fn schedule(&mut self, key: ConnKey, at: Instant, due: Due) {
-        if let Some(conn) = self.conns.get(key) {
-            self.deadlines.schedule(at, key, conn.serial, due);
+        let Some(conn) = self.conns.get(key) else { return };
+        self.deadlines.schedule(at, key, conn.serial, due);
+        // Events of closed connections stay until due; purge them once they are the most
+        // (each open connection has at most three events): amortized O(1) per event.
+        if self.deadlines.len() > 6 * self.conns.len() + 1024 {
+            let conns = &self.conns;
+            self.deadlines.forget_unless(|k, s| conns.get(k).is_some_and(|c| c.serial == s));
         }
     }
 
