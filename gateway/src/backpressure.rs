@@ -35,6 +35,7 @@ use tickfan_proto::{ChannelId, Kind, SymbolTable};
 use crate::config::Policy;
 use crate::frame::{self, Frame, Opcode};
 use crate::market::Market;
+use crate::sse::Form;
 
 /// Frames gathered into one `writev` at most (Linux's IOV_MAX is 1024; 64 already amortises
 /// the syscall over many messages).
@@ -164,6 +165,8 @@ pub struct Outbound {
     notices: NoticeMemory,
     /// Scratch for [`catch_up`](Self::catch_up): the channels owed something.
     owed: Vec<ChannelId>,
+    /// What the socket speaks: everything queued is in this form.
+    form: Form,
 }
 
 impl Drop for Outbound {
@@ -185,6 +188,46 @@ impl Outbound {
             budget,
             notices: NoticeMemory::default(),
             owed: Vec::new(),
+            form: Form::WebSocket,
+        }
+    }
+
+    /// A queue for a Server-Sent Events stream, `head` (the response head) queued first.
+    pub fn sse(limit: usize, budget: Rc<Budget>, head: Bytes) -> Outbound {
+        let mut out = Outbound::new(limit, budget);
+        out.form = Form::Sse;
+        out.push(head);
+        out
+    }
+
+    pub fn form(&self) -> Form {
+        self.form
+    }
+
+    /// A data frame in this queue's form.
+    fn data(&self, frame: &Frame, market: &Market) -> Bytes {
+        match self.form {
+            Form::WebSocket => frame.bytes.clone(),
+            Form::Sse => crate::sse::of_frame(frame, market.symbols()),
+        }
+    }
+
+    /// About how long a data frame is in this queue's form (exact but for the rare SSE frame
+    /// without its form).
+    fn data_len(&self, frame: &Frame) -> usize {
+        match (self.form, &frame.sse) {
+            (Form::WebSocket, _) => frame.bytes.len(),
+            (Form::Sse, Some(sse)) => sse.len(),
+            (Form::Sse, None) => frame.bytes.len() + 48,
+        }
+    }
+
+    /// A reply, notice or control frame (built as a WebSocket frame) in this queue's form;
+    /// `None` if it has none (a pong, for SSE).
+    fn control(&self, ws: Bytes) -> Option<Bytes> {
+        match self.form {
+            Form::WebSocket => Some(ws),
+            Form::Sse => crate::sse::from_ws(&ws),
         }
     }
 
@@ -266,8 +309,8 @@ impl Outbound {
                 }
             }
         }
-        if self.fits(frame.bytes.len()) {
-            self.push(frame.bytes.clone());
+        if self.fits(self.data_len(frame)) {
+            self.push(self.data(frame, market));
             return Offer::Queued;
         }
         let pending = match policy {
@@ -289,12 +332,13 @@ impl Outbound {
             Some(Pending::Latest { from, .. }) => (*from, "conflated"),
             _ => unreachable!("offer_behind is only called for gaps and conflated quotes"),
         };
-        let notice = GapNotice::new(market.symbols(), frame.ch, from, frame.seq - 1, reason);
-        if self.fits(notice.len() + frame.bytes.len()) {
+        let notice =
+            GapNotice::new(market.symbols(), frame.ch, from, frame.seq - 1, reason, self.form);
+        if self.fits(notice.len() + self.data_len(frame)) {
             self.take_pending(frame.ch);
             let notice = self.notices.write(&notice);
             self.push(notice);
-            self.push(frame.bytes.clone());
+            self.push(self.data(frame, market));
             return Offer::QueuedAfterNotice;
         }
         match self.pending.get_mut(&frame.ch) {
@@ -322,24 +366,29 @@ impl Outbound {
             }
             match self.take_pending(ch) {
                 Some(Pending::Gap { from, to }) => {
-                    let notice = GapNotice::new(symbols, ch, from, to, "slow_consumer");
+                    let notice = GapNotice::new(symbols, ch, from, to, "slow_consumer", self.form);
                     let notice = self.notices.write(&notice);
                     self.push(notice);
                     done.notices += 1;
                 }
                 Some(Pending::Latest { from, frame }) => {
                     if frame.seq > from {
-                        let notice = GapNotice::new(symbols, ch, from, frame.seq - 1, "conflated");
+                        let (to, form) = (frame.seq - 1, self.form);
+                        let notice = GapNotice::new(symbols, ch, from, to, "conflated", form);
                         let notice = self.notices.write(&notice);
                         self.push(notice);
                         done.notices += 1;
                     }
-                    self.push(frame.bytes);
+                    self.push(self.data(&frame, market));
                     done.frames += 1;
                 }
                 Some(Pending::Snapshot) => {
                     let (snapshot, seq) = market.snapshot(ch);
-                    self.push(snapshot);
+                    // Built for this client as of now: for SSE an event without `id`, as its
+                    // place in publish order is not the client's (crate::sse).
+                    if let Some(snapshot) = self.control(snapshot) {
+                        self.push(snapshot);
+                    }
                     self.set_pending(ch, Pending::Floor(seq));
                     done.snapshots += 1;
                 }
@@ -368,14 +417,22 @@ impl Outbound {
 
     /// Queues frames replayed for a resume, then skips live frames up to `last`. The caller
     /// checks first that they fit ([`replay_fits`](Self::replay_fits)).
-    pub fn replay(&mut self, ch: ChannelId, frames: Vec<Frame>, last: u64) {
+    pub fn replay(&mut self, ch: ChannelId, frames: Vec<Frame>, last: u64, market: &Market) {
+        self.replay_all(&frames, &[(ch, last)], market);
+    }
+
+    /// Queues replayed frames (of several channels, in the order given), then skips live
+    /// frames of each channel up to its floor.
+    pub fn replay_all(&mut self, frames: &[Frame], floors: &[(ChannelId, u64)], market: &Market) {
         if self.closing {
             return;
         }
         for f in frames {
-            self.push(f.bytes);
+            self.push(self.data(f, market));
         }
-        self.set_pending(ch, Pending::Floor(last));
+        for &(ch, last) in floors {
+            self.set_pending(ch, Pending::Floor(last));
+        }
     }
 
     /// Frames `from..=to` of `ch` were lost before reaching this connection (the worker's ring
@@ -423,7 +480,9 @@ impl Outbound {
         if self.closing || !self.fits(bytes.len()) {
             return false;
         }
-        self.push(bytes);
+        if let Some(bytes) = self.control(bytes) {
+            self.push(bytes);
+        }
         true
     }
 
@@ -436,7 +495,9 @@ impl Outbound {
         if self.queued_bytes + bytes.len() > self.limit + CONTROL_SLACK {
             return false;
         }
-        self.push(bytes);
+        if let Some(bytes) = self.control(bytes) {
+            self.push(bytes);
+        }
         true
     }
 
@@ -447,6 +508,7 @@ impl Outbound {
         if self.closing {
             return;
         }
+        let Some(bytes) = self.control(bytes) else { return };
         self.queued_bytes += bytes.len();
         self.budget.used.set(self.budget.used.get() + bytes.len());
         let at = self.queue.len().min(1);
@@ -482,7 +544,9 @@ impl Outbound {
             self.closing = true;
             self.pending.clear();
             self.behind = 0;
-            self.push(close);
+            if let Some(close) = self.control(close) {
+                self.push(close);
+            }
         }
     }
 
@@ -570,7 +634,7 @@ impl CaughtUp {
 /// A `gap` notice for seqs `from..=to` of `ch`, as a frame in an allocation of its own, of
 /// exactly its size (a queue writes the notices it owes into its own reused memory instead).
 pub fn gap_notice(symbols: &SymbolTable, ch: ChannelId, from: u64, to: u64, reason: &str) -> Bytes {
-    let notice = GapNotice::new(symbols, ch, from, to, reason);
+    let notice = GapNotice::new(symbols, ch, from, to, reason, Form::WebSocket);
     let mut out = BytesMut::with_capacity(notice.len());
     notice.write(&mut out);
     out.freeze()
@@ -585,22 +649,37 @@ struct GapNotice<'a> {
     reason: &'a str,
     /// Length of the JSON payload.
     payload: usize,
+    /// A WebSocket frame, or an SSE event (`data: …\n\n`).
+    form: Form,
 }
 
 impl<'a> GapNotice<'a> {
-    fn new(symbols: &'a SymbolTable, ch: ChannelId, from: u64, to: u64, reason: &'a str) -> Self {
+    fn new(
+        symbols: &'a SymbolTable,
+        ch: ChannelId,
+        from: u64,
+        to: u64,
+        reason: &'a str,
+        form: Form,
+    ) -> Self {
         let ch = symbols.channel_name_str(ch);
-        GapNotice { ch, from, to, reason, payload: gap_json_len(ch, from, to, reason) }
+        GapNotice { ch, from, to, reason, payload: gap_json_len(ch, from, to, reason), form }
     }
 
-    /// Length of the whole frame.
+    /// Length of the whole frame or event.
     fn len(&self) -> usize {
-        frame::header_len(self.payload) + self.payload
+        match self.form {
+            Form::WebSocket => frame::header_len(self.payload) + self.payload,
+            Form::Sse => SSE_DATA.len() + self.payload + 2,
+        }
     }
 
-    /// Appends the whole frame.
+    /// Appends the whole frame or event.
     fn write(&self, out: &mut BytesMut) {
-        frame::put_header(out, Opcode::Text, self.payload);
+        match self.form {
+            Form::WebSocket => frame::put_header(out, Opcode::Text, self.payload),
+            Form::Sse => out.extend_from_slice(SSE_DATA),
+        }
         write_gap_json_with(
             |part| out.extend_from_slice(part),
             self.ch,
@@ -608,8 +687,14 @@ impl<'a> GapNotice<'a> {
             self.to,
             self.reason,
         );
+        if self.form == Form::Sse {
+            out.extend_from_slice(b"\n\n");
+        }
     }
 }
+
+/// How an SSE event's data line begins.
+const SSE_DATA: &[u8] = b"data: ";
 
 /// Memory a queue writes its gap notices into: chunks cut into notices, a chunk being reused
 /// once every notice cut from it has been written (and dropped). A connection that keeps
@@ -714,7 +799,7 @@ mod tests {
         let head = format!("{{\"seq\":{seq},\"pad\":\"");
         let json = format!("{head}{}\"}}", "x".repeat(len - head.len() - 2));
         let bytes = frame::build(Opcode::Text, json.as_bytes());
-        Frame { ch: ChannelId::new(kind, 0), seq, ts: 0, bytes }
+        Frame { ch: ChannelId::new(kind, 0), seq, ts: 0, bytes, sse: None }
     }
 
     fn data(seq: u64, len: usize) -> Frame {
@@ -758,6 +843,44 @@ mod tests {
             serde_json::json!({"op":"gap","ch":"trades.BTC-USD","from":11,"to":20,"reason":"slow_consumer"})
         );
         assert_eq!(got[11]["seq"], 21);
+    }
+
+    #[test]
+    fn an_event_stream_queue_holds_events_and_declares_gaps_as_events() {
+        let m = market();
+        let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n");
+        let mut q = Outbound::sse(1000, Budget::new(usize::MAX), head.clone());
+        let queued =
+            (1..=20).filter(|&seq| q.offer(&data(seq, 80), Policy::Gap, &m) == Offer::Queued);
+        assert_eq!(queued.count(), 8, "each event is its id line, data line and blank line");
+        let sink = Sink::new(usize::MAX);
+        q.write_to(&sink).unwrap();
+        assert_eq!(q.offer(&data(21, 80), Policy::Gap, &m), Offer::QueuedAfterNotice);
+        q.push_urgent(frame::build(Opcode::Ping, b"12345678"));
+        q.push_close(frame::close(CloseCode::GoingAway, "bye"));
+        q.write_to(&sink).unwrap();
+        let got = sink.got.borrow();
+        let body = got.strip_prefix(&head[..]).expect("the head first");
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let blocks: Vec<&str> = text.trim_end().split("\n\n").collect();
+        assert_eq!(
+            blocks.len(),
+            8 + 4,
+            "8 events, the gap, the ping (urgent), 21, the close: {text}"
+        );
+        assert_eq!(
+            blocks[0],
+            format!(
+                "id: trades.BTC-USD:1\ndata: {}",
+                std::str::from_utf8(&data(1, 80).bytes[2..]).unwrap()
+            )
+        );
+        let gap =
+            r#"data: {"op":"gap","ch":"trades.BTC-USD","from":9,"to":20,"reason":"slow_consumer"}"#;
+        assert_eq!(blocks[8], gap);
+        assert_eq!(blocks[9], ": ping");
+        assert!(blocks[10].starts_with("id: trades.BTC-USD:21\n"), "{}", blocks[10]);
+        assert_eq!(blocks[11], r#"data: {"op":"close","code":1001,"reason":"bye"}"#);
     }
 
     #[test]
@@ -908,7 +1031,7 @@ mod tests {
                 let mut json = Vec::new();
                 write_gap_json(&mut json, "trades.BTC-USD", from, to, reason);
                 let expected = frame::build(Opcode::Text, &json);
-                let notice = GapNotice::new(m.symbols(), ch, from, to, reason);
+                let notice = GapNotice::new(m.symbols(), ch, from, to, reason, Form::WebSocket);
                 assert_eq!(notice.len(), expected.len());
                 assert_eq!(gap_notice(m.symbols(), ch, from, to, reason), expected);
                 assert_eq!(NoticeMemory::default().write(&notice), expected);
@@ -926,7 +1049,8 @@ mod tests {
     fn notice_memory_is_reused_once_its_notices_are_written() {
         let m = market();
         let ch = ChannelId::new(Kind::Quotes, 0);
-        let notice = |seq: u64| GapNotice::new(m.symbols(), ch, seq, seq + 1, "conflated");
+        let notice =
+            |seq: u64| GapNotice::new(m.symbols(), ch, seq, seq + 1, "conflated", Form::WebSocket);
         // Each notice written before the next: all of them in one chunk, reused from its start.
         let mut mem = NoticeMemory::default();
         let first = mem.write(&notice(1));

@@ -20,6 +20,7 @@ use crate::channels::ConnKey;
 use crate::close::CloseCode;
 use crate::fanout::FlushState;
 use crate::frame::{self, Opcode};
+use crate::http::Rewind;
 use crate::inbound::{Decoder, FrameIn, OpIn, Violation};
 use crate::limits::{RequestLimiter, SocketPermit, Verdict};
 use crate::metrics::{CloseReason, Stats};
@@ -79,30 +80,12 @@ pub async fn run(
     let sock = Rc::new(sock);
     let _ = sock.tcp().set_nodelay(true);
     let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes);
-    if let Some(admitted) = &admitted {
-        tracing::debug!(conn = key, who = %admitted.who, "authenticated");
-        if let Some(exp) = admitted.expires {
-            let left = Duration::from_secs(exp).saturating_sub(Duration::from_nanos(unix_now_ns()));
-            // An `exp` too far ahead to be an instant here never comes: nothing to schedule.
-            if let Some(at) = Instant::now().checked_add(left) {
-                ctx.shard.borrow_mut().schedule(key, at, crate::deadlines::Due::Expired);
-            }
-        }
-    }
-    if ctx.cfg.max_connection_age > 0.0 {
-        let max_age = Duration::from_secs_f64(ctx.cfg.max_connection_age);
-        let spread = (unix_now_ns() % 1_000_003) as f64 / 1_000_003.0;
-        let mut shard = ctx.shard.borrow_mut();
-        for (at, due) in crate::deadlines::age_deadlines(Instant::now(), max_age, spread) {
-            shard.schedule(key, at, due);
-        }
-    }
-    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-    Stats::add(&ctx.stats.connections_opened, 1);
+    opened(&ctx, key, admitted.as_ref());
 
     let mut reader = Reader {
         decoder: Decoder::default(),
         charged: 0,
+        sse: false,
         session: Session {
             key,
             limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec, Instant::now()),
@@ -132,7 +115,81 @@ pub async fn run(
         }
         end
     };
-    let live = Live { reader, sock, permit: Some(permit) };
+    watch(ctx, key, Live { reader, sock, permit: Some(permit) }, early_end);
+}
+
+/// Takes over an admitted Server-Sent Events request (`sse::serve`): registers the stream
+/// with the shard, which writes `head` (the response head) and then its events, and with the
+/// readiness driver, which only watches for the client going away.
+pub fn run_sse(
+    ctx: Rc<WorkerCtx>,
+    sock: Sock,
+    permit: SocketPermit,
+    admitted: Option<crate::auth::Admitted>,
+    stream: crate::sse::Stream,
+) {
+    let sock = Rc::new(sock);
+    let _ = sock.tcp().set_nodelay(true);
+    let key = ctx.shard.borrow_mut().open_sse(sock.clone(), ctx.cfg.queue_bytes, stream.head);
+    opened(&ctx, key, admitted.as_ref());
+    {
+        let mut shard = ctx.shard.borrow_mut();
+        let crate::ops::Channels { specs, stats } = stream.channels;
+        if stats {
+            shard.set_stats(key, true);
+        }
+        let epoch = shard.market().epoch().to_owned();
+        let reply = crate::ops::subscribed_reply(&ctx.symbols, &specs, stats, epoch, None);
+        shard.subscribe_sse(key, &specs, stream.last_event, reply);
+    }
+    let reader = Reader {
+        decoder: Decoder::default(),
+        charged: 0,
+        sse: true,
+        session: Session {
+            key,
+            limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec, Instant::now()),
+            partial: None,
+            grants: None,
+        },
+    };
+    // Input the TLS session decrypted already: the socket will not signal it again.
+    let early_end = (sock.take_buffered(&mut [0u8; 1]) > 0).then(sse_input_end);
+    watch(ctx, key, Live { reader, sock, permit: Some(permit) }, early_end);
+}
+
+/// Why an event stream that sent something ends: it takes no input after its request.
+fn sse_input_end() -> End {
+    End::Close(CloseCode::Policy, "an event stream takes no input".into())
+}
+
+/// Counts a connection just registered with the shard and schedules its timed events: the
+/// expiry of its credentials, the notice and close at `--max-connection-age`.
+fn opened(ctx: &WorkerCtx, key: ConnKey, admitted: Option<&crate::auth::Admitted>) {
+    if let Some(admitted) = admitted {
+        tracing::debug!(conn = key, who = %admitted.who, "authenticated");
+        if let Some(exp) = admitted.expires {
+            let left = Duration::from_secs(exp).saturating_sub(Duration::from_nanos(unix_now_ns()));
+            // An `exp` too far ahead to be an instant here never comes: nothing to schedule.
+            if let Some(at) = Instant::now().checked_add(left) {
+                ctx.shard.borrow_mut().schedule(key, at, crate::deadlines::Due::Expired);
+            }
+        }
+    }
+    if ctx.cfg.max_connection_age > 0.0 {
+        let max_age = Duration::from_secs_f64(ctx.cfg.max_connection_age);
+        let spread = (unix_now_ns() % 1_000_003) as f64 / 1_000_003.0;
+        let mut shard = ctx.shard.borrow_mut();
+        for (at, due) in crate::deadlines::age_deadlines(Instant::now(), max_age, spread) {
+            shard.schedule(key, at, due);
+        }
+    }
+    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+    Stats::add(&ctx.stats.connections_opened, 1);
+}
+
+/// Hands a registered connection to the readiness driver, or ends it (`early_end`).
+fn watch(ctx: Rc<WorkerCtx>, key: ConnKey, live: Live, early_end: Option<End>) {
     match early_end {
         Some(end) => live.end(ctx, key, end),
         None => {
@@ -213,18 +270,25 @@ impl Live {
     }
 }
 
-/// The upgraded connection's socket, plain or TLS, and the bytes hyper read past the request.
+/// The upgraded connection's socket, plain or TLS, and the bytes read past the request (by
+/// hyper, then what is left of those read ahead).
 fn take_socket(upgraded: hyper::upgrade::Upgraded) -> Option<(Sock, bytes::Bytes)> {
+    use crate::sse::IntoSock;
     type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    let std = |tcp: tokio::net::TcpStream| {
-        tcp.into_std().map_err(|e| tracing::warn!(error = %e, "cannot take the upgraded socket"))
+    let early = |read_buf: bytes::Bytes, pre: bytes::Bytes| match (read_buf.len(), pre.len()) {
+        (_, 0) => read_buf,
+        (0, _) => pre,
+        _ => [read_buf, pre].concat().into(),
     };
-    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => Some((Sock::Plain(std(parts.io.into_inner()).ok()?), parts.read_buf)),
-        Err(upgraded) => match upgraded.downcast::<TokioIo<Tls>>() {
+    match upgraded.downcast::<TokioIo<Rewind<tokio::net::TcpStream>>>() {
+        Ok(parts) => {
+            let Rewind { pre, io } = parts.io.into_inner();
+            Some((io.into_sock()?, early(parts.read_buf, pre)))
+        }
+        Err(upgraded) => match upgraded.downcast::<TokioIo<Rewind<Tls>>>() {
             Ok(parts) => {
-                let (tcp, session) = parts.io.into_inner().into_inner();
-                Some((Sock::tls(std(tcp).ok()?, session), parts.read_buf))
+                let Rewind { pre, io } = parts.io.into_inner();
+                Some((io.into_sock()?, early(parts.read_buf, pre)))
             }
             Err(_) => {
                 tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
@@ -336,12 +400,17 @@ struct Reader {
     /// message), as charged to the gateway-wide inbound budget (at most --max-frame-bytes and
     /// a read's worth).
     charged: u32,
+    /// A Server-Sent Events stream: no input is expected after its request.
+    sse: bool,
 }
 
 impl Reader {
     /// Decodes and applies the frames in `bytes`; `Some` when the connection must end.
     fn on_bytes(&mut self, ctx: &WorkerCtx, bytes: &mut [u8]) -> Option<End> {
-        let Reader { decoder, session, charged } = self;
+        if self.sse {
+            return (!bytes.is_empty()).then(sse_input_end);
+        }
+        let Reader { decoder, session, charged, .. } = self;
         let mut end = None;
         let decoded = decoder.feed(bytes, ctx.cfg.max_frame_bytes, |frame| {
             end = session.on_frame(ctx, frame);

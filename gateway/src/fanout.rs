@@ -28,6 +28,7 @@ use crate::deadlines::{Deadlines, Due};
 use crate::frame::{self, Frame, Opcode};
 use crate::market::{Market, Replay};
 use crate::metrics::{CloseReason, Stats};
+use crate::sse::{Form, LastEvent};
 
 /// One connection as the shard sees it.
 #[derive(Debug)]
@@ -238,6 +239,17 @@ impl Shard {
     /// shard's budget.
     pub fn open(&mut self, sock: Rc<dyn TryWrite>, queue_limit: usize) -> ConnKey {
         let out = Outbound::new(queue_limit, self.budget.clone());
+        self.insert(sock, out)
+    }
+
+    /// Adds a Server-Sent Events stream writing to `sock`, its response `head` first
+    /// (`crate::sse`); its channels come with [`subscribe_sse`](Self::subscribe_sse).
+    pub fn open_sse(&mut self, sock: Rc<dyn TryWrite>, queue_limit: usize, head: Bytes) -> ConnKey {
+        let out = Outbound::sse(queue_limit, self.budget.clone(), head);
+        self.insert(sock, out)
+    }
+
+    fn insert(&mut self, sock: Rc<dyn TryWrite>, out: Outbound) -> ConnKey {
         self.next_serial = self.next_serial.wrapping_add(1);
         self.conns.insert(Conn::new(sock, out, self.next_serial))
     }
@@ -279,9 +291,13 @@ impl Shard {
     /// Unsubscribes and forgets a connection.
     pub fn remove(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.try_remove(key) else { return };
+        let sse = conn.out.form() == Form::Sse;
         for spec in conn.subs.specs() {
             self.index.remove(spec, key);
             self.stats.subscription(spec, -1);
+            if sse {
+                self.market.sse_interest(spec, -1);
+            }
         }
         self.dirty.retain(|&k| k != key);
     }
@@ -437,13 +453,20 @@ impl Shard {
         if !conn.out.push_control(frame::build(Opcode::Text, &reply)) {
             return self.close_for(key, CloseReason::UnreadReplies);
         }
+        for (ch, frames, last) in replays {
+            new_books.retain(|&b| b != ch);
+            conn.out.replay(ch, frames, last, &self.market);
+        }
+        self.start_streams(key, new_books);
+    }
+
+    /// The end of a subscribe, after its reply and replays: the feed's state if it is stale,
+    /// snapshots of the `new_books`, then a flush.
+    fn start_streams(&mut self, key: ConnKey, new_books: Vec<ChannelId>) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
         if self.feed_stale {
             // Told now, as every connection was when the feed went stale.
             conn.out.push_control(status_frame(true));
-        }
-        for (ch, frames, last) in replays {
-            new_books.retain(|&b| b != ch);
-            conn.out.replay(ch, frames, last);
         }
         for ch in new_books {
             conn.out.want_snapshot(ch);
@@ -451,6 +474,61 @@ impl Shard {
         if !conn.blocked {
             self.flush(key);
         }
+    }
+
+    /// Starts a Server-Sent Events stream of `specs` (validated, within limits) on connection
+    /// `key`, opened with [`open_sse`](Self::open_sse). With `last_event` (the client's
+    /// `Last-Event-ID`: a channel and seq), every channel resumes after the last frame
+    /// published before that one, if the window still holds it, in publish order
+    /// ([`Market::sse_replay`]); else the stream starts live, books with a snapshot. `reply`
+    /// (given the resume outcomes) goes first.
+    pub fn subscribe_sse(
+        &mut self,
+        key: ConnKey,
+        specs: &[ChannelSpec],
+        last_event: LastEvent,
+        reply: impl FnOnce(&Subscribed) -> Vec<u8>,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        for &spec in specs {
+            if conn.subs.insert(spec) {
+                // Frames published from now on carry their SSE form.
+                self.market.sse_interest(spec, 1);
+                self.index.add(spec, key);
+                self.stats.subscription(spec, 1);
+            }
+        }
+        conn.idle_since = None;
+        let n = self.market.symbols().len() as u32;
+        let channels: Vec<ChannelId> = specs
+            .iter()
+            .flat_map(|&spec| match spec {
+                ChannelSpec::Exact(ch) => vec![ch],
+                ChannelSpec::Wildcard(kind) => (0..n).map(|s| ChannelId::new(kind, s)).collect(),
+            })
+            .collect();
+        let replay = match last_event {
+            LastEvent::At(ch, seq) => self.market.sse_replay(ch, seq, &channels),
+            LastEvent::None | LastEvent::Unknown => None,
+        };
+        let replay =
+            replay.filter(|r| conn.out.replay_fits(r.frames.iter().map(|f| f.bytes.len()).sum()));
+        let mut outcome = Subscribed::default();
+        if last_event != LastEvent::None {
+            outcome.resumed = channels.iter().map(|&ch| (ch, replay.is_some())).collect();
+            self.stats.resumes(&outcome.resumed);
+        }
+        if !conn.out.push_control(frame::build(Opcode::Text, &reply(&outcome))) {
+            return self.close_for(key, CloseReason::UnreadReplies);
+        }
+        let new_books = match replay {
+            Some(replay) => {
+                conn.out.replay_all(&replay.frames, &replay.floors, &self.market);
+                Vec::new()
+            }
+            None => channels.into_iter().filter(|ch| ch.kind() == Kind::Book).collect(),
+        };
+        self.start_streams(key, new_books);
     }
 
     pub fn unsubscribe(&mut self, key: ConnKey, specs: &[ChannelSpec]) {
@@ -751,7 +829,11 @@ impl Shard {
                 }
             }
             if let Some(ping) = &ping {
-                conn.unanswered_pings += 1;
+                // An SSE client cannot answer (its ping is a comment that keeps proxies from
+                // timing the stream out): a dead one shows as a failed write.
+                if conn.out.form() == Form::WebSocket {
+                    conn.unanswered_pings += 1;
+                }
                 conn.out.push_urgent(ping.clone());
                 if !conn.blocked {
                     self.flush(key);

@@ -30,6 +30,9 @@ pub struct Frame {
     pub ts: u64,
     /// The whole frame, ready for `write`. Cloning it is a reference-count increment.
     pub bytes: Bytes,
+    /// The same message as a Server-Sent Event (`sse`), encoded by the producer only while
+    /// some client streams the channel over SSE.
+    pub sse: Option<Bytes>,
 }
 
 /// Appends the header of a final, unmasked server frame carrying `payload_len` bytes.

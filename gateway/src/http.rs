@@ -64,11 +64,28 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: std::net::TcpStream, mut permit: 
     }
 }
 
-/// Serves HTTP/1.1 on `io` (a TCP or TLS stream), upgrades to WebSocket included.
-async fn http_on<IO>(ctx: Rc<WorkerCtx>, io: IO, permit: SocketPermit, timeout: Duration)
+/// Serves HTTP/1.1 on `io` (a TCP or TLS stream), upgrades to WebSocket included. The first
+/// request is looked at first: a Server-Sent Events request (`GET /sse`) is served by `sse`,
+/// which keeps the socket; anything else goes to hyper, the bytes read replayed to it.
+/// Keep-alive is off on this port (pages answer `Connection: close`), so `/sse` is always a
+/// connection's first request (a browser may otherwise send it on a socket it used for a page).
+async fn http_on<IO>(ctx: Rc<WorkerCtx>, mut io: IO, permit: SocketPermit, timeout: Duration)
 where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::sse::IntoSock,
 {
+    let mut head = bytes::BytesMut::with_capacity(1024);
+    match tokio::time::timeout(timeout, crate::sse::sniff(&mut io, &mut head)).await {
+        Ok(Ok(crate::sse::Sniffed::Sse)) => return crate::sse::serve(ctx, io, head, permit).await,
+        Ok(Ok(crate::sse::Sniffed::Other)) => {}
+        Ok(Ok(crate::sse::Sniffed::TooLarge)) => {
+            let resp =
+                text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large\n");
+            return crate::sse::respond(&mut io, resp).await;
+        }
+        // Gone, or silent for the whole handshake timeout: nothing to answer.
+        Ok(Err(_)) | Err(_) => return,
+    }
+    let io = Rewind { pre: head.freeze(), io };
     let permit = Rc::new(Cell::new(Some(permit)));
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
@@ -92,10 +109,18 @@ fn route(
     mut req: Request<Incoming>,
     permit: &Cell<Option<SocketPermit>>,
 ) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(ctx, &mut req, permit),
+    let mut resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => return upgrade(ctx, &mut req, permit),
+        // Only reached by a request pipelined behind another: `sse::sniff` takes first ones.
+        (&Method::GET, "/sse") => {
+            text(StatusCode::BAD_REQUEST, "/sse must be the first request of its connection\n")
+        }
         _ => page(&ctx.stats, ctx.symbols.len(), &req, &Side::Data(ctx.cfg.admin_listen)),
-    }
+    };
+    // No keep-alive on this port (see `http_on`). Set here rather than with hyper's
+    // `keep_alive(false)`, which would also mark the upgrade's 101 `Connection: close`.
+    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// Which listener serves a page.
@@ -247,9 +272,9 @@ fn upgrade(
 /// Behind a trusted proxy (`--trust-proxy`), counts the client the handshake is forwarded for
 /// against its address's bounds. A trusted proxy's handshake that names no client is let
 /// through: the proxy itself is the client.
-fn admit_forwarded(
+pub(crate) fn admit_forwarded<B>(
     ctx: &WorkerCtx,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     permit: &mut SocketPermit,
 ) -> Result<(), Refusal> {
     if ctx.cfg.trust_proxy.is_empty() {
@@ -266,7 +291,7 @@ fn admit_forwarded(
 
 /// A handshake turned away: counted, and answered with the refusal's status and its text (or
 /// `detail`).
-fn refuse(ctx: &WorkerCtx, why: Refusal, detail: Option<&str>) -> Response<Full<Bytes>> {
+pub(crate) fn refuse(ctx: &WorkerCtx, why: Refusal, detail: Option<&str>) -> Response<Full<Bytes>> {
     ctx.stats.refused(why);
     let (status, reason) = why.answer();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -281,7 +306,7 @@ fn refuse(ctx: &WorkerCtx, why: Refusal, detail: Option<&str>) -> Response<Full<
 
 /// Whether the handshake's `Origin` may connect: any when no list is configured, and always
 /// for clients that send none (programs; browsers always send it).
-fn origin_allowed(allowed: &[String], req: &Request<Incoming>) -> bool {
+pub(crate) fn origin_allowed<B>(allowed: &[String], req: &Request<B>) -> bool {
     let Some(origin) = req.headers().get(ORIGIN) else { return true };
     allowed.is_empty()
         || origin.to_str().is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
@@ -311,6 +336,65 @@ fn index(symbols: usize, side: &Side) -> Response<Full<Bytes>> {
     text(StatusCode::OK, &body)
 }
 
+/// A stream whose first bytes were read already (by `sse::sniff`): they are read again first.
+#[derive(Debug)]
+pub struct Rewind<IO> {
+    /// What is left of the bytes read ahead.
+    pub pre: Bytes,
+    pub io: IO,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// The live dashboard: one page, its script inline, uPlot vendored (MIT, licence served beside
 /// it), all compiled into the binary so it works offline.
 pub const DASHBOARD: &str = include_str!("../assets/dashboard.html");
@@ -324,7 +408,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>
     resp
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -332,7 +416,7 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 /// Value of `name` in a query string, percent-decoded (`%2C` → `,`, `%2A` → `*`).
-fn query_param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then(|| percent_decode(v))

@@ -40,6 +40,7 @@ pub mod proxy;
 pub mod readiness;
 pub mod ring;
 pub mod source;
+pub mod sse;
 pub mod tls;
 pub mod worker;
 

@@ -12,13 +12,16 @@
 //! subscribe/resume/snapshot by a worker; the fan-out hot path never touches it.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
 use tickfan_proto::book::CHECKSUM_DEPTH;
 use tickfan_proto::encode::{write_book_snapshot_json, write_tick_json_with_crc};
-use tickfan_proto::{unix_now_ns, ChannelId, Kind, L2Book, SymbolTable, Tick, TickBody};
+use tickfan_proto::{
+    unix_now_ns, ChannelId, ChannelSpec, Kind, L2Book, SymbolTable, Tick, TickBody,
+};
 
 use crate::frame::{self, Frame, Opcode};
 
@@ -75,8 +78,11 @@ pub enum Replay {
 
 #[derive(Debug, Default)]
 struct ChannelState {
-    /// The last frames, seq-contiguous, oldest first.
-    history: VecDeque<Frame>,
+    /// The last frames, seq-contiguous, oldest first, each with its publish position.
+    history: VecDeque<(u64, Frame)>,
+    /// Publish position of the frame the history restarted at when it was last cleared (a
+    /// hole, a resync): nothing of this channel before it can be replayed.
+    cleared_at: u64,
     /// Seq and ts of the last frame published (0 before any).
     last_seq: u64,
     last_ts: u64,
@@ -132,6 +138,24 @@ pub struct Market {
     epoch: String,
     /// The resume window's frames in publish order, for eviction.
     kept: Mutex<Kept>,
+    /// Position of the next frame published, over all channels (1 for the first): orders the
+    /// frames for a Server-Sent Events resume (`sse_replay`).
+    next_pos: AtomicU64,
+    /// Clients streaming each channel over Server-Sent Events, and each kind's wildcard: while
+    /// a channel has any, its frames carry their SSE form (`Frame::sse`).
+    sse_channels: Vec<AtomicU32>,
+    sse_kinds: [AtomicU32; Kind::COUNT as usize],
+}
+
+/// What a Server-Sent Events resume gets ([`Market::sse_replay`]).
+#[derive(Debug)]
+pub struct SseReplay {
+    /// Every frame of the stream's channels published after the client's last event, in
+    /// publish order.
+    pub frames: Vec<Frame>,
+    /// For each channel of the stream, the seq the client has once the replay is through:
+    /// live frames up to it are skipped.
+    pub floors: Vec<(ChannelId, u64)>,
 }
 
 impl Market {
@@ -140,7 +164,45 @@ impl Market {
     pub fn new(symbols: Arc<SymbolTable>, window: ResumeWindow, epoch: Option<String>) -> Market {
         let channels = (0..symbols.channel_count()).map(|_| Mutex::default()).collect();
         let epoch = epoch.unwrap_or_else(|| format!("{:016x}", unix_now_ns()));
-        Market { symbols, channels, window, epoch, kept: Mutex::default() }
+        let sse_channels = (0..symbols.channel_count()).map(|_| AtomicU32::new(0)).collect();
+        Market {
+            symbols,
+            channels,
+            window,
+            epoch,
+            kept: Mutex::default(),
+            next_pos: AtomicU64::new(1),
+            sse_channels,
+            sse_kinds: Default::default(),
+        }
+    }
+
+    /// A client starts (`+1`) or stops (`-1`) streaming `spec` over Server-Sent Events.
+    pub fn sse_interest(&self, spec: ChannelSpec, delta: i32) {
+        let counter = match spec {
+            ChannelSpec::Exact(ch) => &self.sse_channels[ch.index()],
+            ChannelSpec::Wildcard(kind) => &self.sse_kinds[kind as usize],
+        };
+        if delta >= 0 {
+            counter.fetch_add(delta as u32, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether some client streams `ch` over Server-Sent Events.
+    fn sse_wanted(&self, ch: ChannelId) -> bool {
+        self.sse_channels[ch.index()].load(Ordering::Relaxed) > 0
+            || self.sse_kinds[ch.kind() as usize].load(Ordering::Relaxed) > 0
+    }
+
+    /// The frame of `json` (the tick's message), with its SSE form while it is wanted.
+    fn frame(&self, ch: ChannelId, seq: u64, ts: u64, json: &[u8]) -> Frame {
+        let bytes = frame::build(Opcode::Text, json);
+        let sse = self
+            .sse_wanted(ch)
+            .then(|| crate::sse::event(self.symbols.channel_name_str(ch), seq, json));
+        Frame { ch, seq, ts, bytes, sse }
     }
 
     pub fn symbols(&self) -> &Arc<SymbolTable> {
@@ -170,17 +232,21 @@ impl Market {
         };
         json.clear();
         write_tick_json_with_crc(json, tick, sym, crc);
-        let frame =
-            Frame { ch, seq: tick.seq, ts: tick.ts, bytes: frame::build(Opcode::Text, json) };
+        let frame = self.frame(ch, tick.seq, tick.ts, json);
         st.advance(tick.seq, tick.ts);
+        // Taken under the channel's lock, so that a frame whose position a reader has seen is
+        // in its channel's history by the time the reader locks it (`sse_replay`).
+        let pos = self.next_pos.fetch_add(1, Ordering::SeqCst);
         if self.window.enabled() {
             let history = &mut st.history;
-            if history.back().is_some_and(|f| f.seq + 1 != tick.seq) {
+            if history.back().is_some_and(|(_, f)| f.seq + 1 != tick.seq) {
                 history.clear(); // never keep a history with a hole in it
+                st.cleared_at = pos;
             }
-            history.push_back(frame.clone());
+            st.history.push_back((pos, frame.clone()));
             drop(st); // eviction locks channels one at a time, this one included
-            let size = (frame.bytes.len() + FRAME_OVERHEAD) as u32;
+            let sse = frame.sse.as_ref().map_or(0, Bytes::len);
+            let size = (frame.bytes.len() + sse + FRAME_OVERHEAD) as u32;
             self.keep(KeptFrame { ch, seq: tick.seq, ts: tick.ts, size });
         }
         frame
@@ -201,7 +267,7 @@ impl Market {
             kept.bytes -= old.size as usize;
             let mut st = self.state(old.ch);
             // Gone already if the history was cleared (a hole, a resync).
-            if st.history.front().is_some_and(|f| f.seq == old.seq) {
+            if st.history.front().is_some_and(|(_, f)| f.seq == old.seq) {
                 st.history.pop_front();
             }
         }
@@ -228,10 +294,10 @@ impl Market {
         }
         st.advance(snapshot.seq, snapshot.ts);
         st.history.clear();
+        st.cleared_at = self.next_pos.fetch_add(1, Ordering::SeqCst);
         json.clear();
         write_book_snapshot_json(json, &st.book, sym, snapshot.seq, snapshot.ts);
-        let bytes = frame::build(Opcode::Text, json);
-        Frame { ch, seq: snapshot.seq, ts: snapshot.ts, bytes }
+        self.frame(ch, snapshot.seq, snapshot.ts, json)
     }
 
     /// Seq of the last frame published on `ch` (0 before any).
@@ -262,13 +328,53 @@ impl Market {
             return Replay::Frames { frames: Vec::new(), last: after };
         }
         match st.history.front() {
-            Some(first) if first.seq <= after + 1 => {
+            Some((_, first)) if first.seq <= after + 1 => {
                 let skip = (after + 1 - first.seq) as usize;
-                let frames = st.history.iter().skip(skip).cloned().collect();
+                let frames = st.history.iter().skip(skip).map(|(_, f)| f.clone()).collect();
                 Replay::Frames { frames, last: st.last_seq }
             }
             _ => Replay::Unavailable,
         }
+    }
+
+    /// Resumes a Server-Sent Events stream of `channels` whose last event was frame `seq` of
+    /// `ch`: every frame of those channels published after that one, in publish order (the
+    /// order the client got them in), up to a common point, and the seq each channel is at
+    /// there. All or nothing: `None` when the window no longer holds that frame, or some
+    /// channel's history restarted since (a hole upstream, a resync).
+    ///
+    /// Eviction goes oldest first over all channels, so while that frame is kept every frame
+    /// published after it is too.
+    pub fn sse_replay(&self, ch: ChannelId, seq: u64, channels: &[ChannelId]) -> Option<SseReplay> {
+        let from = {
+            let st = self.state(ch);
+            let first = st.history.front()?.1.seq;
+            let (pos, f) = st.history.get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+            debug_assert_eq!(f.seq, seq);
+            *pos
+        };
+        // Everything up to `until` is in the histories once each channel is locked in turn.
+        let until = self.next_pos.load(Ordering::SeqCst) - 1;
+        let mut frames: Vec<(u64, Frame)> = Vec::new();
+        let mut floors = Vec::with_capacity(channels.len());
+        for &c in channels {
+            let st = self.state(c);
+            if st.cleared_at > from {
+                return None;
+            }
+            let start = st.history.partition_point(|(p, _)| *p <= from);
+            let end = st.history.partition_point(|(p, _)| *p <= until);
+            frames.extend(st.history.range(start..end).cloned());
+            // The channel's last seq as of `until`. Without a frame kept up to then, it was
+            // quiet since `from` (every later frame is kept): its seq precedes what it kept.
+            let floor = match end {
+                0 => st.history.front().map_or(st.last_seq, |(_, f)| f.seq - 1),
+                _ => st.history[end - 1].1.seq,
+            };
+            floors.push((c, floor));
+        }
+        frames.sort_unstable_by_key(|(p, _)| *p);
+        Some(SseReplay { frames: frames.into_iter().map(|(_, f)| f).collect(), floors })
     }
 
     /// A `snapshot` frame of book channel `ch`, and the seq it is as of.
@@ -335,6 +441,54 @@ mod tests {
     }
 
     #[test]
+    fn the_sse_form_is_encoded_once_per_tick_and_only_while_wanted() {
+        let (m, mut feed) = market(1 << 30, 3600);
+        let mut json = Vec::new();
+        let trades = |f: &Frame| f.ch.kind() == Kind::Trades;
+        let mut next_trade = |m: &Market| loop {
+            let f = m.publish(&feed.next_tick_virtual(), &mut json);
+            if trades(&f) {
+                return f;
+            }
+        };
+        assert!(next_trade(&m).sse.is_none(), "nobody streams over SSE");
+        m.sse_interest(ChannelSpec::Wildcard(Kind::Trades), 1);
+        let f = next_trade(&m);
+        let name = m.symbols().channel_name(f.ch);
+        let sse = f.sse.clone().expect("encoded while wanted");
+        assert_eq!(sse, crate::sse::event(&name, f.seq, &f.bytes[2..]));
+        // Kept with the frame: a replay to an SSE client shares the very same bytes.
+        let Replay::Frames { frames, .. } = m.replay(f.ch, f.seq - 1) else { panic!() };
+        assert_eq!(frames[0].sse.as_ref().unwrap().as_ptr(), sse.as_ptr());
+        m.sse_interest(ChannelSpec::Wildcard(Kind::Trades), -1);
+        assert!(next_trade(&m).sse.is_none(), "no longer wanted");
+    }
+
+    #[test]
+    fn an_sse_resume_replays_every_channel_after_the_last_event_in_publish_order() {
+        let (m, mut feed) = market(1 << 30, 3600);
+        let mut json = Vec::new();
+        let mut published = Vec::new();
+        for _ in 0..3000 {
+            published.push(m.publish(&feed.next_tick_virtual(), &mut json));
+        }
+        let channels: Vec<ChannelId> =
+            [Kind::Trades, Kind::Book].iter().map(|&k| ChannelId::new(k, 1)).collect();
+        let ours: Vec<&Frame> = published.iter().filter(|f| channels.contains(&f.ch)).collect();
+        // The client's last event: a trade somewhere in the middle.
+        let at = ours.iter().position(|f| f.ch == channels[0] && f.seq > 20).unwrap();
+        let last = ours[at];
+        let r = m.sse_replay(last.ch, last.seq, &channels).expect("in the window");
+        let want: Vec<(ChannelId, u64)> = ours[at + 1..].iter().map(|f| (f.ch, f.seq)).collect();
+        assert_eq!(r.frames.iter().map(|f| (f.ch, f.seq)).collect::<Vec<_>>(), want);
+        for &(ch, floor) in &r.floors {
+            assert_eq!(floor, m.last_seq(ch), "{ch:?} is at its last seq after the replay");
+        }
+        // Not a frame the window holds: nothing resumes.
+        assert!(m.sse_replay(last.ch, 1 << 40, &channels).is_none());
+    }
+
+    #[test]
     fn the_cached_checksum_equals_the_reference_one_over_a_long_feed() {
         let (m, mut feed) = market(10_000, 1);
         let mut json = Vec::new();
@@ -361,13 +515,13 @@ mod tests {
         // Every channel keeps a suffix of its frames, and the oldest kept frame of any channel
         // is about as old as that of any other: the busiest did not crowd out the quiet ones.
         let oldest: Vec<u64> = (0..m.symbols().channel_count() as u32)
-            .filter_map(|i| m.state(ChannelId(i)).history.front().map(|f| f.ts))
+            .filter_map(|i| m.state(ChannelId(i)).history.front().map(|(_, f)| f.ts))
             .collect();
         assert_eq!(oldest.len(), m.symbols().channel_count());
         let (min, max) = (oldest.iter().min().unwrap(), oldest.iter().max().unwrap());
         assert!(max - min < 20_000_000, "oldest kept frames {min}..{max} ns apart");
         let ch = ChannelId::new(Kind::Trades, 0);
-        let first = m.state(ch).history.front().unwrap().seq;
+        let first = m.state(ch).history.front().unwrap().1.seq;
         assert!(matches!(m.replay(ch, first - 1), Replay::Frames { .. }));
         assert!(matches!(m.replay(ch, first - 2), Replay::Unavailable));
     }
@@ -384,7 +538,7 @@ mod tests {
             m.publish(&t, &mut json);
         }
         for i in 0..m.symbols().channel_count() as u32 {
-            if let Some(f) = m.state(ChannelId(i)).history.front() {
+            if let Some((_, f)) = m.state(ChannelId(i)).history.front() {
                 assert!(
                     f.ts + 1_000_000_000 >= last_ts,
                     "channel {i} keeps a frame older than 1 s"

@@ -48,11 +48,7 @@ fn subscribe(
     resume: Option<Resume>,
 ) -> Outcome {
     let symbols = &ctx.symbols;
-    let (stats, channels) = take_sys_stats(channels);
-    let specs = resolve(symbols, &channels, &id)?;
-    if let Some(grants) = grants {
-        check_grants(grants, symbols, &specs, stats, &id)?;
-    }
+    let Channels { specs, stats } = channels_granted(ctx, grants, &channels, &id)?;
     let resume = resolve_resume(symbols, &specs, resume, &id)?;
     let mut shard = ctx.shard.borrow_mut();
     let Some(after) = shard.subscriptions_with(key, &specs) else { return Ok(None) };
@@ -64,9 +60,53 @@ fn subscribe(
     if stats {
         shard.set_stats(key, true);
     }
-    let names = names(symbols, &specs, stats);
     let epoch = shard.market().epoch().to_owned();
-    let reply = |done: &Subscribed| {
+    let reply = subscribed_reply(symbols, &specs, stats, epoch, id);
+    shard.subscribe(key, &specs, &resume.seqs, resume.epoch.as_deref(), reply);
+    Ok(None)
+}
+
+/// The channels of a request, resolved and checked against the connection's grants.
+#[derive(Debug)]
+pub struct Channels {
+    pub specs: Vec<ChannelSpec>,
+    /// `sys.stats` is among them.
+    pub stats: bool,
+}
+
+/// Resolves `channels` (all or nothing) and checks them against `grants` (`None`: auth is
+/// off) and, for a stream opened with them at once (`?streams=` of `/sse`), against
+/// `--max-channels`.
+pub fn channels_granted(
+    ctx: &WorkerCtx,
+    grants: Option<&Grants>,
+    channels: &[String],
+    id: &Id,
+) -> Result<Channels, Rejection> {
+    let (stats, channels) = take_sys_stats(channels.to_vec());
+    let specs = resolve(&ctx.symbols, &channels, id)?;
+    if let Some(grants) = grants {
+        check_grants(grants, &ctx.symbols, &specs, stats, id)?;
+    }
+    let max = ctx.cfg.max_channels;
+    if specs.len() > max {
+        let msg = format!("at most {max} channels per connection");
+        return Err(Rejection::new(id.clone(), ErrorCode::TooManyChannels, msg));
+    }
+    Ok(Channels { specs, stats })
+}
+
+/// The `subscribed` reply of a subscribe to `specs` (and `sys.stats`), given its resume
+/// outcomes.
+pub fn subscribed_reply<'a>(
+    symbols: &'a SymbolTable,
+    specs: &[ChannelSpec],
+    stats: bool,
+    epoch: String,
+    id: Id,
+) -> impl FnOnce(&Subscribed) -> Vec<u8> + 'a {
+    let names = names(symbols, specs, stats);
+    move |done: &Subscribed| {
         let mut fields = json!({ "channels": names, "epoch": epoch });
         if !done.resumed.is_empty() {
             let resumed: serde_json::Map<String, serde_json::Value> = done
@@ -77,9 +117,7 @@ fn subscribe(
             fields["resumed"] = resumed.into();
         }
         protocol::reply("subscribed", &id, fields)
-    };
-    shard.subscribe(key, &specs, &resume.seqs, resume.epoch.as_deref(), reply);
-    Ok(None)
+    }
 }
 
 /// `unsubscribe`: channels not subscribed are ignored; the reply names what was asked.

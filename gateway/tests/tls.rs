@@ -146,3 +146,34 @@ async fn wscat_subscribes_over_wss() {
     );
     assert!(trades > 50, "wscat printed only {trades} trades over wss:\n{stdout}");
 }
+
+#[tokio::test]
+async fn curl_streams_server_sent_events_over_https() {
+    let cert = Cert::new();
+    let gw = start_gateway_with(|c| {
+        c.tls_cert = Some(cert.dir.join("cert.pem"));
+        c.tls_key = Some(cert.dir.join("key.pem"));
+    });
+    let url = format!("https://localhost:{}/sse?streams=trades.*", gw.local_addr().port());
+    let cacert = cert.dir.join("cert.pem");
+    let curl = tokio::process::Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "1.5", "--cacert", cacert.to_str().unwrap(), &url])
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", gw.local_addr().port())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Some(curl) = support::installed("curl", "curl", curl) else { return };
+    let out = curl.wait_with_output().await.unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    let mut seq = SeqCheck::default();
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        seq.observe_json(&serde_json::from_str::<Value>(data).unwrap());
+    }
+    assert!(
+        body.contains(r#""op":"subscribed""#),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(seq.messages > 100, "only {} trades over https: {seq:?}", seq.messages);
+    assert_eq!((seq.undeclared_gaps, seq.declared_gaps), (0, 0), "{seq:?}");
+}
