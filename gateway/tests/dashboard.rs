@@ -3,6 +3,8 @@
 //! DevTools Protocol by our own WebSocket client. The page must show live figures and draw its
 //! charts, a screenshot is saved, and after the gateway is stopped (its clients get 1001) and
 //! started again on the same port the page must reconnect by itself and keep updating.
+//! The browser's own `EventSource` reads `/sse` too, and resumes by itself with `Last-Event-ID`
+//! each time the gateway ends its stream.
 
 mod support;
 
@@ -142,6 +144,11 @@ async fn devtools_get(addr: SocketAddr, path: &str) -> String {
 
 /// Finds the dashboard page among Chromium's targets and attaches to it over DevTools.
 async fn attach(devtools: u16) -> Cdp {
+    attach_to(devtools, "/dashboard").await
+}
+
+/// Attaches over DevTools to the page whose URL contains `url_part`.
+async fn attach_to(devtools: u16, url_part: &str) -> Cdp {
     let devtools_addr: SocketAddr = format!("127.0.0.1:{devtools}").parse().unwrap();
     let mut page_ws = None;
     let mut seen = Value::Null;
@@ -150,7 +157,7 @@ async fn attach(devtools: u16) -> Cdp {
         let targets: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         page_ws = targets.as_array().and_then(|t| {
             let page = |t: &&Value| {
-                t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.contains("/dashboard"))
+                t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.contains(url_part))
             };
             t.iter().find(page).and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned))
         });
@@ -160,7 +167,7 @@ async fn attach(devtools: u16) -> Cdp {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let page_ws = page_ws.unwrap_or_else(|| panic!("no dashboard page among {seen}"));
+    let page_ws = page_ws.unwrap_or_else(|| panic!("no {url_part} page among {seen}"));
     let path = &page_ws[page_ws.find("/devtools").unwrap()..];
     let ws = bench::client::connect(devtools_addr, path, None).await.unwrap();
     Cdp { ws, next_id: 0 }
@@ -303,6 +310,72 @@ async fn the_dashboard_on_the_admin_listener_reaches_the_data_port_with_its_toke
     .await;
     eprintln!("dashboard on the admin listener: {live}");
     assert_eq!(live["crc_bad"], 0);
+    let _ = browser.kill().await;
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+/// Follows `/sse` with the browser's EventSource, checking in the page that every channel's
+/// seqs continue across reconnects, and that each data event's id is its `ch:seq`.
+const FOLLOW_SSE: &str = r#"
+window.sse = {opens: 0, events: 0, breaks: [], closes: [], resumed: [], badIds: 0, last: {}};
+const es = new EventSource('/sse?streams=trades.*,quotes.BTC-USD');
+es.onopen = () => { sse.opens++; };
+es.onmessage = (e) => {
+  const m = JSON.parse(e.data);
+  if (m.op === 'close') { sse.closes.push(m.code); return; }
+  if (m.op === 'subscribed') { if (m.resumed) sse.resumed.push(Object.values(m.resumed).every(Boolean)); return; }
+  if (m.op) return;
+  if (e.lastEventId !== m.ch + ':' + m.seq) sse.badIds++;
+  const last = sse.last[m.ch];
+  if (last !== undefined && m.seq !== last + 1) sse.breaks.push([m.ch, last, m.seq]);
+  sse.last[m.ch] = m.seq;
+  sse.events++;
+};
+'ok'"#;
+
+/// The browser's EventSource on a gateway that ends every stream after about 2 s
+/// (`--max-connection-age`): it reconnects by itself with `Last-Event-ID`, and every channel
+/// goes on without a lost or repeated seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_eventsource_resumes_every_channel_by_itself() {
+    let port = free_port();
+    let _gateway = tickfan(port, &["--max-connection-age", "2"]).await;
+    let profile = std::env::temp_dir().join(format!("tickfan-chromium-sse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&profile);
+    // Any page of the gateway's origin: the index.
+    let url = format!("http://127.0.0.1:{port}/?sse");
+    let Some((mut browser, devtools)) = chromium(&url, &profile).await else { return };
+    let mut cdp = attach_to(devtools, "/?sse").await;
+    // Once the page has loaded (a script evaluated before would go with the blank page).
+    for _ in 0..80 {
+        if cdp.eval("location.search === '?sse' && document.readyState").await == "complete" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = cdp
+        .call("Runtime.evaluate", json!({"expression": FOLLOW_SSE, "returnByValue": true}))
+        .await;
+    assert_eq!(started["result"]["value"], "ok", "{started}");
+    let mut state = Value::Null;
+    for _ in 0..80 {
+        state = cdp.eval("JSON.stringify(window.sse)").await;
+        state = serde_json::from_str(state.as_str().unwrap_or("null")).unwrap();
+        if state["opens"].as_u64().is_some_and(|n| n >= 3) && state["events"].as_u64() > Some(500) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "EventSource after reconnects: opens {}, events {}, closes {}, resumed {}",
+        state["opens"], state["events"], state["closes"], state["resumed"]
+    );
+    assert!(state["opens"].as_u64() >= Some(3), "the stream reopened twice: {state}");
+    assert_eq!(state["breaks"], json!([]), "no channel lost or repeated a seq: {state}");
+    assert_eq!(state["badIds"], 0);
+    assert!(state["closes"].as_array().unwrap().iter().all(|c| c == 1001), "{state}");
+    let resumed = state["resumed"].as_array().unwrap();
+    assert!(resumed.len() >= 2 && resumed.iter().all(|r| r == true), "{state}");
     let _ = browser.kill().await;
     let _ = std::fs::remove_dir_all(&profile);
 }
