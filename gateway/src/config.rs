@@ -244,6 +244,14 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_MAX_CONNECTION_AGE", default_value_t = 0.0)]
     pub max_connection_age: f64,
 
+    /// Seconds a graceful shutdown (SIGTERM, Ctrl-C) takes to close the connections: each
+    /// client gets `{"op":"shutdown","in_ms":…,"reason":"server_shutdown"}` at once, then its
+    /// close (1001) at its turn, spread over this window, so clients reconnect elsewhere and
+    /// resume before it; meanwhile `/readyz` says draining and new connections get 503. A second
+    /// signal stops at once. 0: close every connection at once.
+    #[arg(long, env = "TICKFAN_DRAIN_SECS", default_value_t = 5.0)]
+    pub drain_secs: f64,
+
     /// Seconds a new connection may take to send its complete HTTP request (upgrade or not)
     /// before it is closed, so idle or trickling sockets cannot pile up.
     #[arg(long, env = "TICKFAN_HANDSHAKE_TIMEOUT", default_value_t = 10.0)]
@@ -430,6 +438,9 @@ impl Config {
             || (self.max_connection_age > 0.0 && self.max_connection_age < 1.0)
         {
             return Err("--max-connection-age must be 0 (no maximum) or 1 to 1e9 seconds".into());
+        }
+        if !seconds(self.drain_secs) {
+            return Err("--drain-secs must be 0 to 1e9 seconds".into());
         }
         if self.proxy_protocol && self.trust_proxy.is_empty() {
             return Err("--proxy-protocol reads the header of the proxies --trust-proxy names: \

@@ -20,6 +20,8 @@ pub enum Due {
     MaxAge,
     /// Close with 1008: the credentials the connection was opened with expired.
     Expired,
+    /// Close with 1001: its turn in the shutdown's drain (`--drain-secs`).
+    Drained,
 }
 
 /// A worker's pending deadlines. A connection is named by its key and its serial, so an event
@@ -70,6 +72,15 @@ pub fn age_deadlines(opened: Instant, max_age: Duration, spread: f64) -> [(Insta
     [(opened + age - lead, notice), (opened + age, Due::MaxAge)]
 }
 
+/// When each of `n` connections closes in a drain of `window` started at `now`: one after
+/// the other, evenly spread over the window, the first after a tenth of it (at most 1 s), so
+/// that every client has its notice first and they do not all reconnect at once.
+pub fn drain_delays(n: usize, window: Duration) -> impl Iterator<Item = Duration> {
+    let lead = (window / 10).min(Duration::from_secs(1));
+    let rest = window.saturating_sub(lead);
+    (0..n).map(move |i| lead + rest.mul_f64(if n > 1 { i as f64 / (n - 1) as f64 } else { 1.0 }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +110,15 @@ mod tests {
         let [(notice, _), (close, _)] = age_deadlines(t0, Duration::from_secs(3600), 1.0);
         assert_eq!(close - t0, Duration::from_secs(3420));
         assert_eq!(close - notice, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_drain_spreads_the_closes_over_its_window() {
+        let ms = |n, w| drain_delays(n, Duration::from_millis(w)).map(|d| d.as_millis()).collect();
+        let ms: fn(usize, u64) -> Vec<u128> = ms;
+        assert_eq!(ms(5, 2000), vec![200, 650, 1100, 1550, 2000]);
+        assert_eq!(ms(1, 2000), vec![2000]);
+        assert_eq!(ms(3, 30_000), vec![1000, 15_500, 30_000]);
+        assert!(ms(0, 1000).is_empty());
     }
 }

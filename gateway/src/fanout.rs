@@ -284,6 +284,7 @@ impl Shard {
                 }
                 Due::MaxAge => self.close_for(key, CloseReason::MaxAge),
                 Due::Expired => self.close_for(key, CloseReason::Expired),
+                Due::Drained => self.close_for(key, CloseReason::GoingAway),
             }
         }
     }
@@ -785,6 +786,28 @@ impl Shard {
             }
         }
         self.flush_dirty();
+    }
+
+    /// Starts the shutdown's drain (`--drain-secs`): every open connection gets
+    /// `{"op":"shutdown","in_ms":…,"reason":"server_shutdown"}` now, `in_ms` being when its
+    /// own close (1001) comes, the closes spread over `window` one after the other.
+    pub fn start_drain(&mut self, now: Instant, window: std::time::Duration) {
+        let keys: Vec<(ConnKey, u32)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.out.is_closing() && !c.dead)
+            .map(|(k, c)| (k, c.serial))
+            .collect();
+        for ((key, serial), delay) in
+            keys.iter().zip(crate::deadlines::drain_delays(keys.len(), window))
+        {
+            let notice = format!(
+                r#"{{"op":"shutdown","in_ms":{},"reason":"server_shutdown"}}"#,
+                delay.as_millis()
+            );
+            self.send_json(*key, notice.as_bytes());
+            self.deadlines.schedule(now + delay, *key, *serial, Due::Drained);
+        }
     }
 
     /// Closes every connection (shutdown: 1001 going away).

@@ -199,6 +199,9 @@ fn ready(stats: &crate::metrics::Stats) -> Response<Full<Bytes>> {
     if let Err(why) = stats.health.check(now) {
         return text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: unhealthy: {why}\n"));
     }
+    if stats.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining, shutting down\n");
+    }
     let feed = &stats.feed;
     match feed.state(now) {
         FeedState::Live => text(StatusCode::OK, "ready\n"),
@@ -240,6 +243,9 @@ fn upgrade(
     }
     // Kept by the socket unless it upgrades, so that a refused socket stays counted.
     permit.set(Some(taken));
+    if ctx.stats.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return refuse(&ctx, Refusal::Draining, None);
+    }
     if !origin_allowed(&ctx.cfg.allowed_origins, req) {
         return refuse(&ctx, Refusal::Origin, None);
     }

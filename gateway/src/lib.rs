@@ -70,6 +70,8 @@ pub struct Gateway {
     stats: Arc<Stats>,
     /// Stops the listener and the workers.
     cancel: CancellationToken,
+    /// Starts the workers' drain (`drain`).
+    drain: CancellationToken,
     /// Stops the source's thread.
     stop_feed: Arc<AtomicBool>,
     producer: Option<JoinHandle<()>>,
@@ -111,6 +113,7 @@ impl Gateway {
         let addr = socket.local_addr()?;
 
         let cancel = CancellationToken::new();
+        let drain = CancellationToken::new();
         let (max_sockets, capacity) = limits::raise_open_files(cfg.max_connections)?;
         let door = limits::Door::new(limits::DoorLimits {
             max_sockets,
@@ -147,6 +150,7 @@ impl Gateway {
                 auth: auth.clone(),
                 tls: tls.clone(),
                 cancel: cancel.clone(),
+                drain: drain.clone(),
             })?);
             rings.push(ring);
             inboxes.push(tx);
@@ -193,6 +197,7 @@ impl Gateway {
             symbols,
             stats,
             cancel,
+            drain,
             stop_feed,
             producer: Some(producer),
             wait_for_producer: !opened.may_block,
@@ -228,6 +233,21 @@ impl Gateway {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// Starts draining before a shutdown (`--drain-secs`): every client gets its `shutdown`
+    /// notice now and its close (1001) at its turn within the window; `/readyz` answers 503
+    /// and new connections are turned away meanwhile. Data flows to the others until then.
+    /// Returns at once: wait for the window (or for [`connections`](Self::connections) to
+    /// reach 0), then [`shutdown`](Self::shutdown).
+    pub fn drain(&self) {
+        self.stats.draining.store(true, Ordering::Relaxed);
+        self.drain.cancel();
+    }
+
+    /// Open connections (WebSocket and Server-Sent Events).
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::Relaxed).max(0) as u64
     }
 
     /// Graceful shutdown: stop accepting and producing, flush every connection's queue, send

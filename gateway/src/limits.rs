@@ -37,10 +37,12 @@ pub enum Refusal {
     TlsHandshake,
     /// `--proxy-protocol`: a trusted proxy's connection without a valid PROXY header.
     ProxyHeader,
+    /// The gateway is shutting down (draining its connections).
+    Draining,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::Capacity,
         Refusal::Handshakes,
         Refusal::PerIp,
@@ -49,6 +51,7 @@ impl Refusal {
         Refusal::Unauthorized,
         Refusal::TlsHandshake,
         Refusal::ProxyHeader,
+        Refusal::Draining,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Refusal {
             Refusal::Unauthorized => "unauthorized",
             Refusal::TlsHandshake => "tls_handshake",
             Refusal::ProxyHeader => "proxy_header",
+            Refusal::Draining => "draining",
         }
     }
 
@@ -91,6 +95,7 @@ impl Refusal {
             Refusal::Unauthorized => (401, "credentials required"),
             Refusal::TlsHandshake => (400, "TLS handshake failed"),
             Refusal::ProxyHeader => (400, "PROXY protocol header expected"),
+            Refusal::Draining => (503, "server shutting down; connect again shortly"),
         }
     }
 }

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         gateway::source::SourceSpec::Embedded => format!("embedded feed, {} ticks/s", cfg.rate),
         other => format!("source {other}"),
     };
+    let gateway_drain_secs = cfg.drain_secs;
     let gateway = match Gateway::start(cfg) {
         Ok(g) => g,
         Err(e) => {
@@ -78,6 +79,16 @@ fn main() -> ExitCode {
             None
         }
     };
+    let drain = std::time::Duration::from_secs_f64(gateway_drain_secs);
+    if fatal.is_none() && !drain.is_zero() && gateway.connections() > 0 {
+        tracing::info!(
+            connections = gateway.connections(),
+            "draining: every client is told, then closed over {:.1} s (a second Ctrl-C stops now)",
+            drain.as_secs_f64()
+        );
+        gateway.drain();
+        let _ = wait_for_drain(&gateway, drain);
+    }
     tracing::info!("shutting down: closing connections with 1001");
     gateway.shutdown();
     match fatal {
@@ -102,6 +113,25 @@ fn abort_on_panic() {
         eprintln!("tickfan: a panic is a bug; aborting the process so that it is restarted");
         std::process::abort();
     }));
+}
+
+/// Blocks while the gateway drains: until `window` has passed (and a moment for the last
+/// closes), every connection is gone, or a second SIGINT or SIGTERM.
+fn wait_for_drain(gateway: &gateway::Gateway, window: std::time::Duration) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let deadline = tokio::time::Instant::now() + window + std::time::Duration::from_millis(200);
+        let mut look = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return r,
+                _ = term.recv() => return Ok(()),
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                _ = look.tick() => if gateway.connections() == 0 { return Ok(()) },
+            }
+        }
+    })
 }
 
 /// Blocks until SIGINT or SIGTERM (`None`), or until `fatal` reports why the gateway cannot

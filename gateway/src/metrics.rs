@@ -177,6 +177,9 @@ pub struct Stats {
     pub inbound: OnceLock<Arc<crate::limits::InboundBudget>>,
     /// Whether every thread is alive (`/healthz`).
     pub health: crate::health::Health,
+    /// The gateway is draining its connections before it stops (`--drain-secs`): not ready,
+    /// and new connections are turned away.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// One worker's per-connection queues, as last sampled.

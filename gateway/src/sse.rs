@@ -269,6 +269,9 @@ fn admit(
     let req = parse_head(head).ok_or_else(|| bad("malformed request head\n"))?;
     crate::http::admit_forwarded(ctx, &req, permit)
         .map_err(|why| Box::new(crate::http::refuse(ctx, why, None)))?;
+    if ctx.stats.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Box::new(crate::http::refuse(ctx, Refusal::Draining, None)));
+    }
     if !crate::http::origin_allowed(&ctx.cfg.allowed_origins, &req) {
         return Err(Box::new(crate::http::refuse(ctx, Refusal::Origin, None)));
     }

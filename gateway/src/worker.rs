@@ -64,6 +64,8 @@ pub struct WorkerSetup {
     pub auth: Option<Arc<crate::auth::Authenticator>>,
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     pub cancel: CancellationToken,
+    /// Starts the shutdown's drain (`Gateway::drain`).
+    pub drain: CancellationToken,
 }
 
 /// Starts the worker's thread.
@@ -78,8 +80,20 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<JoinHandle<()>> {
 }
 
 async fn run(setup: WorkerSetup) {
-    let WorkerSetup { id, ring, mut inbox, cfg, stats, market, door, inbound, auth, tls, cancel } =
-        setup;
+    let WorkerSetup {
+        id,
+        ring,
+        mut inbox,
+        cfg,
+        stats,
+        market,
+        door,
+        inbound,
+        auth,
+        tls,
+        cancel,
+        drain,
+    } = setup;
     let symbols = market.symbols().clone();
     let budget = Budget::new(cfg.max_queued_bytes / cfg.worker_count());
     let shard = Shard::new(market, stats.clone(), cfg.slow_consumer, budget);
@@ -101,10 +115,16 @@ async fn run(setup: WorkerSetup) {
     // leaves the worker unable to serve its connections: the gateway is marked failed, not left
     // half alive, and this loop goes on only to answer `/healthz` with why.
     let mut critical = [("fan-out", Some(fanout)), ("readiness driver", Some(driver))];
+    let mut draining = false;
     loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
+            _ = drain.cancelled(), if !draining => {
+                draining = true;
+                let window = Duration::from_secs_f64(ctx.cfg.drain_secs);
+                ctx.shard.borrow_mut().start_drain(Instant::now(), window);
+            }
             _ = beat.tick() => health.beat(crate::health::Beater::Worker(id)),
             (task, done) = ended(&mut critical) => {
                 let why = match done {

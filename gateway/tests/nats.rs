@@ -405,3 +405,45 @@ async fn a_gateway_can_serve_a_subset_of_the_feed_from_core_nats_and_from_jetstr
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOPE-USD is not in the feed"));
 }
+
+/// A graceful shutdown behind a load balancer: the draining gateway tells each client first,
+/// and a client that moves on that notice, resuming on another gateway of the same JetStream
+/// feed, loses nothing and gets nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_told_of_a_shutdown_resume_on_another_gateway_and_lose_nothing() {
+    let Some(nats) = NatsServer::start_with_jetstream() else { return };
+    let limits = StreamLimits { max_age: Duration::from_secs(60), max_bytes: 256 << 20 };
+    let _feed = Publisher::start_with(nats.url(), "js-drain", 2000.0, Some(limits));
+    let (g1, a1) = gateway_with(&nats, &["--jetstream", "--drain-secs", "2"]).await;
+    let (_g2, a2) = gateway_with(&nats, &["--jetstream"]).await;
+    let mut ledgers: Vec<Ledger> = (0..3).map(|_| Ledger::default()).collect();
+    let mut clients = Vec::new();
+    for ledger in &mut ledgers {
+        let mut c = Client::connect(a1, ALL).await;
+        read_for(&mut c, ledger, Duration::from_millis(300)).await;
+        clients.push(c);
+    }
+    let pid = g1.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    for (mut c, ledger) in clients.into_iter().zip(&mut ledgers) {
+        // Data until the notice; then the client leaves for the other gateway at once.
+        loop {
+            match c.recv().await {
+                Msg::Text(v, _) if v["op"] == "shutdown" => {
+                    assert_eq!(v["reason"], "server_shutdown");
+                    break;
+                }
+                Msg::Text(v, _) => ledger.observe(&v),
+                Msg::Close(code, reason) => panic!("closed ({code} {reason}) before the notice"),
+            }
+        }
+        drop(c);
+        let before = ledger.messages;
+        let mut c = Client::connect(a2, "/ws").await;
+        c.send_json(ledger.resubscribe(&["trades.*", "quotes.*", "book.*"])).await;
+        read_for(&mut c, ledger, Duration::from_millis(700)).await;
+        assert_eq!(ledger.not_resumed, 0, "every channel resumed on the other gateway");
+        assert_eq!((ledger.lost, ledger.duplicates), (0, 0), "nothing lost, nothing twice");
+        assert!(ledger.messages > before + 100, "the stream went on: {}", ledger.messages);
+    }
+}

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{spawn_tickfan, without_epoch, Client};
+use support::{spawn_tickfan, without_epoch, Client, Msg};
 use tokio::process::Command;
 
 #[tokio::test]
@@ -37,6 +37,61 @@ async fn sigterm_closes_every_client_with_1001_and_exits_zero() {
     use tokio::io::AsyncReadExt;
     child.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// SIGTERM with `--drain-secs`: every client is told first (`shutdown`, with when its own close
+/// comes), the closes come one after the other over the window, `/readyz` says draining and
+/// new connections are turned away meanwhile, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_every_client_notice_first_then_closes_spread_over_the_window() {
+    let (mut child, addr) = spawn_tickfan(&["--drain-secs", "2"]).await;
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let mut c = Client::connect(addr, "/ws").await;
+        let ack = c.request(json!({"op":"subscribe","id":i,"channels":["trades.*"]})).await;
+        assert_eq!(ack["op"], "subscribed");
+        clients.push(c);
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut readyz = String::new();
+    for _ in 0..50 {
+        readyz = support::http_get(addr, "/readyz").await;
+        if readyz.contains("draining") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        readyz.starts_with("HTTP/1.1 503") && readyz.contains("not ready: draining"),
+        "{readyz}"
+    );
+    let (status, _, head) = support::handshake_from("127.0.0.1", addr, "").await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("server shutting down"), "{head}");
+
+    let mut in_ms = Vec::new();
+    for c in &mut clients {
+        let mut notice = None;
+        loop {
+            match c.recv().await {
+                Msg::Text(v, _) if v["op"] == "shutdown" => notice = Some(v),
+                Msg::Text(v, _) => assert!(notice.is_none() || v["ch"].is_string(), "{v}"),
+                Msg::Close(code, reason) => {
+                    assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
+                    break;
+                }
+            }
+        }
+        let notice = notice.expect("the notice comes before the close");
+        assert_eq!(notice["reason"], "server_shutdown");
+        in_ms.push(notice["in_ms"].as_u64().unwrap());
+    }
+    in_ms.sort_unstable();
+    assert!(in_ms[0] >= 200 && in_ms[7] <= 2000, "within the window: {in_ms:?}");
+    assert!(in_ms[7] - in_ms[0] >= 1500, "spread over the window, not all at once: {in_ms:?}");
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
 }
 
 #[tokio::test]
