@@ -22,7 +22,11 @@ use tickfan_proto::{ChannelSpec, Kind, SymbolTable};
 /// One grant: the channels it covers. `None` is "any".
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Pattern {
-    Channels { kind: Option<Kind>, symbol: Option<String> },
+    /// `kind` is a channel-name prefix (`candles` grants every candle interval).
+    Channels {
+        kind: Option<&'static str>,
+        symbol: Option<String>,
+    },
     SysStats,
 }
 
@@ -39,7 +43,7 @@ impl Pattern {
         let (kind, symbol) = s.split_once('.').ok_or_else(bad)?;
         let kind = match kind {
             "*" => None,
-            k => Some(Kind::from_prefix(k).ok_or_else(bad)?),
+            k => Some(Kind::ALL.iter().map(|k| k.as_str()).find(|p| *p == k).ok_or_else(bad)?),
         };
         let symbol = match symbol {
             "" => return Err(bad()),
@@ -77,7 +81,7 @@ impl Grants {
         self.0.iter().any(|p| match p {
             Pattern::SysStats => false,
             Pattern::Channels { kind, symbol } => {
-                kind.is_none_or(|k| k == want_kind)
+                kind.is_none_or(|k| k == want_kind.as_str())
                     && match (symbol, want_symbol) {
                         (None, _) => true,
                         (Some(s), Some(want)) => s == want,
@@ -300,7 +304,10 @@ mod tests {
         assert!(!g.allows_sys_stats());
         assert!(Grants::parse(["*"]).unwrap().allows_sys_stats());
         assert!(Grants::parse(["sys.stats"]).unwrap().allows_sys_stats());
-        assert_eq!(Grants::parse(["ticker.*"]), Err(GrantError::Pattern("ticker.*".into())));
+        assert_eq!(Grants::parse(["tickers.*"]), Err(GrantError::Pattern("tickers.*".into())));
+        let candles = Grants::parse(["candles.BTC-USD"]).unwrap();
+        assert!(candles.allows(&t, exact(Kind::Candles1h, 0)), "every interval");
+        assert!(!candles.allows(&t, exact(Kind::Ticker, 0)));
         assert_eq!(Grants::parse([" "]), Err(GrantError::Empty));
     }
 

@@ -435,6 +435,19 @@ impl Outbound {
         }
     }
 
+    /// Queues the last message of a derived channel (a whole state) for a new subscriber, then
+    /// skips live frames up to it. For SSE without its `id`: it is sent out of publish order
+    /// (crate::sse).
+    pub fn push_state(&mut self, latest: &Frame) {
+        if self.closing {
+            return;
+        }
+        if let Some(bytes) = self.control(latest.bytes.clone()) {
+            self.push(bytes);
+        }
+        self.set_pending(latest.ch, Pending::Floor(latest.seq));
+    }
+
     /// Frames `from..=to` of `ch` were lost before reaching this connection (the worker's ring
     /// overflowed). Returns a notice to queue, if one is due: none when a floor, a pending
     /// snapshot or a pending gap already covers them; book channels get a fresh snapshot

@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn index_adds_and_removes_per_spec() {
-        let mut idx = SubscriptionIndex::new(6);
+        let mut idx = SubscriptionIndex::new(2 * Kind::COUNT as usize);
         let ch = ChannelId::new(Kind::Quotes, 1);
         idx.add(ChannelSpec::Exact(ch), 7);
         idx.add(ChannelSpec::Exact(ch), 9);

@@ -38,8 +38,12 @@ impl Policies {
 }
 
 impl Default for Policies {
+    /// Trades declare what a slow client missed; quotes, books and the derived states (ticker,
+    /// candles) catch up on the newest.
     fn default() -> Policies {
-        Policies([Policy::Gap, Policy::Conflate, Policy::Conflate])
+        let mut p = [Policy::Conflate; Kind::COUNT as usize];
+        p[Kind::Trades as usize] = Policy::Gap;
+        Policies(p)
     }
 }
 
@@ -50,8 +54,13 @@ pub fn parse_policies(s: &str) -> Result<Policies, String> {
         let (kind, policy) = item
             .split_once('=')
             .ok_or_else(|| format!("{item:?}: expected KIND=POLICY, e.g. quotes=conflate"))?;
-        let kind = Kind::from_prefix(kind.trim())
-            .ok_or_else(|| format!("unknown channel kind {kind:?}: trades, quotes or book"))?;
+        let kinds: Vec<Kind> = match kind.trim() {
+            "candles" => Kind::ALL.into_iter().filter(|k| k.interval().is_some()).collect(),
+            name => vec![Kind::from_prefix(name).ok_or_else(|| {
+                format!("unknown channel kind {kind:?}: trades, quotes, book, ticker or candles")
+            })?],
+        };
+        let kind = kinds[0];
         let policy = match policy.trim() {
             "gap" => Policy::Gap,
             "conflate" if kind == Kind::Trades => {
@@ -63,7 +72,9 @@ pub fn parse_policies(s: &str) -> Result<Policies, String> {
             "disconnect" => Policy::Disconnect,
             other => return Err(format!("unknown policy {other:?}: gap, conflate or disconnect")),
         };
-        p.0[kind as usize] = policy;
+        for kind in kinds {
+            p.0[kind as usize] = policy;
+        }
     }
     Ok(p)
 }
@@ -528,7 +539,10 @@ mod tests {
         assert_eq!(p.get(Kind::Quotes), Policy::Conflate);
         assert_eq!(p.get(Kind::Trades), Policy::Gap);
         assert!(parse_policies("trades=conflate").unwrap_err().contains("cannot be conflated"));
-        assert!(parse_policies("ticker=gap").unwrap_err().contains("unknown channel kind"));
+        assert!(parse_policies("tickers=gap").unwrap_err().contains("unknown channel kind"));
+        let p = parse_policies("candles=disconnect").unwrap();
+        assert_eq!(p.get(Kind::Candles5m), Policy::Disconnect);
+        assert_eq!(p.get(Kind::Ticker), Policy::Conflate);
         assert!(parse_policies("quotes=drop").unwrap_err().contains("unknown policy"));
         assert!(parse_policies("quotes").unwrap_err().contains("KIND=POLICY"));
     }

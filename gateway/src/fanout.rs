@@ -404,18 +404,19 @@ impl Shard {
     ) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let same_epoch = epoch.is_none_or(|e| e == self.market.epoch());
-        // Book channels that start streaming with this request.
+        // Channels of states (books, ticker, candles) that start streaming with this request:
+        // each starts with the whole state.
         let mut new_books: Vec<ChannelId> = Vec::new();
         for &spec in specs {
             match spec {
-                ChannelSpec::Exact(ch) if ch.kind() == Kind::Book && !conn.covers(ch) => {
+                ChannelSpec::Exact(ch) if has_state(ch.kind()) && !conn.covers(ch) => {
                     new_books.push(ch);
                 }
-                ChannelSpec::Wildcard(Kind::Book) if !conn.subs.has_wildcard(Kind::Book) => {
+                ChannelSpec::Wildcard(kind) if has_state(kind) && !conn.subs.has_wildcard(kind) => {
                     let n = self.market.symbols().len() as u32;
                     new_books.extend(
                         (0..n)
-                            .map(|sym| ChannelId::new(Kind::Book, sym))
+                            .map(|sym| ChannelId::new(kind, sym))
                             .filter(|&ch| !conn.subs.contains(ChannelSpec::Exact(ch))),
                     );
                 }
@@ -462,15 +463,20 @@ impl Shard {
     }
 
     /// The end of a subscribe, after its reply and replays: the feed's state if it is stale,
-    /// snapshots of the `new_books`, then a flush.
-    fn start_streams(&mut self, key: ConnKey, new_books: Vec<ChannelId>) {
+    /// the whole state of each of `new_states` (a book's snapshot, a derived channel's last
+    /// message), then a flush.
+    fn start_streams(&mut self, key: ConnKey, new_states: Vec<ChannelId>) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if self.feed_stale {
             // Told now, as every connection was when the feed went stale.
             conn.out.push_control(status_frame(true));
         }
-        for ch in new_books {
-            conn.out.want_snapshot(ch);
+        for ch in new_states {
+            if ch.kind() == Kind::Book {
+                conn.out.want_snapshot(ch);
+            } else if let Some(latest) = self.market.latest(ch) {
+                conn.out.push_state(&latest);
+            }
         }
         if !conn.blocked {
             self.flush(key);
@@ -527,7 +533,7 @@ impl Shard {
                 conn.out.replay_all(&replay.frames, &replay.floors, &self.market);
                 Vec::new()
             }
-            None => channels.into_iter().filter(|ch| ch.kind() == Kind::Book).collect(),
+            None => channels.into_iter().filter(|ch| has_state(ch.kind())).collect(),
         };
         self.start_streams(key, new_books);
     }
@@ -864,6 +870,12 @@ impl Shard {
             }
         }
     }
+}
+
+/// Whether a channel of `kind` is a state a new subscriber gets whole first: a book (its
+/// snapshot), a ticker or a candle (its last message).
+fn has_state(kind: Kind) -> bool {
+    kind == Kind::Book || kind.is_derived()
 }
 
 /// One frame on its way to this shard's subscribers of its channel.

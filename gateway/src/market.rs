@@ -83,6 +83,9 @@ struct ChannelState {
     /// Publish position of the frame the history restarted at when it was last cleared (a
     /// hole, a resync): nothing of this channel before it can be replayed.
     cleared_at: u64,
+    /// Derived channels (ticker, candles): the last message, which a new subscriber gets
+    /// first (each is a whole state).
+    latest: Option<Frame>,
     /// Seq and ts of the last frame published (0 before any).
     last_seq: u64,
     last_ts: u64,
@@ -232,14 +235,53 @@ impl Market {
         };
         json.clear();
         write_tick_json_with_crc(json, tick, sym, crc);
-        let frame = self.frame(ch, tick.seq, tick.ts, json);
-        st.advance(tick.seq, tick.ts);
+        self.record(st, ch, tick.seq, tick.ts, json)
+    }
+
+    /// Producer: publishes a message of a derived channel (ticker, candles) whose JSON after
+    /// the head is `body`, under the channel's next seq.
+    pub fn publish_derived(
+        &self,
+        ch: ChannelId,
+        ts: u64,
+        body: &[u8],
+        json: &mut Vec<u8>,
+    ) -> Frame {
+        debug_assert!(ch.kind().is_derived());
+        let st = self.state(ch);
+        let seq = st.last_seq + 1;
+        json.clear();
+        tickfan_proto::encode::write_message_head(json, self.symbols.channel_name_str(ch), seq, ts);
+        json.extend_from_slice(body);
+        self.record(st, ch, seq, ts, json)
+    }
+
+    /// The last message of derived channel `ch`, if it has had one.
+    pub fn latest(&self, ch: ChannelId) -> Option<Frame> {
+        self.state(ch).latest.clone()
+    }
+
+    /// Encodes message `json` of `ch` once, advances the channel to `seq` and keeps the frame
+    /// for resume. Takes the channel's lock, held by the caller.
+    fn record(
+        &self,
+        mut st: MutexGuard<'_, ChannelState>,
+        ch: ChannelId,
+        seq: u64,
+        ts: u64,
+        json: &[u8],
+    ) -> Frame {
+        let frame = self.frame(ch, seq, ts, json);
+        st.advance(seq, ts);
+        if ch.kind().is_derived() {
+            st.latest = Some(frame.clone());
+        }
         // Taken under the channel's lock, so that a frame whose position a reader has seen is
         // in its channel's history by the time the reader locks it (`sse_replay`).
         let pos = self.next_pos.fetch_add(1, Ordering::SeqCst);
         if self.window.enabled() {
             let history = &mut st.history;
-            if history.back().is_some_and(|(_, f)| f.seq + 1 != tick.seq) {
+            if history.back().is_some_and(|(_, f)| f.seq + 1 != seq) {
                 history.clear(); // never keep a history with a hole in it
                 st.cleared_at = pos;
             }
@@ -247,7 +289,7 @@ impl Market {
             drop(st); // eviction locks channels one at a time, this one included
             let sse = frame.sse.as_ref().map_or(0, Bytes::len);
             let size = (frame.bytes.len() + sse + FRAME_OVERHEAD) as u32;
-            self.keep(KeptFrame { ch, seq: tick.seq, ts: tick.ts, size });
+            self.keep(KeptFrame { ch, seq, ts, size });
         }
         frame
     }
@@ -517,7 +559,7 @@ mod tests {
         let oldest: Vec<u64> = (0..m.symbols().channel_count() as u32)
             .filter_map(|i| m.state(ChannelId(i)).history.front().map(|(_, f)| f.ts))
             .collect();
-        assert_eq!(oldest.len(), m.symbols().channel_count());
+        assert_eq!(oldest.len(), m.symbols().len() * Kind::FEED.len());
         let (min, max) = (oldest.iter().min().unwrap(), oldest.iter().max().unwrap());
         assert!(max - min < 20_000_000, "oldest kept frames {min}..{max} ns apart");
         let ch = ChannelId::new(Kind::Trades, 0);

@@ -396,7 +396,7 @@ impl Collector for StatsCollector {
         for kind in Kind::ALL {
             for (i, kind_of_spec) in ["exact", "wildcard"].into_iter().enumerate() {
                 let n = s.subscriptions[kind as usize][i].load(Ordering::Relaxed);
-                let labels = [("kind", kind.as_str()), ("type", kind_of_spec)];
+                let labels = [("kind", kind.label()), ("type", kind_of_spec)];
                 ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
             }
         }

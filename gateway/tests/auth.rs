@@ -84,7 +84,7 @@ async fn hs256_tokens_are_checked_and_close_the_connection_when_they_expire() {
         ),
         (hs256(json!({"exp":now - 60,"channels":["*"]}), SECRET), "token expired"),
         (hs256(json!({"exp":now + 600}), SECRET), "invalid token"),
-        (hs256(json!({"exp":now + 600,"channels":["ticker.*"]}), SECRET), "channels claim"),
+        (hs256(json!({"exp":now + 600,"channels":["tickers.*"]}), SECRET), "channels claim"),
         (hs256(json!({"channels":["*"]}), SECRET), "invalid token"),
         ("not.a.token".to_owned(), "invalid token"),
     ];

@@ -5,7 +5,8 @@ use std::fmt;
 
 use crate::tick::{Symbol, SymbolIdx};
 
-/// What a channel carries.
+/// What a channel carries. The first three come from the feed; the others the gateway derives
+/// from it (`ticker.<SYM>`, `candles.<SYM>.<interval>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// Executed trades.
@@ -14,25 +15,86 @@ pub enum Kind {
     Quotes = 1,
     /// L2 order book changes.
     Book = 2,
+    /// Last price, best bid and ask, 24 h open/high/low/volume: derived from trades and quotes.
+    Ticker = 3,
+    /// One-minute OHLCV candles, derived from trades.
+    Candles1m = 4,
+    /// Five-minute candles.
+    Candles5m = 5,
+    /// One-hour candles.
+    Candles1h = 6,
 }
 
 impl Kind {
     /// Every kind, in id order.
-    pub const ALL: [Kind; 3] = [Kind::Trades, Kind::Quotes, Kind::Book];
+    pub const ALL: [Kind; 7] = [
+        Kind::Trades,
+        Kind::Quotes,
+        Kind::Book,
+        Kind::Ticker,
+        Kind::Candles1m,
+        Kind::Candles5m,
+        Kind::Candles1h,
+    ];
+    /// The kinds a feed carries (the others are derived by the gateway).
+    pub const FEED: [Kind; 3] = [Kind::Trades, Kind::Quotes, Kind::Book];
     /// Number of kinds: the stride of [`ChannelId`].
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 7;
 
-    /// The channel-name prefix of this kind.
+    /// The channel-name prefix of this kind (`candles` for every candle interval).
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Trades => "trades",
             Kind::Quotes => "quotes",
             Kind::Book => "book",
+            Kind::Ticker => "ticker",
+            Kind::Candles1m | Kind::Candles5m | Kind::Candles1h => "candles",
         }
     }
 
+    /// A name of its own for each kind, for metrics labels: `candles_1m`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Candles1m => "candles_1m",
+            Kind::Candles5m => "candles_5m",
+            Kind::Candles1h => "candles_1h",
+            other => other.as_str(),
+        }
+    }
+
+    /// A candle kind's interval as written in channel names (`1m`), and its length in ns.
+    pub fn interval(self) -> Option<(&'static str, u64)> {
+        const MIN: u64 = 60_000_000_000;
+        match self {
+            Kind::Candles1m => Some(("1m", MIN)),
+            Kind::Candles5m => Some(("5m", 5 * MIN)),
+            Kind::Candles1h => Some(("1h", 60 * MIN)),
+            _ => None,
+        }
+    }
+
+    /// Whether the gateway derives this kind (its messages are states, not feed events).
+    pub fn is_derived(self) -> bool {
+        self as u32 >= Kind::Ticker as u32
+    }
+
+    /// The kind of a prefix with no interval (`trades`, `ticker`, …; not `candles`).
     pub fn from_prefix(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+        Kind::ALL.into_iter().find(|k| k.interval().is_none() && k.as_str() == s)
+    }
+
+    /// The candle kind of an interval (`1m`, `5m`, `1h`).
+    pub fn candles(interval: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.interval().is_some_and(|(i, _)| i == interval))
+    }
+
+    /// The name of one of its channels (`trades.BTC-USD`, `candles.BTC-USD.1m`), or with `*`
+    /// for the symbol, of its wildcard.
+    pub fn channel_name(self, sym: &str) -> String {
+        match self.interval() {
+            Some((interval, _)) => format!("candles.{sym}.{interval}"),
+            None => format!("{}.{sym}", self.as_str()),
+        }
     }
 
     fn from_index(i: u32) -> Kind {
@@ -108,7 +170,7 @@ impl SymbolTable {
             symbols.iter().enumerate().map(|(i, s)| (s.name.clone(), i as SymbolIdx)).collect();
         let channel_names = (0..symbols.len() as u32 * Kind::COUNT)
             .map(ChannelId)
-            .map(|ch| format!("{}.{}", ch.kind().as_str(), symbols[ch.sym() as usize].name).into())
+            .map(|ch| ch.kind().channel_name(&symbols[ch.sym() as usize].name).into())
             .collect();
         SymbolTable { symbols, by_name, channel_names }
     }
@@ -149,10 +211,17 @@ impl SymbolTable {
         &self.channel_names[ch.index()]
     }
 
-    /// Parses `trades.BTC-USD` or `trades.*`.
+    /// Parses `trades.BTC-USD`, `candles.BTC-USD.1m` or a wildcard (`trades.*`,
+    /// `candles.*.1m`).
     pub fn parse_channel(&self, name: &str) -> Result<ChannelSpec, ParseChannelError> {
-        let (prefix, sym) = name.split_once('.').ok_or(ParseChannelError::Malformed)?;
-        let kind = Kind::from_prefix(prefix).ok_or(ParseChannelError::Malformed)?;
+        let (prefix, rest) = name.split_once('.').ok_or(ParseChannelError::Malformed)?;
+        let (kind, sym) = match prefix {
+            "candles" => {
+                let (sym, interval) = rest.rsplit_once('.').ok_or(ParseChannelError::Malformed)?;
+                (Kind::candles(interval).ok_or(ParseChannelError::Malformed)?, sym)
+            }
+            _ => (Kind::from_prefix(prefix).ok_or(ParseChannelError::Malformed)?, rest),
+        };
         if sym == "*" {
             return Ok(ChannelSpec::Wildcard(kind));
         }
@@ -167,7 +236,7 @@ impl SymbolTable {
     pub fn spec_name(&self, spec: ChannelSpec) -> String {
         match spec {
             ChannelSpec::Exact(ch) => self.channel_name(ch),
-            ChannelSpec::Wildcard(kind) => format!("{}.*", kind.as_str()),
+            ChannelSpec::Wildcard(kind) => kind.channel_name("*"),
         }
     }
 }
@@ -204,7 +273,23 @@ mod tests {
         );
         assert_eq!(t.parse_channel("trades.*"), Ok(ChannelSpec::Wildcard(Kind::Trades)));
         assert_eq!(t.parse_channel("trades.FOO-BAR"), Err(ParseChannelError::UnknownSymbol));
-        for bad in ["", "trades", "trades.", "candles.BTC-USD", ".BTC-USD", "*"] {
+        assert_eq!(
+            t.parse_channel("candles.ETH-USD.5m"),
+            Ok(ChannelSpec::Exact(ChannelId::new(Kind::Candles5m, 1)))
+        );
+        assert_eq!(t.parse_channel("candles.*.1h"), Ok(ChannelSpec::Wildcard(Kind::Candles1h)));
+        assert_eq!(t.parse_channel("ticker.*"), Ok(ChannelSpec::Wildcard(Kind::Ticker)));
+        assert_eq!(t.spec_name(ChannelSpec::Wildcard(Kind::Candles1m)), "candles.*.1m");
+        for bad in [
+            "",
+            "trades",
+            "trades.",
+            "candles.BTC-USD",
+            "candles.BTC-USD.2m",
+            "candles.*",
+            ".BTC-USD",
+            "*",
+        ] {
             assert_eq!(t.parse_channel(bad), Err(ParseChannelError::Malformed), "{bad:?}");
         }
         assert_eq!(t.channel_name(ChannelId::new(Kind::Quotes, 0)), "quotes.BTC-USD");
@@ -218,7 +303,7 @@ mod tests {
             for kind in Kind::ALL {
                 let ch = ChannelId::new(kind, sym);
                 let name = t.channel_name_str(ch);
-                assert_eq!(name, format!("{}.{}", kind.as_str(), t.get(sym).name));
+                assert!(name.starts_with(&format!("{}.{}", kind.as_str(), t.get(sym).name)));
                 assert_eq!(t.channel_name(ch), name);
                 assert_eq!(t.parse_channel(name), Ok(ChannelSpec::Exact(ch)));
             }

@@ -59,6 +59,18 @@ pub fn write_book_snapshot_json(buf: &mut Vec<u8>, book: &L2Book, sym: &Symbol, 
     write_book_body(buf, "snapshot", &book.bids, &book.asks, sym, Some(crc));
 }
 
+/// `{"ch":"<channel>","seq":N,"ts":N`: the head of a data message, for messages built
+/// elsewhere (the gateway's derived channels).
+pub fn write_message_head(buf: &mut Vec<u8>, channel: &str, seq: u64, ts: u64) {
+    let mut n = itoa::Buffer::new();
+    buf.extend_from_slice(b"{\"ch\":\"");
+    buf.extend_from_slice(channel.as_bytes());
+    buf.extend_from_slice(b"\",\"seq\":");
+    buf.extend_from_slice(n.format(seq).as_bytes());
+    buf.extend_from_slice(b",\"ts\":");
+    buf.extend_from_slice(n.format(ts).as_bytes());
+}
+
 /// `{"ch":"<kind>.<sym>","seq":N,"ts":N`: the fixed head of every data message.
 fn write_head(buf: &mut Vec<u8>, kind: &str, sym: &str, seq: u64, ts: u64) {
     let mut n = itoa::Buffer::new();

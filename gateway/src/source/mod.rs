@@ -116,21 +116,32 @@ pub struct Publisher {
     encoder: Encoder,
     rings: Vec<Arc<Ring>>,
     stats: Arc<Stats>,
+    /// Ticker and candles, derived from the ticks published.
+    derived: crate::derived::Derived,
 }
 
 impl Publisher {
     pub fn new(market: Arc<Market>, rings: Vec<Arc<Ring>>, stats: Arc<Stats>) -> Publisher {
-        Publisher { encoder: Encoder::new(market), rings, stats }
+        let derived = crate::derived::Derived::new(market.symbols().clone());
+        Publisher { encoder: Encoder::new(market), rings, stats, derived }
     }
 
-    /// Publishes one batch (no-op when empty).
+    /// Publishes one batch (no-op when empty), then the derived messages it made due.
     pub fn publish(&mut self, batch: &[Tick]) {
         if batch.is_empty() {
             return;
         }
         for tick in batch {
             let frame = self.encoder.encode(tick);
+            self.derived.observe(tick);
             // One Bytes, N ring slots: each push is a reference-count increment.
+            for ring in &self.rings {
+                ring.push(frame.clone());
+            }
+        }
+        let Encoder { market, json } = &mut self.encoder;
+        for due in self.derived.due() {
+            let frame = market.publish_derived(due.ch, due.ts, &due.body, json);
             for ring in &self.rings {
                 ring.push(frame.clone());
             }
