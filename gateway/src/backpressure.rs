@@ -30,7 +30,7 @@ use std::rc::Rc;
 use bytes::{Buf, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use tickfan_proto::encode::{gap_json_len, write_gap_json_with};
-use tickfan_proto::{ChannelId, Kind, SymbolTable};
+use tickfan_proto::{ChannelId, SymbolTable};
 
 use crate::config::Policy;
 use crate::frame::{self, Frame, Opcode};
@@ -316,7 +316,7 @@ impl Outbound {
         let pending = match policy {
             Policy::Disconnect => return Offer::Disconnect,
             Policy::Gap => Pending::Gap { from: frame.seq, to: frame.seq },
-            Policy::Conflate if frame.ch.kind() == Kind::Book => Pending::Snapshot,
+            Policy::Conflate if frame.ch.kind().is_book() => Pending::Snapshot,
             Policy::Conflate => Pending::Latest { from: frame.seq, frame: frame.clone() },
         };
         self.set_pending(frame.ch, pending);
@@ -383,7 +383,11 @@ impl Outbound {
                     done.frames += 1;
                 }
                 Some(Pending::Snapshot) => {
-                    let (snapshot, seq) = market.snapshot(ch);
+                    // A form not kept now starts with a snapshot in its stream: take it all.
+                    let Some((snapshot, seq)) = market.snapshot(ch) else {
+                        self.set_pending(ch, Pending::Floor(0));
+                        continue;
+                    };
                     // Built for this client as of now: for SSE an event without `id`, as its
                     // place in publish order is not the client's (crate::sse).
                     if let Some(snapshot) = self.control(snapshot) {
@@ -467,7 +471,7 @@ impl Outbound {
             }
             None => from,
         };
-        if ch.kind() == Kind::Book {
+        if ch.kind().is_book() {
             self.set_pending(ch, Pending::Snapshot);
             return None;
         }
@@ -759,7 +763,7 @@ mod tests {
     use crate::close::CloseCode;
     use crate::market::ResumeWindow;
     use tickfan_proto::encode::write_gap_json;
-    use tickfan_proto::{BookDelta, Level, Symbol, SymbolTable, Tick, TickBody};
+    use tickfan_proto::{BookDelta, Kind, Level, Symbol, SymbolTable, Tick, TickBody};
 
     /// A socket that accepts at most `room` bytes, then would block.
     struct Sink {

@@ -56,6 +56,7 @@ pub fn parse_policies(s: &str) -> Result<Policies, String> {
             .ok_or_else(|| format!("{item:?}: expected KIND=POLICY, e.g. quotes=conflate"))?;
         let kinds: Vec<Kind> = match kind.trim() {
             "candles" => Kind::ALL.into_iter().filter(|k| k.interval().is_some()).collect(),
+            "book" => Kind::ALL.into_iter().filter(|k| k.is_book()).collect(),
             name => vec![Kind::from_prefix(name).ok_or_else(|| {
                 format!("unknown channel kind {kind:?}: trades, quotes, book, ticker or candles")
             })?],
@@ -281,13 +282,14 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_RESUME_BYTES", default_value_t = 128 << 20)]
     pub resume_bytes: usize,
 
-    /// What happens to a client whose queue is full, per channel kind: `gap` (drop and send a
-    /// gap notice), `conflate` (quotes: only the newest; book: a fresh snapshot when it
-    /// catches up) or `disconnect` (close 1008). Unlisted kinds keep their default.
+    /// What happens to a client whose queue is full, per channel kind (trades, quotes, book
+    /// with its forms, ticker, candles): `gap` (drop and send a gap notice), `conflate`
+    /// (quotes, ticker, candles: only the newest; book: a fresh snapshot when it catches up)
+    /// or `disconnect` (close 1008). Unlisted kinds keep their default.
     #[arg(
         long,
         env = "TICKFAN_SLOW_CONSUMER",
-        default_value = "trades=gap,quotes=conflate,book=conflate",
+        default_value = "trades=gap,quotes=conflate,book=conflate,ticker=conflate,candles=conflate",
         value_parser = parse_policies
     )]
     pub slow_consumer: Policies,

@@ -97,6 +97,10 @@ pub struct Due {
 }
 
 /// The derived channels' state for every symbol of the feed.
+///
+/// Cost: a tick updates its symbol's state; after a batch only the symbols touched since are
+/// looked at (`touched`), and all symbols only when the feed's clock passes an interval's end
+/// (all intervals of a kind end together: they are aligned on the epoch).
 #[derive(Debug)]
 pub struct Derived {
     symbols: Arc<SymbolTable>,
@@ -104,12 +108,38 @@ pub struct Derived {
     /// The feed's clock: the largest tick `ts` seen.
     now: u64,
     due: Vec<Due>,
+    /// Symbols with a ticker or candle to send (now or once its conflation allows), each once.
+    touched: Vec<u32>,
+    is_touched: Vec<bool>,
+    /// Per candle kind: when the current intervals end (feed time; 0 before any trade).
+    closes_at: [u64; 3],
 }
 
 impl Derived {
     pub fn new(symbols: Arc<SymbolTable>) -> Derived {
         let syms = (0..symbols.len()).map(|_| SymState::default()).collect();
-        Derived { symbols, syms, now: 0, due: Vec::new() }
+        let is_touched = vec![false; symbols.len()];
+        Derived {
+            symbols,
+            syms,
+            now: 0,
+            due: Vec::new(),
+            touched: Vec::new(),
+            is_touched,
+            closes_at: [0; 3],
+        }
+    }
+
+    fn touch(&mut self, sym: usize) {
+        if !self.is_touched[sym] {
+            self.is_touched[sym] = true;
+            self.touched.push(sym as u32);
+        }
+    }
+
+    /// The feed's clock: the largest tick `ts` seen.
+    pub fn now(&self) -> u64 {
+        self.now
     }
 
     /// Takes a tick the producer just published into account.
@@ -123,12 +153,14 @@ impl Derived {
                 s.bid = Some((q.bid, q.bsz));
                 s.ask = Some((q.ask, q.asz));
                 s.ticker_dirty = true;
+                self.touch(sym);
             }
             TickBody::Book(_) => {}
         }
     }
 
     fn on_trade(&mut self, sym: usize, ts: u64, px: i64, qty: i64) {
+        self.touch(sym);
         let s = &mut self.syms[sym];
         s.last = Some((px, qty));
         s.ticker_dirty = true;
@@ -148,6 +180,9 @@ impl Derived {
             let c = &mut self.syms[sym].candles[i];
             if c.bar.is_none() {
                 c.start = start;
+            }
+            if self.closes_at[i] == 0 {
+                self.closes_at[i] = start + kind.interval().map_or(0, |(_, len)| len);
             }
             match &mut c.bar {
                 Some(bar) => bar.add(px, qty),
@@ -175,33 +210,64 @@ impl Derived {
     /// open candles and tickers whose time has come. Drained by the caller.
     pub fn due(&mut self) -> std::vec::Drain<'_, Due> {
         let now = self.now;
-        for sym in 0..self.syms.len() {
-            for (i, kind) in CANDLES.into_iter().enumerate() {
+        // Intervals that ended: every symbol's candle of that kind closes.
+        for (i, kind) in CANDLES.into_iter().enumerate() {
+            if self.closes_at[i] == 0 || now < self.closes_at[i] {
+                continue;
+            }
+            let len = kind.interval().map_or(1, |(_, len)| len);
+            for sym in 0..self.syms.len() {
                 let c = self.syms[sym].candles[i];
-                let Some(bar) = c.bar else { continue };
-                if now >= c.start + kind.interval().map_or(0, |(_, len)| len) {
+                if c.bar.is_some() && now >= c.start + len {
                     self.close_candle(sym, i, interval_start(kind, now));
-                } else if c.dirty && c.sent_at.is_none_or(|t| now >= t + CANDLE_EVERY_NS) {
-                    let body = self.candle_body(sym, c.start, &bar, false);
-                    self.due.push(Due { ch: ChannelId::new(kind, sym as u32), ts: now, body });
-                    let c = &mut self.syms[sym].candles[i];
-                    c.dirty = false;
-                    c.sent_at = Some(now);
                 }
             }
-            let s = &mut self.syms[sym];
-            let oldest = (now / MINUTE_NS).saturating_sub(DAY_MINUTES - 1);
-            while s.minutes.front().is_some_and(|(m, _)| *m < oldest) {
-                s.minutes.pop_front();
-            }
-            if s.ticker_dirty && s.ticker_at.is_none_or(|t| now >= t + TICKER_EVERY_NS) {
-                s.ticker_dirty = false;
-                s.ticker_at = Some(now);
-                let body = self.ticker_body(sym);
-                self.due.push(Due { ch: ChannelId::new(Kind::Ticker, sym as u32), ts: now, body });
-            }
+            self.closes_at[i] = interval_start(kind, now) + len;
         }
+        // Updates of the symbols touched, as far as their conflation allows.
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.retain(|&sym| {
+            let waiting = self.send_updates(sym as usize, now);
+            self.is_touched[sym as usize] = waiting;
+            waiting
+        });
+        self.touched = touched;
         self.due.drain(..)
+    }
+
+    /// Queues the open candles and the ticker of `sym` that changed, if their conflation
+    /// allows; whether some change still waits.
+    fn send_updates(&mut self, sym: usize, now: u64) -> bool {
+        let mut waiting = false;
+        for (i, kind) in CANDLES.into_iter().enumerate() {
+            let c = self.syms[sym].candles[i];
+            let Some(bar) = c.bar.filter(|_| c.dirty) else { continue };
+            if c.sent_at.is_some_and(|t| now < t + CANDLE_EVERY_NS) {
+                waiting = true;
+                continue;
+            }
+            let body = self.candle_body(sym, c.start, &bar, false);
+            self.due.push(Due { ch: ChannelId::new(kind, sym as u32), ts: now, body });
+            let c = &mut self.syms[sym].candles[i];
+            c.dirty = false;
+            c.sent_at = Some(now);
+        }
+        let s = &mut self.syms[sym];
+        if !s.ticker_dirty {
+            return waiting;
+        }
+        if s.ticker_at.is_some_and(|t| now < t + TICKER_EVERY_NS) {
+            return true;
+        }
+        let oldest = (now / MINUTE_NS).saturating_sub(DAY_MINUTES - 1);
+        while s.minutes.front().is_some_and(|(m, _)| *m < oldest) {
+            s.minutes.pop_front();
+        }
+        s.ticker_dirty = false;
+        s.ticker_at = Some(now);
+        let body = self.ticker_body(sym);
+        self.due.push(Due { ch: ChannelId::new(Kind::Ticker, sym as u32), ts: now, body });
+        waiting
     }
 
     /// `,"last":…,"trades":N}`: see docs/protocol.md for the fields.

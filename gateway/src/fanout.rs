@@ -295,9 +295,9 @@ impl Shard {
         let sse = conn.out.form() == Form::Sse;
         for spec in conn.subs.specs() {
             self.index.remove(spec, key);
-            self.stats.subscription(spec, -1);
+            counted(&self.stats, &self.market, spec, -1);
             if sse {
-                self.market.sse_interest(spec, -1);
+                self.market.sse.add(spec, -1);
             }
         }
         self.dirty.retain(|&k| k != key);
@@ -444,7 +444,7 @@ impl Shard {
         for &spec in specs {
             if conn.subs.insert(spec) {
                 self.index.add(spec, key);
-                self.stats.subscription(spec, 1);
+                counted(&self.stats, &self.market, spec, 1);
             }
         }
         if !conn.subs.is_empty() {
@@ -472,7 +472,7 @@ impl Shard {
             conn.out.push_control(status_frame(true));
         }
         for ch in new_states {
-            if ch.kind() == Kind::Book {
+            if ch.kind().is_book() {
                 conn.out.want_snapshot(ch);
             } else if let Some(latest) = self.market.latest(ch) {
                 conn.out.push_state(&latest);
@@ -500,9 +500,9 @@ impl Shard {
         for &spec in specs {
             if conn.subs.insert(spec) {
                 // Frames published from now on carry their SSE form.
-                self.market.sse_interest(spec, 1);
+                self.market.sse.add(spec, 1);
                 self.index.add(spec, key);
-                self.stats.subscription(spec, 1);
+                counted(&self.stats, &self.market, spec, 1);
             }
         }
         conn.idle_since = None;
@@ -543,7 +543,7 @@ impl Shard {
         for &spec in specs {
             if conn.subs.remove(spec) {
                 self.index.remove(spec, key);
-                self.stats.subscription(spec, -1);
+                counted(&self.stats, &self.market, spec, -1);
             }
         }
         let Conn { out, subs, .. } = conn;
@@ -872,10 +872,23 @@ impl Shard {
     }
 }
 
+/// A subscription to `spec` starts (`+1`) or ends (`-1`): counted in the metrics, and for a
+/// form of the book, where the producer looks to know which forms to make.
+fn counted(stats: &Stats, market: &Market, spec: ChannelSpec, delta: i64) {
+    stats.subscription(spec, delta);
+    let kind = match spec {
+        ChannelSpec::Exact(ch) => ch.kind(),
+        ChannelSpec::Wildcard(kind) => kind,
+    };
+    if kind.is_book_form() {
+        market.forms.add(spec, delta as i32);
+    }
+}
+
 /// Whether a channel of `kind` is a state a new subscriber gets whole first: a book (its
 /// snapshot), a ticker or a candle (its last message).
 fn has_state(kind: Kind) -> bool {
-    kind == Kind::Book || kind.is_derived()
+    kind.is_book() || kind.is_derived()
 }
 
 /// One frame on its way to this shard's subscribers of its channel.

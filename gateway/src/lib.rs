@@ -26,6 +26,7 @@ pub mod conn;
 pub mod deadlines;
 pub mod derived;
 pub mod fanout;
+pub mod forms;
 pub mod frame;
 pub mod health;
 pub mod http;

@@ -86,6 +86,9 @@ struct ChannelState {
     /// Derived channels (ticker, candles): the last message, which a new subscriber gets
     /// first (each is a whole state).
     latest: Option<Frame>,
+    /// A form of the book: kept up to date by the producer (while it has subscribers); its
+    /// `book` is then the form's view as of `last_seq`.
+    live: bool,
     /// Seq and ts of the last frame published (0 before any).
     last_seq: u64,
     last_ts: u64,
@@ -144,10 +147,63 @@ pub struct Market {
     /// Position of the next frame published, over all channels (1 for the first): orders the
     /// frames for a Server-Sent Events resume (`sse_replay`).
     next_pos: AtomicU64,
-    /// Clients streaming each channel over Server-Sent Events, and each kind's wildcard: while
-    /// a channel has any, its frames carry their SSE form (`Frame::sse`).
-    sse_channels: Vec<AtomicU32>,
-    sse_kinds: [AtomicU32; Kind::COUNT as usize],
+    /// Clients streaming each channel over Server-Sent Events: while a channel has any, its
+    /// frames carry their SSE form (`Frame::sse`).
+    pub sse: Interest,
+    /// Subscribers of the book's forms (`book.<SYM>@10`…): the producer makes a form only
+    /// while it has some (`forms`).
+    pub forms: Interest,
+}
+
+/// How many subscriptions cover each channel, exactly or through its kind's wildcard, counted
+/// by the workers as clients come and go, read by the producer.
+#[derive(Debug)]
+pub struct Interest {
+    channels: Vec<AtomicU32>,
+    kinds: [AtomicU32; Kind::COUNT as usize],
+    /// Bumped on every change.
+    generation: AtomicU64,
+}
+
+impl Interest {
+    fn new(channels: usize) -> Interest {
+        Interest {
+            channels: (0..channels).map(|_| AtomicU32::new(0)).collect(),
+            kinds: Default::default(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// A subscription to `spec` starts (`+1`) or ends (`-1`).
+    pub fn add(&self, spec: ChannelSpec, delta: i32) {
+        let counter = match spec {
+            ChannelSpec::Exact(ch) => &self.channels[ch.index()],
+            ChannelSpec::Wildcard(kind) => &self.kinds[kind as usize],
+        };
+        if delta >= 0 {
+            counter.fetch_add(delta as u32, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether some subscription covers `ch`.
+    pub fn any(&self, ch: ChannelId) -> bool {
+        self.channels[ch.index()].load(Ordering::Relaxed) > 0
+            || self.kinds[ch.kind() as usize].load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether some subscription covers some channel of `kind`, for a quick look first.
+    fn kind_has_any(&self, kind: Kind, symbols: usize) -> bool {
+        self.kinds[kind as usize].load(Ordering::Relaxed) > 0
+            || (0..symbols as u32).any(|s| self.any(ChannelId::new(kind, s)))
+    }
+
+    /// Changes so far: a reader looks again when it moved.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
 }
 
 /// What a Server-Sent Events resume gets ([`Market::sse_replay`]).
@@ -167,7 +223,7 @@ impl Market {
     pub fn new(symbols: Arc<SymbolTable>, window: ResumeWindow, epoch: Option<String>) -> Market {
         let channels = (0..symbols.channel_count()).map(|_| Mutex::default()).collect();
         let epoch = epoch.unwrap_or_else(|| format!("{:016x}", unix_now_ns()));
-        let sse_channels = (0..symbols.channel_count()).map(|_| AtomicU32::new(0)).collect();
+        let n = symbols.channel_count();
         Market {
             symbols,
             channels,
@@ -175,28 +231,75 @@ impl Market {
             epoch,
             kept: Mutex::default(),
             next_pos: AtomicU64::new(1),
-            sse_channels,
-            sse_kinds: Default::default(),
+            sse: Interest::new(n),
+            forms: Interest::new(n),
         }
     }
 
-    /// A client starts (`+1`) or stops (`-1`) streaming `spec` over Server-Sent Events.
-    pub fn sse_interest(&self, spec: ChannelSpec, delta: i32) {
-        let counter = match spec {
-            ChannelSpec::Exact(ch) => &self.sse_channels[ch.index()],
-            ChannelSpec::Wildcard(kind) => &self.sse_kinds[kind as usize],
-        };
-        if delta >= 0 {
-            counter.fetch_add(delta as u32, Ordering::Relaxed);
-        } else {
-            counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+    /// The form channels some subscription covers now (the producer's list, rebuilt when
+    /// [`Interest::generation`] moves).
+    pub fn wanted_forms(&self) -> Vec<ChannelId> {
+        let n = self.symbols.len();
+        let mut wanted = Vec::new();
+        for kind in Kind::ALL.into_iter().filter(|k| k.is_book_form()) {
+            if self.forms.kind_has_any(kind, n) {
+                let chans = (0..n as u32).map(|s| ChannelId::new(kind, s));
+                wanted.extend(chans.filter(|&ch| self.forms.any(ch)));
+            }
         }
+        wanted
+    }
+
+    /// A copy of the whole book of symbol `sym`.
+    pub fn book_of(&self, sym: u32) -> L2Book {
+        self.state(ChannelId::new(Kind::Book, sym)).book.clone()
+    }
+
+    /// Producer: publishes form channel `ch` of the book as `view` (the book cut to the form's
+    /// depth) at `ts`: its snapshot when the form starts, then an update of the levels that
+    /// changed since its last message (none when nothing did). The checksum covers the top 10
+    /// levels of the view: every level a form of 1, 5 or 10 carries.
+    pub fn publish_form(
+        &self,
+        ch: ChannelId,
+        ts: u64,
+        view: L2Book,
+        json: &mut Vec<u8>,
+    ) -> Option<Frame> {
+        let sym = self.symbols.get(ch.sym());
+        let mut st = self.state(ch);
+        let kind = if st.live { "update" } else { "snapshot" };
+        let (bids, asks) = if st.live {
+            let bids = tickfan_proto::book::changed_levels(&st.book.bids, &view.bids, true);
+            let asks = tickfan_proto::book::changed_levels(&st.book.asks, &view.asks, false);
+            if bids.is_empty() && asks.is_empty() {
+                return None;
+            }
+            (bids, asks)
+        } else {
+            (view.bids.clone(), view.asks.clone())
+        };
+        let crc = view.checksum_with(sym.px_scale, sym.qty_scale, &mut st.text);
+        st.book = view;
+        st.live = true;
+        let seq = st.last_seq + 1;
+        json.clear();
+        let name = self.symbols.channel_name_str(ch);
+        tickfan_proto::encode::write_book_json_on(
+            json, name, kind, &bids, &asks, sym, seq, ts, crc,
+        );
+        Some(self.record(st, ch, seq, ts, json))
+    }
+
+    /// Producer: form channel `ch` lost its last subscriber; it is no longer kept up to date,
+    /// and starts again with a snapshot.
+    pub fn stop_form(&self, ch: ChannelId) {
+        self.state(ch).live = false;
     }
 
     /// Whether some client streams `ch` over Server-Sent Events.
     fn sse_wanted(&self, ch: ChannelId) -> bool {
-        self.sse_channels[ch.index()].load(Ordering::Relaxed) > 0
-            || self.sse_kinds[ch.kind() as usize].load(Ordering::Relaxed) > 0
+        self.sse.any(ch)
     }
 
     /// The frame of `json` (the tick's message), with its SSE form while it is wanted.
@@ -419,17 +522,40 @@ impl Market {
         Some(SseReplay { frames: frames.into_iter().map(|(_, f)| f).collect(), floors })
     }
 
-    /// A `snapshot` frame of book channel `ch`, and the seq it is as of.
-    pub fn snapshot(&self, ch: ChannelId) -> (Bytes, u64) {
-        debug_assert_eq!(ch.kind(), Kind::Book);
+    /// A `snapshot` frame of book channel `ch` (the book or one of its forms), and the seq it
+    /// is as of. `None` for a form the producer does not keep now: its next message will be
+    /// its snapshot.
+    pub fn snapshot(&self, ch: ChannelId) -> Option<(Bytes, u64)> {
+        debug_assert!(ch.kind().is_book());
         let sym = self.symbols.get(ch.sym());
         let mut json = Vec::with_capacity(4096);
         let seq = {
-            let st = self.state(ch);
-            write_book_snapshot_json(&mut json, &st.book, sym, st.last_seq, st.last_ts);
+            let mut st = self.state(ch);
+            if ch.kind().is_book_form() {
+                if !st.live {
+                    return None;
+                }
+                let crc = st.book.checksum(sym.px_scale, sym.qty_scale);
+                let name = self.symbols.channel_name_str(ch);
+                let (seq, ts) = (st.last_seq, st.last_ts);
+                let st = &mut *st;
+                tickfan_proto::encode::write_book_json_on(
+                    &mut json,
+                    name,
+                    "snapshot",
+                    &st.book.bids,
+                    &st.book.asks,
+                    sym,
+                    seq,
+                    ts,
+                    crc,
+                );
+            } else {
+                write_book_snapshot_json(&mut json, &st.book, sym, st.last_seq, st.last_ts);
+            }
             st.last_seq
         };
-        (frame::build(Opcode::Text, &json), seq)
+        Some((frame::build(Opcode::Text, &json), seq))
     }
 }
 
@@ -457,7 +583,7 @@ mod tests {
         }
         let ch = ChannelId::new(Kind::Book, 0);
         let (bids, asks) = feed.book(0).unwrap();
-        let (snap, seq) = m.snapshot(ch);
+        let (snap, seq) = m.snapshot(ch).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&snap[4..]).unwrap();
         assert_eq!(v["seq"], seq);
         assert_eq!(v["bids"].as_array().unwrap().len(), bids.len());
@@ -494,7 +620,7 @@ mod tests {
             }
         };
         assert!(next_trade(&m).sse.is_none(), "nobody streams over SSE");
-        m.sse_interest(ChannelSpec::Wildcard(Kind::Trades), 1);
+        m.sse.add(ChannelSpec::Wildcard(Kind::Trades), 1);
         let f = next_trade(&m);
         let name = m.symbols().channel_name(f.ch);
         let sse = f.sse.clone().expect("encoded while wanted");
@@ -502,7 +628,7 @@ mod tests {
         // Kept with the frame: a replay to an SSE client shares the very same bytes.
         let Replay::Frames { frames, .. } = m.replay(f.ch, f.seq - 1) else { panic!() };
         assert_eq!(frames[0].sse.as_ref().unwrap().as_ptr(), sse.as_ptr());
-        m.sse_interest(ChannelSpec::Wildcard(Kind::Trades), -1);
+        m.sse.add(ChannelSpec::Wildcard(Kind::Trades), -1);
         assert!(next_trade(&m).sse.is_none(), "no longer wanted");
     }
 

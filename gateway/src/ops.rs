@@ -244,6 +244,7 @@ fn resolve(
             let msg = match e {
                 ParseChannelError::UnknownSymbol => format!("no such channel: {shown}"),
                 ParseChannelError::Malformed => format!("malformed channel name {shown:?}: {e}"),
+                ParseChannelError::BadBookForm => format!("no such book form: {shown}: {e}"),
             };
             Rejection::new(id.clone(), ErrorCode::UnknownChannel, msg)
         })?;

@@ -81,6 +81,24 @@ fn set_level(side: &mut Vec<Level>, level: Level, key: impl Fn(i64) -> i64) {
     }
 }
 
+/// The levels of one side that differ between `old` and `new` (both best first; `bids` for
+/// the bid side): each new or changed level of `new`, and each price of `old` that `new` no
+/// longer has with size 0 (removed). Applying them to `old` gives `new`. Best first.
+pub fn changed_levels(old: &[Level], new: &[Level], bids: bool) -> Vec<Level> {
+    let mut out: Vec<Level> = new.iter().filter(|l| !old.contains(l)).copied().collect();
+    out.extend(
+        old.iter()
+            .filter(|o| !new.iter().any(|n| n.px == o.px))
+            .map(|o| Level { px: o.px, qty: 0 }),
+    );
+    if bids {
+        out.sort_unstable_by_key(|l| std::cmp::Reverse(l.px));
+    } else {
+        out.sort_unstable_by_key(|l| l.px);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +154,18 @@ mod tests {
         assert!(b.top_equals(&deeper), "levels beyond the checksum's do not count");
         deeper.bids[0].qty = 7;
         assert!(!b.top_equals(&deeper));
+    }
+
+    #[test]
+    fn changed_levels_turn_one_side_into_the_other() {
+        let l = |px, qty| Level { px, qty };
+        let old = [l(105, 1), l(104, 2), l(103, 3)];
+        let new = [l(106, 5), l(105, 1), l(104, 9)];
+        let delta = changed_levels(&old, &new, true);
+        assert_eq!(delta, vec![l(106, 5), l(104, 9), l(103, 0)]);
+        let mut book = L2Book { bids: old.to_vec(), asks: vec![] };
+        book.apply(&crate::BookDelta { bids: delta, asks: vec![] });
+        assert_eq!(book.bids, new.to_vec());
+        assert!(changed_levels(&new, &new, false).is_empty());
     }
 }

@@ -23,11 +23,30 @@ pub enum Kind {
     Candles5m = 5,
     /// One-hour candles.
     Candles1h = 6,
+    /// `book.<SYM>@1`, `@5`, `@10`: the book's top levels only, updated with the book.
+    BookTop1 = 7,
+    BookTop5 = 8,
+    BookTop10 = 9,
+    /// `book.<SYM>@100ms`, `@1000ms`: the whole book, one update per interval at most.
+    Book100ms = 10,
+    Book1000ms = 11,
+    /// `book.<SYM>@10@100ms` and the like: top levels, one update per interval at most.
+    BookTop1At100ms = 12,
+    BookTop5At100ms = 13,
+    BookTop10At100ms = 14,
+    BookTop1At1000ms = 15,
+    BookTop5At1000ms = 16,
+    BookTop10At1000ms = 17,
 }
+
+/// Book depths a subscription may ask for (`book.<SYM>@10`).
+pub const BOOK_DEPTHS: [u8; 3] = [1, 5, 10];
+/// Book update intervals a subscription may ask for, in ms (`book.<SYM>@100ms`).
+pub const BOOK_SPEEDS_MS: [u32; 2] = [100, 1000];
 
 impl Kind {
     /// Every kind, in id order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Trades,
         Kind::Quotes,
         Kind::Book,
@@ -35,11 +54,65 @@ impl Kind {
         Kind::Candles1m,
         Kind::Candles5m,
         Kind::Candles1h,
+        Kind::BookTop1,
+        Kind::BookTop5,
+        Kind::BookTop10,
+        Kind::Book100ms,
+        Kind::Book1000ms,
+        Kind::BookTop1At100ms,
+        Kind::BookTop5At100ms,
+        Kind::BookTop10At100ms,
+        Kind::BookTop1At1000ms,
+        Kind::BookTop5At1000ms,
+        Kind::BookTop10At1000ms,
     ];
     /// The kinds a feed carries (the others are derived by the gateway).
     pub const FEED: [Kind; 3] = [Kind::Trades, Kind::Quotes, Kind::Book];
     /// Number of kinds: the stride of [`ChannelId`].
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 18;
+
+    /// For the book and its forms: the depth (levels per side; `None`: all the gateway keeps)
+    /// and the update interval in ms (`None`: every change). `None` for other kinds.
+    pub fn book_form(self) -> Option<(Option<u8>, Option<u32>)> {
+        Some(match self {
+            Kind::Book => (None, None),
+            Kind::BookTop1 => (Some(1), None),
+            Kind::BookTop5 => (Some(5), None),
+            Kind::BookTop10 => (Some(10), None),
+            Kind::Book100ms => (None, Some(100)),
+            Kind::Book1000ms => (None, Some(1000)),
+            Kind::BookTop1At100ms => (Some(1), Some(100)),
+            Kind::BookTop5At100ms => (Some(5), Some(100)),
+            Kind::BookTop10At100ms => (Some(10), Some(100)),
+            Kind::BookTop1At1000ms => (Some(1), Some(1000)),
+            Kind::BookTop5At1000ms => (Some(5), Some(1000)),
+            Kind::BookTop10At1000ms => (Some(10), Some(1000)),
+            _ => return None,
+        })
+    }
+
+    /// The book kind of a form.
+    pub fn of_book_form(depth: Option<u8>, speed_ms: Option<u32>) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.book_form() == Some((depth, speed_ms)))
+    }
+
+    /// The book or one of its forms.
+    pub fn is_book(self) -> bool {
+        self.book_form().is_some()
+    }
+
+    /// A form of the book (`book.<SYM>@…`): made by the gateway from the book.
+    pub fn is_book_form(self) -> bool {
+        self.is_book() && self != Kind::Book
+    }
+
+    /// The form's suffix in channel names: `@10`, `@100ms`, `@10@100ms`.
+    fn form_suffix(self) -> String {
+        let Some((depth, speed)) = self.book_form() else { return String::new() };
+        let depth = depth.map(|d| format!("@{d}")).unwrap_or_default();
+        let speed = speed.map(|s| format!("@{s}ms")).unwrap_or_default();
+        depth + &speed
+    }
 
     /// The channel-name prefix of this kind (`candles` for every candle interval).
     pub fn as_str(self) -> &'static str {
@@ -49,15 +122,27 @@ impl Kind {
             Kind::Book => "book",
             Kind::Ticker => "ticker",
             Kind::Candles1m | Kind::Candles5m | Kind::Candles1h => "candles",
+            _ => "book",
         }
     }
 
-    /// A name of its own for each kind, for metrics labels: `candles_1m`.
+    /// A name of its own for each kind, for metrics labels: `candles_1m`, `book@10@100ms`.
     pub fn label(self) -> &'static str {
         match self {
             Kind::Candles1m => "candles_1m",
             Kind::Candles5m => "candles_5m",
             Kind::Candles1h => "candles_1h",
+            Kind::BookTop1 => "book@1",
+            Kind::BookTop5 => "book@5",
+            Kind::BookTop10 => "book@10",
+            Kind::Book100ms => "book@100ms",
+            Kind::Book1000ms => "book@1000ms",
+            Kind::BookTop1At100ms => "book@1@100ms",
+            Kind::BookTop5At100ms => "book@5@100ms",
+            Kind::BookTop10At100ms => "book@10@100ms",
+            Kind::BookTop1At1000ms => "book@1@1000ms",
+            Kind::BookTop5At1000ms => "book@5@1000ms",
+            Kind::BookTop10At1000ms => "book@10@1000ms",
             other => other.as_str(),
         }
     }
@@ -73,14 +158,17 @@ impl Kind {
         }
     }
 
-    /// Whether the gateway derives this kind (its messages are states, not feed events).
+    /// Whether the gateway derives this kind from trades and quotes (ticker, candles: their
+    /// messages are whole states).
     pub fn is_derived(self) -> bool {
-        self as u32 >= Kind::Ticker as u32
+        matches!(self, Kind::Ticker | Kind::Candles1m | Kind::Candles5m | Kind::Candles1h)
     }
 
-    /// The kind of a prefix with no interval (`trades`, `ticker`, …; not `candles`).
+    /// The kind of a prefix alone (`trades`, `book`, `ticker`; not `candles`, nor a book form).
     pub fn from_prefix(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.interval().is_none() && k.as_str() == s)
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.interval().is_none() && !k.is_book_form() && k.as_str() == s)
     }
 
     /// The candle kind of an interval (`1m`, `5m`, `1h`).
@@ -93,7 +181,7 @@ impl Kind {
     pub fn channel_name(self, sym: &str) -> String {
         match self.interval() {
             Some((interval, _)) => format!("candles.{sym}.{interval}"),
-            None => format!("{}.{sym}", self.as_str()),
+            None => format!("{}.{sym}{}", self.as_str(), self.form_suffix()),
         }
     }
 
@@ -141,6 +229,8 @@ pub enum ParseChannelError {
     Malformed,
     /// Well-formed, but the symbol is not traded here.
     UnknownSymbol,
+    /// A book form (`@…`) that is not offered.
+    BadBookForm,
 }
 
 impl fmt::Display for ParseChannelError {
@@ -150,6 +240,10 @@ impl fmt::Display for ParseChannelError {
                 "channel names look like trades.BTC-USD, quotes.*, book.ETH-USD"
             }
             ParseChannelError::UnknownSymbol => "no such symbol",
+            ParseChannelError::BadBookForm => {
+                "book forms are book.SYM@DEPTH (1, 5 or 10 levels), book.SYM@SPEED (100ms or \
+                 1000ms) and book.SYM@DEPTH@SPEED"
+            }
         })
     }
 }
@@ -220,6 +314,24 @@ impl SymbolTable {
                 let (sym, interval) = rest.rsplit_once('.').ok_or(ParseChannelError::Malformed)?;
                 (Kind::candles(interval).ok_or(ParseChannelError::Malformed)?, sym)
             }
+            "book" if rest.contains('@') => {
+                let mut parts = rest.split('@');
+                let sym = parts.next().unwrap_or_default();
+                let (mut depth, mut speed) = (None, None);
+                for part in parts {
+                    match (part.strip_suffix("ms"), depth, speed) {
+                        (Some(ms), _, None) => {
+                            speed = Some(ms.parse().map_err(|_| ParseChannelError::BadBookForm)?)
+                        }
+                        // The depth comes first.
+                        (None, None, None) => {
+                            depth = Some(part.parse().map_err(|_| ParseChannelError::BadBookForm)?)
+                        }
+                        _ => return Err(ParseChannelError::BadBookForm),
+                    }
+                }
+                (Kind::of_book_form(depth, speed).ok_or(ParseChannelError::BadBookForm)?, sym)
+            }
             _ => (Kind::from_prefix(prefix).ok_or(ParseChannelError::Malformed)?, rest),
         };
         if sym == "*" {
@@ -280,6 +392,21 @@ mod tests {
         assert_eq!(t.parse_channel("candles.*.1h"), Ok(ChannelSpec::Wildcard(Kind::Candles1h)));
         assert_eq!(t.parse_channel("ticker.*"), Ok(ChannelSpec::Wildcard(Kind::Ticker)));
         assert_eq!(t.spec_name(ChannelSpec::Wildcard(Kind::Candles1m)), "candles.*.1m");
+        assert_eq!(
+            t.parse_channel("book.BTC-USD@10@100ms"),
+            Ok(ChannelSpec::Exact(ChannelId::new(Kind::BookTop10At100ms, 0)))
+        );
+        assert_eq!(t.parse_channel("book.*@1000ms"), Ok(ChannelSpec::Wildcard(Kind::Book1000ms)));
+        assert_eq!(t.spec_name(ChannelSpec::Wildcard(Kind::BookTop5)), "book.*@5");
+        for bad in [
+            "book.BTC-USD@7",
+            "book.BTC-USD@100ms@10",
+            "book.BTC-USD@",
+            "book.BTC-USD@10@10",
+            "book.BTC-USD@50ms",
+        ] {
+            assert_eq!(t.parse_channel(bad), Err(ParseChannelError::BadBookForm), "{bad:?}");
+        }
         for bad in [
             "",
             "trades",

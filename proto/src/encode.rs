@@ -59,6 +59,24 @@ pub fn write_book_snapshot_json(buf: &mut Vec<u8>, book: &L2Book, sym: &Symbol, 
     write_book_body(buf, "snapshot", &book.bids, &book.asks, sym, Some(crc));
 }
 
+/// A book message (`snapshot` or `update` of `bids` and `asks`, with `crc`) on channel
+/// `channel` (a form of the book: `book.BTC-USD@10`).
+#[allow(clippy::too_many_arguments)]
+pub fn write_book_json_on(
+    buf: &mut Vec<u8>,
+    channel: &str,
+    kind: &str,
+    bids: &[Level],
+    asks: &[Level],
+    sym: &Symbol,
+    seq: u64,
+    ts: u64,
+    crc: u32,
+) {
+    write_message_head(buf, channel, seq, ts);
+    write_book_body(buf, kind, bids, asks, sym, Some(crc));
+}
+
 /// `{"ch":"<channel>","seq":N,"ts":N`: the head of a data message, for messages built
 /// elsewhere (the gateway's derived channels).
 pub fn write_message_head(buf: &mut Vec<u8>, channel: &str, seq: u64, ts: u64) {

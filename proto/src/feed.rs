@@ -281,8 +281,8 @@ pub fn parse_line(line: &[u8], symbols: &SymbolTable) -> Result<FeedLine, LineEr
     let text = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
     let raw: RawTick<'_> = serde_json::from_str(text).map_err(|_| LineError::BadJson)?;
     let (kind, name) = raw.ch.split_once('.').ok_or(LineError::UnknownKind)?;
-    // Ticker and candles are derived by the gateway, never fed.
-    let kind = Kind::from_prefix(kind).filter(|k| !k.is_derived()).ok_or(LineError::UnknownKind)?;
+    // Ticker, candles and book forms are derived by the gateway, never fed.
+    let kind = Kind::FEED.into_iter().find(|k| k.as_str() == kind).ok_or(LineError::UnknownKind)?;
     let sym = symbols.lookup(name).ok_or(LineError::UnknownSymbol)?;
     if raw.seq == 0 {
         return Err(LineError::BadField);
@@ -328,9 +328,8 @@ pub fn parse_line(line: &[u8], symbols: &SymbolTable) -> Result<FeedLine, LineEr
             let tick = Tick { sym, seq: raw.seq, ts: raw.ts, body: TickBody::Book(body) };
             return Ok(if snapshot { FeedLine::BookSnapshot(tick) } else { FeedLine::Tick(tick) });
         }
-        Kind::Ticker | Kind::Candles1m | Kind::Candles5m | Kind::Candles1h => {
-            return Err(LineError::UnknownKind)
-        }
+        // Derived by the gateway (and refused above).
+        _ => return Err(LineError::UnknownKind),
     };
     Ok(FeedLine::Tick(Tick { sym, seq: raw.seq, ts: raw.ts, body }))
 }

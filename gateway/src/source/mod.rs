@@ -118,12 +118,35 @@ pub struct Publisher {
     stats: Arc<Stats>,
     /// Ticker and candles, derived from the ticks published.
     derived: crate::derived::Derived,
+    /// The forms of the book clients subscribe to (`book.<SYM>@10`…).
+    forms: crate::forms::Forms,
+    /// Scratch: the frames of the forms one tick made.
+    form_frames: Vec<Frame>,
 }
 
 impl Publisher {
     pub fn new(market: Arc<Market>, rings: Vec<Arc<Ring>>, stats: Arc<Stats>) -> Publisher {
         let derived = crate::derived::Derived::new(market.symbols().clone());
-        Publisher { encoder: Encoder::new(market), rings, stats, derived }
+        let forms = crate::forms::Forms::new(market.clone());
+        let encoder = Encoder::new(market);
+        Publisher { encoder, rings, stats, derived, forms, form_frames: Vec::new() }
+    }
+
+    /// Pushes `frame` into every ring: one Bytes, N ring slots, each push a reference-count
+    /// increment.
+    fn push(&self, frame: &Frame) {
+        for ring in &self.rings {
+            ring.push(frame.clone());
+        }
+    }
+
+    /// Pushes the frames the forms made (see [`Forms`](crate::forms::Forms)).
+    fn push_forms(&mut self) {
+        let mut frames = std::mem::take(&mut self.form_frames);
+        for frame in frames.drain(..) {
+            self.push(&frame);
+        }
+        self.form_frames = frames; // keeps the allocation
     }
 
     /// Publishes one batch (no-op when empty), then the derived messages it made due.
@@ -134,11 +157,15 @@ impl Publisher {
         for tick in batch {
             let frame = self.encoder.encode(tick);
             self.derived.observe(tick);
-            // One Bytes, N ring slots: each push is a reference-count increment.
-            for ring in &self.rings {
-                ring.push(frame.clone());
+            self.push(&frame);
+            if let tickfan_proto::TickBody::Book(_) = tick.body {
+                // Right behind the update they follow.
+                let json = &mut self.encoder.json;
+                self.forms.book_changed(tick.sym, tick.ts, json, &mut self.form_frames);
+                self.push_forms();
             }
         }
+        let now = self.derived.now();
         let Encoder { market, json } = &mut self.encoder;
         for due in self.derived.due() {
             let frame = market.publish_derived(due.ch, due.ts, &due.body, json);
@@ -146,6 +173,8 @@ impl Publisher {
                 ring.push(frame.clone());
             }
         }
+        self.forms.due(now, &mut self.encoder.json, &mut self.form_frames);
+        self.push_forms();
         // One wake-up per worker per batch, not per frame.
         for ring in &self.rings {
             ring.wake();
@@ -157,8 +186,11 @@ impl Publisher {
     /// Replaces a book by the upstream's snapshot and sends subscribers that snapshot.
     pub fn resync_book(&mut self, snapshot: &Tick) {
         let frame = self.encoder.market.resync_book(snapshot, &mut self.encoder.json);
+        self.push(&frame);
+        let json = &mut self.encoder.json;
+        self.forms.book_changed(snapshot.sym, snapshot.ts, json, &mut self.form_frames);
+        self.push_forms();
         for ring in &self.rings {
-            ring.push(frame.clone());
             ring.wake();
         }
     }

@@ -334,6 +334,9 @@ pub struct ClientBook {
     asks: std::collections::BTreeMap<i64, (String, String)>,
 }
 
+/// A level as the wire writes it: price and size strings.
+pub type PriceLevel = (String, String);
+
 /// A price string as an integer: every price of a symbol has the same number of decimals.
 fn price_key(px: &str) -> i64 {
     px.replace('.', "").parse().unwrap_or_else(|_| panic!("bad price {px:?}"))
@@ -380,6 +383,14 @@ impl ClientBook {
 
     pub fn depth(&self) -> (usize, usize) {
         (self.bids.len(), self.asks.len())
+    }
+
+    /// The best `depth` levels of each side, best first.
+    pub fn top(&self, depth: usize) -> (Vec<PriceLevel>, Vec<PriceLevel>) {
+        let side = |m: &std::collections::BTreeMap<i64, (String, String)>| {
+            m.values().take(depth).cloned().collect()
+        };
+        (side(&self.bids), side(&self.asks))
     }
 }
 
