@@ -422,6 +422,7 @@ mod tests {
                 }
                 (TickBody::Book(_), _) => assert!(fresh),
                 (TickBody::Quote(_), None) => panic!("quote first"),
+                (TickBody::Status(_), _) => panic!("the simulator never halts an instrument"),
             }
             prev = Some(t);
         }

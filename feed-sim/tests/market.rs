@@ -149,6 +149,7 @@ fn replayed_deltas_rebuild_consistent_books_and_explain_every_quote_and_trade() 
                 assert_eq!(f.book_top(sym), Some((b, a)));
                 assert!(q.bsz > 0 && q.asz > 0 && q.bid < q.ask);
             }
+            TickBody::Status(s) => panic!("the simulator never changes a status: {s:?}"),
             TickBody::Trade(t) => {
                 trades += 1;
                 assert!(open_trade.is_none(), "a trade is followed by its delta");

@@ -8,8 +8,9 @@
 //! the ticks: a ticker at most once per second of feed time and only after a change; an open
 //! candle at most every 250 ms after a change, and a final one (`"closed":true`) when its
 //! interval ends, by a trade of the next interval or by the feed's clock passing its end.
-//! The 24 h window is kept in one-minute bars: it covers the current minute and the 1,439
-//! before it (since the gateway started, if that is less).
+//! The 24 h window is kept in one-minute bars for the last hour and one-hour bars before it
+//! (about 5 KB per traded symbol): it covers the current hour's and the last hour's minutes
+//! and the 23 hours before (since the gateway started, if that is less).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,8 +19,10 @@ use tickfan_proto::decimal::write_decimal;
 use tickfan_proto::{ChannelId, Kind, SymbolTable, Tick, TickBody};
 
 const MINUTE_NS: u64 = 60_000_000_000;
-/// One-minute bars of the 24 h window.
-const DAY_MINUTES: u64 = 24 * 60;
+/// Minute bars kept before they are folded into hour bars.
+const MINUTE_BARS: u64 = 60;
+/// Whole hours of the 24 h window before the current one.
+const DAY_HOURS: u64 = 23;
 /// Shortest feed time between two ticker messages of a symbol.
 const TICKER_EVERY_NS: u64 = 1_000_000_000;
 /// Shortest feed time between two updates of an open candle.
@@ -46,6 +49,22 @@ impl Bar {
     /// A bar without trades, at a previous close.
     fn empty(px: i64) -> Bar {
         Bar { open: px, high: px, low: px, close: px, volume: 0, trades: 0 }
+    }
+
+    /// Folds the later `next` into this bar.
+    fn merge(&mut self, next: &Bar) {
+        if next.trades == 0 {
+            return;
+        }
+        if self.trades == 0 {
+            *self = *next;
+            return;
+        }
+        self.high = self.high.max(next.high);
+        self.low = self.low.min(next.low);
+        self.close = next.close;
+        self.volume = self.volume.saturating_add(next.volume);
+        self.trades += next.trades;
     }
 
     fn add(&mut self, px: i64, qty: i64) {
@@ -80,8 +99,10 @@ struct SymState {
     /// Best bid and ask (price, size), from quotes.
     bid: Option<(i64, i64)>,
     ask: Option<(i64, i64)>,
-    /// One-minute bars, oldest first, by minute number (feed ns / 60 s).
+    /// One-minute bars of the last hour, oldest first, by minute number (feed ns / 60 s).
     minutes: VecDeque<(u64, Bar)>,
+    /// One-hour bars before them, oldest first, by hour number.
+    hours: VecDeque<(u64, Bar)>,
     ticker_dirty: bool,
     ticker_at: Option<u64>,
     candles: [Candle; 3],
@@ -155,7 +176,7 @@ impl Derived {
                 s.ticker_dirty = true;
                 self.touch(sym);
             }
-            TickBody::Book(_) => {}
+            TickBody::Book(_) | TickBody::Status(_) => {}
         }
     }
 
@@ -259,9 +280,17 @@ impl Derived {
         if s.ticker_at.is_some_and(|t| now < t + TICKER_EVERY_NS) {
             return true;
         }
-        let oldest = (now / MINUTE_NS).saturating_sub(DAY_MINUTES - 1);
-        while s.minutes.front().is_some_and(|(m, _)| *m < oldest) {
+        let minute = now / MINUTE_NS;
+        while let Some(&(m, bar)) = s.minutes.front().filter(|(m, _)| *m + MINUTE_BARS <= minute) {
             s.minutes.pop_front();
+            match s.hours.back_mut() {
+                Some((h, hour)) if *h == m / 60 => hour.merge(&bar),
+                _ => s.hours.push_back((m / 60, bar)),
+            }
+        }
+        let oldest_hour = (minute / 60).saturating_sub(DAY_HOURS);
+        while s.hours.front().is_some_and(|(h, _)| *h < oldest_hour) {
+            s.hours.pop_front();
         }
         s.ticker_dirty = false;
         s.ticker_at = Some(now);
@@ -275,16 +304,10 @@ impl Derived {
         let s = &self.syms[sym];
         let (px, qty) = self.scales(sym);
         let mut day: Option<Bar> = None;
-        for (_, bar) in &s.minutes {
+        for (_, bar) in s.hours.iter().chain(&s.minutes) {
             match &mut day {
                 None => day = Some(*bar),
-                Some(d) => {
-                    d.high = d.high.max(bar.high);
-                    d.low = d.low.min(bar.low);
-                    d.close = bar.close;
-                    d.volume = d.volume.saturating_add(bar.volume);
-                    d.trades += bar.trades;
-                }
+                Some(d) => d.merge(bar),
             }
         }
         let mut b = Vec::with_capacity(256);
@@ -464,5 +487,34 @@ mod tests {
             (got[0]["trades"].as_u64(), got[0]["open"].as_str(), got[0]["volume"].as_str()),
             (Some(0), Some("98.00"), Some("0.0000"))
         );
+    }
+
+    #[test]
+    fn the_24_hour_window_keeps_an_hour_of_minutes_and_23_hours_before() {
+        let mut d = derived();
+        let t0 = 1_700_000_000 / 3600 * 3600 * S; // on an hour
+        let step = 20 * 60 * S; // a trade every 20 minutes, 30 hours long
+        let trades: Vec<(u64, i64)> = (0..90).map(|k| (t0 + k * step, 10_000 + k as i64)).collect();
+        for &(ts, px) in &trades {
+            d.observe(&trade(ts, px, 1));
+            d.due().for_each(drop);
+        }
+        // One more, a second later than the ticker allows: the window as of the last trade.
+        let (now, _) = *trades.last().unwrap();
+        d.observe(&trade(now + 2 * S, 20_000, 1));
+        let v = d.due().find(|x| x.ch.kind() == Kind::Ticker).map(|x| json(&x)).unwrap();
+        let (minute, hour) = ((now + 2 * S) / MINUTE_NS, (now + 2 * S) / MINUTE_NS / 60);
+        let kept: Vec<i64> = trades
+            .iter()
+            .filter(|(ts, _)| {
+                ts / MINUTE_NS + MINUTE_BARS > minute || ts / MINUTE_NS / 60 + DAY_HOURS >= hour
+            })
+            .map(|&(_, px)| px)
+            .chain([20_000])
+            .collect();
+        assert!(kept.len() > 60 && kept.len() < 80, "{}", kept.len());
+        assert_eq!(v["trades"].as_u64(), Some(kept.len() as u64), "{v}");
+        assert_eq!(v["open"], format!("{}.{:02}", kept[0] / 100, kept[0] % 100), "{v}");
+        assert_eq!(v["volume"], format!("0.{:04}", kept.len()));
     }
 }

@@ -888,7 +888,7 @@ fn counted(stats: &Stats, market: &Market, spec: ChannelSpec, delta: i64) {
 /// Whether a channel of `kind` is a state a new subscriber gets whole first: a book (its
 /// snapshot), a ticker or a candle (its last message).
 fn has_state(kind: Kind) -> bool {
-    kind.is_book() || kind.is_derived()
+    kind.is_book() || kind.is_state()
 }
 
 /// One frame on its way to this shard's subscribers of its channel.

@@ -83,16 +83,27 @@ struct ChannelState {
     /// Publish position of the frame the history restarted at when it was last cleared (a
     /// hole, a resync): nothing of this channel before it can be replayed.
     cleared_at: u64,
-    /// Derived channels (ticker, candles): the last message, which a new subscriber gets
-    /// first (each is a whole state).
-    latest: Option<Frame>,
+    /// State channels (ticker, candles, instrument status): the last message, which a new
+    /// subscriber gets first (each is a whole state).
+    latest: Option<Box<Frame>>,
     /// A form of the book: kept up to date by the producer (while it has subscribers); its
     /// `book` is then the form's view as of `last_seq`.
     live: bool,
     /// Seq and ts of the last frame published (0 before any).
     last_seq: u64,
     last_ts: u64,
-    /// Book channels: the book after `last_seq`.
+    /// Book channels and forms: the book after `last_seq`; boxed, and only for them, since
+    /// most channels are not books (a channel's state is paid for every channel of every
+    /// symbol).
+    books: Option<Box<BookState>>,
+    /// The last seqs the upstream skipped on this channel (`from..=to`; 0..=0 when none).
+    upstream_gap: (u64, u64),
+}
+
+/// A book channel's book.
+#[derive(Debug, Default)]
+struct BookState {
+    /// The book after the channel's last seq (a form's view, for a form).
     book: L2Book,
     /// The book's top levels when its checksum was last computed, and that checksum: updates
     /// that change only deeper levels reuse it.
@@ -100,11 +111,22 @@ struct ChannelState {
     crc: u32,
     /// Scratch for the checksum string.
     text: Vec<u8>,
-    /// The last seqs the upstream skipped on this channel (`from..=to`; 0..=0 when none).
-    upstream_gap: (u64, u64),
 }
 
+/// The book of a book channel that has none yet.
+static NO_BOOK: L2Book = L2Book { bids: Vec::new(), asks: Vec::new() };
+
 impl ChannelState {
+    /// The channel's book state, made on first use.
+    fn books(&mut self) -> &mut BookState {
+        self.books.get_or_insert_with(Box::default)
+    }
+
+    /// The channel's book (empty before any).
+    fn book(&self) -> &L2Book {
+        self.books.as_deref().map_or(&NO_BOOK, |b| &b.book)
+    }
+
     /// Moves the channel to `seq` (published at `ts`), remembering the seqs skipped on the way
     /// as the upstream's (a worker's ring cannot skip anything here).
     fn advance(&mut self, seq: u64, ts: u64) {
@@ -117,19 +139,19 @@ impl ChannelState {
 
     /// Applies a book update and returns the checksum of the book after it.
     fn apply_book(&mut self, delta: &tickfan_proto::BookDelta, sym: &tickfan_proto::Symbol) -> u32 {
-        self.book.apply(delta);
-        if !self.checksummed.bids.is_empty() && self.book.top_equals(&self.checksummed) {
-            return self.crc;
+        let b = self.books();
+        b.book.apply(delta);
+        if !b.checksummed.bids.is_empty() && b.book.top_equals(&b.checksummed) {
+            return b.crc;
         }
-        self.crc = self.book.checksum_with(sym.px_scale, sym.qty_scale, &mut self.text);
-        for (kept, side) in [
-            (&mut self.checksummed.bids, &self.book.bids),
-            (&mut self.checksummed.asks, &self.book.asks),
-        ] {
+        b.crc = b.book.checksum_with(sym.px_scale, sym.qty_scale, &mut b.text);
+        for (kept, side) in
+            [(&mut b.checksummed.bids, &b.book.bids), (&mut b.checksummed.asks, &b.book.asks)]
+        {
             kept.clear();
             kept.extend_from_slice(&side[..side.len().min(CHECKSUM_DEPTH)]);
         }
-        self.crc
+        b.crc
     }
 }
 
@@ -153,6 +175,8 @@ pub struct Market {
     /// Subscribers of the book's forms (`book.<SYM>@10`…): the producer makes a form only
     /// while it has some (`forms`).
     pub forms: Interest,
+    /// Per symbol: halted by the feed's last `instruments` message.
+    halted: Vec<std::sync::atomic::AtomicBool>,
 }
 
 /// How many subscriptions cover each channel, exactly or through its kind's wildcard, counted
@@ -224,6 +248,7 @@ impl Market {
         let channels = (0..symbols.channel_count()).map(|_| Mutex::default()).collect();
         let epoch = epoch.unwrap_or_else(|| format!("{:016x}", unix_now_ns()));
         let n = symbols.channel_count();
+        let halted = (0..symbols.len()).map(|_| Default::default()).collect();
         Market {
             symbols,
             channels,
@@ -233,7 +258,13 @@ impl Market {
             next_pos: AtomicU64::new(1),
             sse: Interest::new(n),
             forms: Interest::new(n),
+            halted,
         }
+    }
+
+    /// Whether the feed said symbol `sym` is halted (its last status message).
+    pub fn is_halted(&self, sym: u32) -> bool {
+        self.halted[sym as usize].load(Ordering::Relaxed)
     }
 
     /// The form channels some subscription covers now (the producer's list, rebuilt when
@@ -252,7 +283,7 @@ impl Market {
 
     /// A copy of the whole book of symbol `sym`.
     pub fn book_of(&self, sym: u32) -> L2Book {
-        self.state(ChannelId::new(Kind::Book, sym)).book.clone()
+        self.state(ChannelId::new(Kind::Book, sym)).book().clone()
     }
 
     /// Producer: publishes form channel `ch` of the book as `view` (the book cut to the form's
@@ -270,8 +301,8 @@ impl Market {
         let mut st = self.state(ch);
         let kind = if st.live { "update" } else { "snapshot" };
         let (bids, asks) = if st.live {
-            let bids = tickfan_proto::book::changed_levels(&st.book.bids, &view.bids, true);
-            let asks = tickfan_proto::book::changed_levels(&st.book.asks, &view.asks, false);
+            let bids = tickfan_proto::book::changed_levels(&st.book().bids, &view.bids, true);
+            let asks = tickfan_proto::book::changed_levels(&st.book().asks, &view.asks, false);
             if bids.is_empty() && asks.is_empty() {
                 return None;
             }
@@ -279,8 +310,9 @@ impl Market {
         } else {
             (view.bids.clone(), view.asks.clone())
         };
-        let crc = view.checksum_with(sym.px_scale, sym.qty_scale, &mut st.text);
-        st.book = view;
+        let b = st.books();
+        let crc = view.checksum_with(sym.px_scale, sym.qty_scale, &mut b.text);
+        b.book = view;
         st.live = true;
         let seq = st.last_seq + 1;
         json.clear();
@@ -334,6 +366,11 @@ impl Market {
         let mut st = self.state(ch);
         let crc = match &tick.body {
             TickBody::Book(delta) => Some(st.apply_book(delta, sym)),
+            TickBody::Status(status) => {
+                let halted = *status == tickfan_proto::Status::Halted;
+                self.halted[tick.sym as usize].store(halted, Ordering::Relaxed);
+                None
+            }
             _ => None,
         };
         json.clear();
@@ -361,7 +398,7 @@ impl Market {
 
     /// The last message of derived channel `ch`, if it has had one.
     pub fn latest(&self, ch: ChannelId) -> Option<Frame> {
-        self.state(ch).latest.clone()
+        self.state(ch).latest.as_deref().cloned()
     }
 
     /// Encodes message `json` of `ch` once, advances the channel to `seq` and keeps the frame
@@ -376,8 +413,8 @@ impl Market {
     ) -> Frame {
         let frame = self.frame(ch, seq, ts, json);
         st.advance(seq, ts);
-        if ch.kind().is_derived() {
-            st.latest = Some(frame.clone());
+        if ch.kind().is_state() {
+            st.latest = Some(Box::new(frame.clone()));
         }
         // Taken under the channel's lock, so that a frame whose position a reader has seen is
         // in its channel's history by the time the reader locks it (`sse_replay`).
@@ -432,8 +469,7 @@ impl Market {
         debug_assert_eq!(ch.kind(), Kind::Book);
         let sym = self.symbols.get(snapshot.sym);
         let mut st = self.state(ch);
-        st.book = L2Book::default();
-        st.checksummed = L2Book::default();
+        *st.books() = BookState::default();
         if let TickBody::Book(levels) = &snapshot.body {
             st.apply_book(levels, sym);
         }
@@ -441,7 +477,7 @@ impl Market {
         st.history.clear();
         st.cleared_at = self.next_pos.fetch_add(1, Ordering::SeqCst);
         json.clear();
-        write_book_snapshot_json(json, &st.book, sym, snapshot.seq, snapshot.ts);
+        write_book_snapshot_json(json, st.book(), sym, snapshot.seq, snapshot.ts);
         self.frame(ch, snapshot.seq, snapshot.ts, json)
     }
 
@@ -535,7 +571,7 @@ impl Market {
                 if !st.live {
                     return None;
                 }
-                let crc = st.book.checksum(sym.px_scale, sym.qty_scale);
+                let crc = st.book().checksum(sym.px_scale, sym.qty_scale);
                 let name = self.symbols.channel_name_str(ch);
                 let (seq, ts) = (st.last_seq, st.last_ts);
                 let st = &mut *st;
@@ -543,15 +579,15 @@ impl Market {
                     &mut json,
                     name,
                     "snapshot",
-                    &st.book.bids,
-                    &st.book.asks,
+                    &st.book().bids,
+                    &st.book().asks,
                     sym,
                     seq,
                     ts,
                     crc,
                 );
             } else {
-                write_book_snapshot_json(&mut json, &st.book, sym, st.last_seq, st.last_ts);
+                write_book_snapshot_json(&mut json, st.book(), sym, st.last_seq, st.last_ts);
             }
             st.last_seq
         };
@@ -666,7 +702,7 @@ mod tests {
             if let TickBody::Book(_) = tick.body {
                 let st = m.state(frame.ch);
                 let sym = m.symbols().get(tick.sym);
-                let crc = format!(",\"crc\":{}}}", st.book.checksum(sym.px_scale, sym.qty_scale));
+                let crc = format!(",\"crc\":{}}}", st.book().checksum(sym.px_scale, sym.qty_scale));
                 assert!(json.ends_with(crc.as_bytes()), "seq {}", tick.seq);
             }
         }
@@ -685,7 +721,7 @@ mod tests {
         let oldest: Vec<u64> = (0..m.symbols().channel_count() as u32)
             .filter_map(|i| m.state(ChannelId(i)).history.front().map(|(_, f)| f.ts))
             .collect();
-        assert_eq!(oldest.len(), m.symbols().len() * Kind::FEED.len());
+        assert_eq!(oldest.len(), m.symbols().len() * 3, "trades, quotes and book of each");
         let (min, max) = (oldest.iter().min().unwrap(), oldest.iter().max().unwrap());
         assert!(max - min < 20_000_000, "oldest kept frames {min}..{max} ns apart");
         let ch = ChannelId::new(Kind::Trades, 0);

@@ -29,13 +29,42 @@ pub fn apply(ctx: &WorkerCtx, key: ConnKey, grants: Option<&Grants>, req: Reques
         }
         Op::Symbols => {
             let names: Vec<&str> = ctx.symbols.iter().map(|s| s.name.as_str()).collect();
-            Ok(Some(protocol::reply("symbols", &id, json!({ "symbols": names }))))
+            let market = ctx.shard.borrow().market().clone();
+            let instruments: Vec<serde_json::Value> = ctx
+                .symbols
+                .iter()
+                .enumerate()
+                .map(|(i, s)| instrument(s, market.is_halted(i as u32)))
+                .collect();
+            let fields = json!({ "symbols": names, "instruments": instruments });
+            Ok(Some(protocol::reply("symbols", &id, fields)))
         }
         Op::Ping => Ok(Some(protocol::pong(&id, unix_now_ns()))),
     }
 }
 
 type Id = Option<serde_json::Value>;
+
+/// What `symbols` says of one instrument: its assets (from its name, `BASE-QUOTE`), the
+/// decimals of its prices and sizes and the steps they make, and whether it trades.
+fn instrument(s: &tickfan_proto::Symbol, halted: bool) -> serde_json::Value {
+    let (base, quote) = s.name.split_once('-').unwrap_or((&s.name, ""));
+    let step = |scale: u8| {
+        let mut out = Vec::new();
+        tickfan_proto::decimal::write_decimal(&mut out, 1, scale);
+        String::from_utf8(out).unwrap_or_default()
+    };
+    json!({
+        "symbol": s.name,
+        "base": base,
+        "quote": quote,
+        "price_decimals": s.px_scale,
+        "size_decimals": s.qty_scale,
+        "tick_size": step(s.px_scale),
+        "lot_size": step(s.qty_scale),
+        "status": if halted { "halted" } else { "trading" },
+    })
+}
 
 /// `subscribe`: all the channels or none; the reply (with the resume outcomes) is queued before
 /// the channels' first messages.

@@ -356,3 +356,54 @@ async fn books_joined_mid_stream_or_after_lost_updates_wait_for_the_upstream_sna
     let client_book = ledger.books.remove("book.BTC-USD").unwrap();
     assert_eq!(client_book.checksum(), book.checksum(2, 4), "{seen:?}");
 }
+
+/// Instrument details and status: `symbols` describes every instrument (assets, decimals,
+/// steps, status); the feed's `instruments.<SYM>` lines become messages on that channel, the
+/// status in `symbols` follows them, and a new subscriber gets the last status first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instrument_status_from_the_feed_reaches_symbols_and_the_instruments_channel() {
+    let symbols = two_symbols();
+    let (_child, mut stdin, addr) = spawn_tickfan_fed(&[], &announcement(&symbols, "e1")).await;
+    let mut c = Client::connect(addr, "/ws?streams=instruments.*,trades.BTC-USD").await;
+    next_op(&mut c).await;
+    let listed = c.request(json!({"op":"symbols","id":1})).await;
+    assert_eq!(
+        listed["instruments"][0],
+        json!({"symbol":"BTC-USD","base":"BTC","quote":"USD","price_decimals":2,"size_decimals":4,
+               "tick_size":"0.01","lot_size":"0.0001","status":"trading"})
+    );
+    assert_eq!(listed["symbols"], json!(["BTC-USD", "ETH-USD"]));
+
+    let status = |seq: u64, what: &str| {
+        format!(
+            "{{\"ch\":\"instruments.BTC-USD\",\"seq\":{seq},\"ts\":{seq},\"status\":\"{what}\"}}\n"
+        )
+    };
+    let mut feed = trade_line(&symbols, 1, 1);
+    feed.extend(status(1, "halted").as_bytes());
+    stdin.write_all(&feed).await.unwrap();
+    stdin.flush().await.unwrap();
+    assert_eq!(next_data(&mut c).await.0["ch"], "trades.BTC-USD");
+    let (halted, raw) = next_data(&mut c).await;
+    assert_eq!(
+        std::str::from_utf8(&raw).unwrap(),
+        r#"{"ch":"instruments.BTC-USD","seq":1,"ts":1,"status":"halted"}"#
+    );
+    assert_eq!(halted["status"], "halted");
+    let listed = c.request(json!({"op":"symbols","id":2})).await;
+    assert_eq!(listed["instruments"][0]["status"], "halted");
+    assert_eq!(listed["instruments"][1]["status"], "trading");
+    // A late subscriber learns the status at once.
+    let mut late = Client::connect(addr, "/ws?streams=instruments.BTC-USD").await;
+    next_op(&mut late).await;
+    assert_eq!(next_data(&mut late).await.0, halted);
+
+    stdin.write_all(status(2, "trading").as_bytes()).await.unwrap();
+    stdin.flush().await.unwrap();
+    for c in [&mut c, &mut late] {
+        let (v, _) = next_data(c).await;
+        assert_eq!((v["seq"].as_u64(), v["status"].as_str()), (Some(2), Some("trading")));
+    }
+    let listed = c.request(json!({"op":"symbols","id":3})).await;
+    assert_eq!(listed["instruments"][0]["status"], "trading");
+}

@@ -37,6 +37,9 @@ pub enum Kind {
     BookTop1At1000ms = 15,
     BookTop5At1000ms = 16,
     BookTop10At1000ms = 17,
+    /// `instruments.<SYM>`: the instrument's trading status when it changes (halted,
+    /// trading), from the feed.
+    Instruments = 18,
 }
 
 /// Book depths a subscription may ask for (`book.<SYM>@10`).
@@ -46,7 +49,7 @@ pub const BOOK_SPEEDS_MS: [u32; 2] = [100, 1000];
 
 impl Kind {
     /// Every kind, in id order.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Trades,
         Kind::Quotes,
         Kind::Book,
@@ -65,11 +68,12 @@ impl Kind {
         Kind::BookTop1At1000ms,
         Kind::BookTop5At1000ms,
         Kind::BookTop10At1000ms,
+        Kind::Instruments,
     ];
     /// The kinds a feed carries (the others are derived by the gateway).
-    pub const FEED: [Kind; 3] = [Kind::Trades, Kind::Quotes, Kind::Book];
+    pub const FEED: [Kind; 4] = [Kind::Trades, Kind::Quotes, Kind::Book, Kind::Instruments];
     /// Number of kinds: the stride of [`ChannelId`].
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     /// For the book and its forms: the depth (levels per side; `None`: all the gateway keeps)
     /// and the update interval in ms (`None`: every change). `None` for other kinds.
@@ -122,6 +126,7 @@ impl Kind {
             Kind::Book => "book",
             Kind::Ticker => "ticker",
             Kind::Candles1m | Kind::Candles5m | Kind::Candles1h => "candles",
+            Kind::Instruments => "instruments",
             _ => "book",
         }
     }
@@ -156,6 +161,12 @@ impl Kind {
             Kind::Candles1h => Some(("1h", 60 * MIN)),
             _ => None,
         }
+    }
+
+    /// Whether each message of this kind is a whole state, which a new subscriber gets first
+    /// (ticker, candles, instrument status).
+    pub fn is_state(self) -> bool {
+        self.is_derived() || self == Kind::Instruments
     }
 
     /// Whether the gateway derives this kind from trades and quotes (ticker, candles: their

@@ -47,6 +47,11 @@ pub fn write_tick_json_with_crc(
             write_book_body(buf, "update", &b.bids, &b.asks, sym, book_crc);
             return;
         }
+        TickBody::Status(s) => {
+            buf.extend_from_slice(b",\"status\":\"");
+            buf.extend_from_slice(s.as_str().as_bytes());
+            buf.push(b'"');
+        }
     }
     buf.push(b'}');
 }

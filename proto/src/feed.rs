@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::decimal::parse_decimal;
-use crate::tick::{BookDelta, Level, Quote, Side, Symbol, Tick, TickBody, Trade};
+use crate::tick::{BookDelta, Level, Quote, Side, Status, Symbol, Tick, TickBody, Trade};
 use crate::{Kind, SymbolTable};
 
 /// Longest line a reader accepts; longer ones are rejected as [`LineError::TooLong`]. A book
@@ -244,6 +244,9 @@ struct RawTick<'a> {
     ask: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     asz: Option<Cow<'a, str>>,
+    // Instrument status.
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
     // Book updates.
     #[serde(borrow, default, rename = "type")]
     kind: Option<Cow<'a, str>>,
@@ -328,6 +331,11 @@ pub fn parse_line(line: &[u8], symbols: &SymbolTable) -> Result<FeedLine, LineEr
             let tick = Tick { sym, seq: raw.seq, ts: raw.ts, body: TickBody::Book(body) };
             return Ok(if snapshot { FeedLine::BookSnapshot(tick) } else { FeedLine::Tick(tick) });
         }
+        Kind::Instruments => TickBody::Status(match raw.status.as_deref() {
+            Some("trading") => Status::Trading,
+            Some("halted") => Status::Halted,
+            _ => return Err(LineError::BadField),
+        }),
         // Derived by the gateway (and refused above).
         _ => return Err(LineError::UnknownKind),
     };
@@ -378,6 +386,8 @@ mod tests {
             bids: vec![Level { px: 312_500, qty: 0 }, Level { px: 312_400, qty: 1_000 }],
             asks: vec![],
         }));
+        round_trip(TickBody::Status(Status::Halted));
+        round_trip(TickBody::Status(Status::Trading));
     }
 
     #[test]
@@ -389,6 +399,8 @@ mod tests {
         assert_eq!(bad(b"[1,2]"), LineError::BadJson);
         assert_eq!(bad(br#"{"ch":"trades.BTC-USD","seq":"1","ts":1}"#), LineError::BadJson);
         assert_eq!(bad(br#"{"ch":"ticker.BTC-USD","seq":1,"ts":1}"#), LineError::UnknownKind);
+        let paused = br#"{"ch":"instruments.BTC-USD","seq":1,"ts":1,"status":"paused"}"#;
+        assert_eq!(bad(paused), LineError::BadField);
         assert_eq!(bad(br#"{"ch":"BTC-USD","seq":1,"ts":1}"#), LineError::UnknownKind);
         assert_eq!(bad(br#"{"ch":"trades.DOGE-USD","seq":1,"ts":1}"#), LineError::UnknownSymbol);
         let trade = |fields: &str| {

@@ -19,7 +19,7 @@ pub mod tick;
 pub use book::L2Book;
 pub use channel::{ChannelId, ChannelSpec, Kind, ParseChannelError, SymbolTable};
 pub use error_code::ErrorCode;
-pub use tick::{unix_now_ns, BookDelta, Level, Quote, Side, Symbol, Tick, TickBody, Trade};
+pub use tick::{unix_now_ns, BookDelta, Level, Quote, Side, Status, Symbol, Tick, TickBody, Trade};
 
 /// Protocol version spoken by this crate. A breaking change to the wire format is a new version.
 pub const PROTOCOL_VERSION: u32 = 1;

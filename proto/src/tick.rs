@@ -70,12 +70,30 @@ pub struct BookDelta {
     pub asks: Vec<Level>,
 }
 
+/// Whether an instrument can be traded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Trading,
+    Halted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Trading => "trading",
+            Status::Halted => "halted",
+        }
+    }
+}
+
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TickBody {
     Trade(Trade),
     Quote(Quote),
     Book(BookDelta),
+    /// The instrument's trading status changed.
+    Status(Status),
 }
 
 impl TickBody {
@@ -85,6 +103,7 @@ impl TickBody {
             TickBody::Trade(_) => Kind::Trades,
             TickBody::Quote(_) => Kind::Quotes,
             TickBody::Book(_) => Kind::Book,
+            TickBody::Status(_) => Kind::Instruments,
         }
     }
 }
