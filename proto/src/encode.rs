@@ -85,22 +85,24 @@ pub fn write_book_json_on(
 /// `{"ch":"<channel>","seq":N,"ts":N`: the head of a data message, for messages built
 /// elsewhere (the gateway's derived channels).
 pub fn write_message_head(buf: &mut Vec<u8>, channel: &str, seq: u64, ts: u64) {
-    let mut n = itoa::Buffer::new();
     buf.extend_from_slice(b"{\"ch\":\"");
     buf.extend_from_slice(channel.as_bytes());
-    buf.extend_from_slice(b"\",\"seq\":");
-    buf.extend_from_slice(n.format(seq).as_bytes());
-    buf.extend_from_slice(b",\"ts\":");
-    buf.extend_from_slice(n.format(ts).as_bytes());
+    write_seq_ts(buf, seq, ts);
 }
 
 /// `{"ch":"<kind>.<sym>","seq":N,"ts":N`: the fixed head of every data message.
 fn write_head(buf: &mut Vec<u8>, kind: &str, sym: &str, seq: u64, ts: u64) {
-    let mut n = itoa::Buffer::new();
     buf.extend_from_slice(b"{\"ch\":\"");
     buf.extend_from_slice(kind.as_bytes());
     buf.push(b'.');
     buf.extend_from_slice(sym.as_bytes());
+    write_seq_ts(buf, seq, ts);
+}
+
+/// `","seq":N,"ts":N`: the end of a head, after the channel's name.
+#[inline]
+fn write_seq_ts(buf: &mut Vec<u8>, seq: u64, ts: u64) {
+    let mut n = itoa::Buffer::new();
     buf.extend_from_slice(b"\",\"seq\":");
     buf.extend_from_slice(n.format(seq).as_bytes());
     buf.extend_from_slice(b",\"ts\":");
