@@ -276,7 +276,7 @@ class Client:
 
     def _on_subscribed(self, msg: dict[str, Any]) -> None:
         epoch = msg.get("epoch")
-        if msg.get("id") == self._subscribe_id:
+        if self._subscribe_id is not None and msg.get("id") == self._subscribe_id:
             self._subscribe_id = None
             self._connections += 1
             if self._connections > 1:

@@ -1,0 +1,16 @@
+/**
+ * tickfan-client: a client for the tickfan market-data gateway (wire protocol v1).
+ *
+ * ```js
+ * import { Client } from 'tickfan-client';
+ * const client = new Client('ws://127.0.0.1:8080/ws', ['trades.BTC-USD', 'book.BTC-USD'], {
+ *   onMessage: (msg) => console.log(msg),
+ * });
+ * await client.run(); // until client.close()
+ * ```
+ *
+ * @module tickfan-client
+ */
+
+export { BookError, CHECKSUM_DEPTH, OrderBook, checksum, crc32 } from './book.js';
+export { COUNTER_NAMES, Client, Gap, SubscribeError } from './client.js';
