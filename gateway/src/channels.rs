@@ -61,15 +61,17 @@ pub struct ConnSubscriptions {
     /// Channels subscribed by name, sorted (a few per connection: a small vector costs less
     /// memory than a tree, and thousands of connections each hold one).
     exact: Vec<ChannelId>,
-    /// `wildcard[kind]`: subscribed to `<kind>.*`.
-    wildcard: [bool; Kind::COUNT as usize],
+    /// Bit `kind`: subscribed to `<kind>.*` (a bit per kind: every connection holds this).
+    wildcard: u32,
 }
+
+const _: () = assert!(Kind::COUNT <= u32::BITS, "a wildcard bit per kind");
 
 impl ConnSubscriptions {
     pub fn contains(&self, spec: ChannelSpec) -> bool {
         match spec {
             ChannelSpec::Exact(ch) => self.exact.binary_search(&ch).is_ok(),
-            ChannelSpec::Wildcard(kind) => self.wildcard[kind as usize],
+            ChannelSpec::Wildcard(kind) => self.has_wildcard(kind),
         }
     }
 
@@ -84,7 +86,9 @@ impl ConnSubscriptions {
                 }
             },
             ChannelSpec::Wildcard(kind) => {
-                !std::mem::replace(&mut self.wildcard[kind as usize], true)
+                let had = self.has_wildcard(kind);
+                self.wildcard |= 1 << kind as u32;
+                !had
             }
         }
     }
@@ -100,18 +104,20 @@ impl ConnSubscriptions {
                 Err(_) => false,
             },
             ChannelSpec::Wildcard(kind) => {
-                std::mem::replace(&mut self.wildcard[kind as usize], false)
+                let had = self.has_wildcard(kind);
+                self.wildcard &= !(1 << kind as u32);
+                had
             }
         }
     }
 
     pub fn has_wildcard(&self, kind: Kind) -> bool {
-        self.wildcard[kind as usize]
+        self.wildcard & (1 << kind as u32) != 0
     }
 
     /// Number of subscriptions, a wildcard counting as one.
     pub fn len(&self) -> usize {
-        self.exact.len() + self.wildcard.iter().filter(|&&w| w).count()
+        self.exact.len() + self.wildcard.count_ones() as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -122,7 +128,7 @@ impl ConnSubscriptions {
     pub fn specs(&self) -> impl Iterator<Item = ChannelSpec> + '_ {
         Kind::ALL
             .into_iter()
-            .filter(|&k| self.wildcard[k as usize])
+            .filter(|&k| self.has_wildcard(k))
             .map(ChannelSpec::Wildcard)
             .chain(self.exact.iter().map(|&ch| ChannelSpec::Exact(ch)))
     }
