@@ -583,3 +583,76 @@ pub async fn run_wscat(url: &str, args: &[&str]) -> std::process::Output {
         .expect("wscat exits after -w")
         .unwrap()
 }
+
+/// The repository's root (the gateway crate's parent).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A process's exit status and output, for assertion messages.
+pub fn show(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Starts the gateway binary on `port` (10 symbols, 5000 ticks/s, no drain), returning once
+/// its banner says it listens.
+pub async fn tickfan_on(port: u16) -> tokio::process::Child {
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--listen", &listen, "--symbols", "10", "--rate", "5000", "--drain-secs", "0"];
+    let (child, addr) = spawn_tickfan_with(&args).await;
+    assert_eq!(addr.port(), port);
+    child
+}
+
+/// A client library's CLI through a gateway restart: `client(url)` is its command, subscribed
+/// to trades, quotes and two books for 7 s and printing `summary: {counters}` when it stops.
+/// The gateway is killed (SIGKILL) after 2 s and a new one started on the same port. Checks
+/// what every client must show (a reconnect, nothing resumed across the new epoch, every
+/// checksum right, no undeclared gap, data flowing) and returns the output for more.
+pub async fn client_through_a_restart(
+    client: impl FnOnce(&str) -> tokio::process::Command,
+) -> std::process::Output {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut first = tickfan_on(port).await;
+    let mut cmd = client(&format!("ws://127.0.0.1:{port}/ws"));
+    let child = cmd
+        .args(["trades.BTC-USD", "quotes.BTC-USD", "book.BTC-USD", "book.ETH-USD"])
+        .current_dir(repo_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the client runs");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.kill().await.expect("SIGKILL the first gateway");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _second = tickfan_on(port).await;
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the client stops after --duration")
+        .unwrap();
+    let shown = show(&out);
+    eprintln!("{shown}");
+    assert!(out.status.success(), "{shown}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("summary: "))
+        .map(|s| serde_json::from_str(s).expect("the summary is JSON"))
+        .unwrap_or_else(|| panic!("no summary line:\n{shown}"));
+    let count = |name: &str| {
+        summary[name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {summary}"))
+    };
+    assert!(count("reconnects") >= 1, "{summary}");
+    assert!(count("not_resumed_channels") >= 1, "a new epoch resumes nothing: {summary}");
+    assert_eq!(count("crc_bad"), 0, "{summary}");
+    assert!(count("crc_ok") > 100, "{summary}");
+    assert_eq!(count("gaps_undeclared"), 0, "{summary}");
+    assert!(count("messages") > 1000, "{summary}");
+    out
+}
