@@ -82,17 +82,8 @@ pub async fn run(
     let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes);
     opened(&ctx, key, admitted.as_ref());
 
-    let mut reader = Reader {
-        decoder: Decoder::default(),
-        charged: 0,
-        sse: false,
-        session: Session {
-            key,
-            limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec, Instant::now()),
-            partial: None,
-            grants: admitted.as_ref().map(|a| a.grants.clone()),
-        },
-    };
+    let grants = admitted.as_ref().map(|a| a.grants.clone());
+    let mut reader = Reader::new(&ctx, key, grants, false);
     if let Some(streams) = streams {
         let channels = streams.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
         let subscribe = Request { id: None, op: Op::Subscribe { channels, resume: None } };
@@ -142,17 +133,7 @@ pub fn run_sse(
         let reply = crate::ops::subscribed_reply(&ctx.symbols, &specs, stats, epoch, None);
         shard.subscribe_sse(key, &specs, stream.last_event, reply);
     }
-    let reader = Reader {
-        decoder: Decoder::default(),
-        charged: 0,
-        sse: true,
-        session: Session {
-            key,
-            limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec, Instant::now()),
-            partial: None,
-            grants: None,
-        },
-    };
+    let reader = Reader::new(&ctx, key, None, true);
     // Input the TLS session decrypted already: the socket will not signal it again.
     let early_end = (sock.take_buffered(&mut [0u8; 1]) > 0).then(sse_input_end);
     watch(ctx, key, Live { reader, sock, permit: Some(permit) }, early_end);
@@ -405,6 +386,27 @@ struct Reader {
 }
 
 impl Reader {
+    /// The reader of connection `key` (of an event stream with `sse`), its credentials
+    /// granting `grants` (`None`: auth is off, or nothing is asked of it after its request).
+    fn new(
+        ctx: &WorkerCtx,
+        key: ConnKey,
+        grants: Option<std::sync::Arc<crate::auth::Grants>>,
+        sse: bool,
+    ) -> Reader {
+        Reader {
+            decoder: Decoder::default(),
+            charged: 0,
+            sse,
+            session: Session {
+                key,
+                limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec, Instant::now()),
+                partial: None,
+                grants,
+            },
+        }
+    }
+
     /// Decodes and applies the frames in `bytes`; `Some` when the connection must end.
     fn on_bytes(&mut self, ctx: &WorkerCtx, bytes: &mut [u8]) -> Option<End> {
         if self.sse {

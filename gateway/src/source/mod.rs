@@ -132,12 +132,9 @@ impl Publisher {
         Publisher { encoder, rings, stats, derived, forms, form_frames: Vec::new() }
     }
 
-    /// Pushes `frame` into every ring: one Bytes, N ring slots, each push a reference-count
-    /// increment.
+    /// Pushes `frame` into every ring.
     fn push(&self, frame: &Frame) {
-        for ring in &self.rings {
-            ring.push(frame.clone());
-        }
+        push_all(&self.rings, frame);
     }
 
     /// Pushes the frames the forms made (see [`Forms`](crate::forms::Forms)).
@@ -168,10 +165,7 @@ impl Publisher {
         let now = self.derived.now();
         let Encoder { market, json } = &mut self.encoder;
         for due in self.derived.due() {
-            let frame = market.publish_derived(due.ch, due.ts, &due.body, json);
-            for ring in &self.rings {
-                ring.push(frame.clone());
-            }
+            push_all(&self.rings, &market.publish_derived(due.ch, due.ts, &due.body, json));
         }
         self.forms.due(now, &mut self.encoder.json, &mut self.form_frames);
         self.push_forms();
@@ -198,6 +192,14 @@ impl Publisher {
     /// The feed's health, for sources to report rejections and their connection state.
     pub fn health(&self) -> &FeedHealth {
         &self.stats.feed
+    }
+}
+
+/// Pushes `frame` into every ring: one Bytes, N ring slots, each push a reference-count
+/// increment.
+fn push_all(rings: &[Arc<Ring>], frame: &Frame) {
+    for ring in rings {
+        ring.push(frame.clone());
     }
 }
 
