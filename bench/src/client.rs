@@ -727,6 +727,8 @@ async fn drive(
             if measuring {
                 t.msgs += 1;
                 t.payload_bytes += frame.payload.len() as u64;
+                // tickfan sends microseconds; baselines forward the feed's nanoseconds.
+                let ts = tickfan_proto::ns_from_wire(ts);
                 samples.push(unix_now_ns().saturating_sub(ts) / 1000);
             }
             if unpublished == SAMPLE_BATCH as u64 {

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use tickfan_proto::encode::write_tick_json;
+use tickfan_proto::encode::write_tick_message;
 use tickfan_proto::{Side, Symbol, Tick, TickBody, Trade};
 
 /// What to measure.
@@ -295,6 +295,7 @@ pub fn trade_payloads(k: usize) -> Vec<Vec<u8>> {
                 sym: 0,
                 seq: 18_236_000 + i,
                 ts: 1_760_000_000_000_000_000 + i * 1_000_000,
+                et: 0,
                 body: TickBody::Trade(Trade {
                     id: 912_345_000 + i,
                     px: 6_412_345 + i as i64,
@@ -303,7 +304,7 @@ pub fn trade_payloads(k: usize) -> Vec<Vec<u8>> {
                 }),
             };
             let mut payload = Vec::with_capacity(128);
-            write_tick_json(&mut payload, &tick, &sym);
+            write_tick_message(&mut payload, &tick, &sym, None);
             payload
         })
         .collect()

@@ -6,7 +6,8 @@
 /// What one message is, as far as the load client cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scanned<'a> {
-    /// A data message of channel `ch`.
+    /// A data message of channel `ch`; `ts` as written (microseconds from tickfan,
+    /// nanoseconds from baselines that forward the feed's lines: `ns_from_wire` tells).
     Data { ch: &'a [u8], seq: u64, ts: u64 },
     /// A book snapshot of `ch` as of `seq`: the channel's stream (re)starts there.
     Snapshot { ch: &'a [u8], seq: u64 },

@@ -89,6 +89,11 @@ pub struct PaceOptions {
     /// is due; a millisecond or so trades that much added delay for far fewer wake-ups of the
     /// feed thread and of whatever each batch wakes downstream.
     pub min_batch_interval: Duration,
+    /// Stamp each tick with the simulated exchange's event time (`et`) too: when its event was
+    /// due in the schedule, mapped onto the same clock as `ts`. With the real clock `et` is up
+    /// to a batch interval before `ts` (the time the batch was made), as a venue's matching
+    /// time is before its gateway's publish time.
+    pub event_time: bool,
 }
 
 /// What a paced run did.
@@ -247,6 +252,7 @@ impl Feed {
         mut on_batch: impl FnMut(&[Tick]),
     ) -> PacedStats {
         let start = Instant::now();
+        let wall0 = unix_now_ns();
         let v0 = self.next_due_ns();
         let mut stats = PacedStats::default();
         let mut batch: Vec<Tick> = Vec::with_capacity(256);
@@ -272,11 +278,16 @@ impl Feed {
             batch.clear();
             let wall = unix_now_ns();
             while batch.len() < MAX_BATCH && self.next_due_ns() <= now_v {
-                let ts = match opts.clock {
-                    Clock::Real => wall,
-                    Clock::Virtual => VIRTUAL_EPOCH_NS + self.next_due_ns(),
+                let due = self.next_due_ns();
+                let (ts, et) = match opts.clock {
+                    Clock::Real => (wall, (wall0 + (due - v0)).min(wall)),
+                    Clock::Virtual => (VIRTUAL_EPOCH_NS + due, VIRTUAL_EPOCH_NS + due),
                 };
-                batch.push(self.next_tick(ts));
+                let mut tick = self.next_tick(ts);
+                if opts.event_time {
+                    tick.et = et;
+                }
+                batch.push(tick);
             }
             if batch.is_empty() {
                 continue;

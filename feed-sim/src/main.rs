@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use feed_sim::{Clock, Feed, PaceOptions, SimConfig, Sink};
-use tickfan_proto::encode::write_tick_json;
+use tickfan_proto::encode::{write_tick_json, write_tick_message};
 use tickfan_proto::feed::Announcement;
 use tickfan_proto::{SymbolTable, Tick};
 
@@ -64,6 +64,15 @@ struct Args {
     /// Emit as fast as possible instead of at `--rate` in real time.
     #[arg(long)]
     no_pace: bool,
+    /// Stamp each tick with the simulated exchange's event time too (`et`: when the event was
+    /// due in the schedule, up to a batch before `ts`), as feeds from real venues carry it.
+    #[arg(long, env = "TICKFAN_EVENT_TIME")]
+    event_time: bool,
+    /// Write timestamps in microseconds, as gateways send them to clients, instead of
+    /// nanoseconds (gateways read both). The bench's baselines forward lines as they are, so
+    /// they send the same bytes as tickfan.
+    #[arg(long)]
+    micros: bool,
     /// Where the feed goes: `stdout` (NDJSON), or `nats://HOST:PORT` (one message per tick on
     /// `md.<kind>.<SYM>`, for gateways started with `--source nats://…`; docs/feed-format.md).
     #[arg(long, env = "TICKFAN_SINK", default_value = "stdout")]
@@ -134,7 +143,7 @@ fn main() -> ExitCode {
     let epoch = epoch(clock, args.seed);
     let symbols = feed.symbols().clone();
     let done = match args.sink.as_str() {
-        "stdout" | "-" => NdjsonWriter::new(io::stdout().lock(), symbols, epoch)
+        "stdout" | "-" => NdjsonWriter::new(io::stdout().lock(), symbols, epoch, args.micros)
             .and_then(|out| run(feed, out, &args, clock, limit)),
         url if url.starts_with("nats://") || url.starts_with("tls://") => {
             let stream = args.jetstream.then_some(feed_sim::nats::StreamLimits {
@@ -183,10 +192,13 @@ fn run(
             if i % 1024 == 0 && limit.is_some_and(|l| started.elapsed() >= l) {
                 break;
             }
-            let tick = match clock {
+            let mut tick = match clock {
                 Clock::Virtual => feed.next_tick_virtual(),
                 Clock::Real => feed.next_tick(tickfan_proto::unix_now_ns()),
             };
+            if args.event_time {
+                tick.et = tick.ts;
+            }
             out.write(&tick)?;
         }
         return out.flush();
@@ -211,7 +223,11 @@ fn run(
                 }
             });
         }
-        let opts = PaceOptions { clock, min_batch_interval: Duration::from_micros(args.batch_us) };
+        let opts = PaceOptions {
+            clock,
+            min_batch_interval: Duration::from_micros(args.batch_us),
+            event_time: args.event_time,
+        };
         feed.run_paced_with(&stop, opts, |batch| {
             if result.is_err() {
                 return;
@@ -248,25 +264,32 @@ struct NdjsonWriter<W: Write> {
     symbols: SymbolTable,
     /// The line being encoded.
     line: Vec<u8>,
+    /// Timestamps in microseconds (`--micros`).
+    micros: bool,
 }
 
 impl<W: Write> NdjsonWriter<W> {
     /// A writer that has written the feed's first line: the symbols announcement.
-    fn new(out: W, symbols: SymbolTable, epoch: String) -> io::Result<Self> {
+    fn new(out: W, symbols: SymbolTable, epoch: String, micros: bool) -> io::Result<Self> {
         let mut out = BufWriter::with_capacity(64 << 10, out);
         let mut line =
             Announcement { epoch: Some(epoch), symbols: symbols.iter().cloned().collect() }
                 .to_line();
         line.push(b'\n');
         out.write_all(&line)?;
-        Ok(NdjsonWriter { out, symbols, line: Vec::new() })
+        Ok(NdjsonWriter { out, symbols, line: Vec::new(), micros })
     }
 }
 
 impl<W: Write> Sink for NdjsonWriter<W> {
     fn write(&mut self, tick: &Tick) -> io::Result<()> {
         self.line.clear();
-        write_tick_json(&mut self.line, tick, self.symbols.get(tick.sym));
+        let symbol = self.symbols.get(tick.sym);
+        if self.micros {
+            write_tick_message(&mut self.line, tick, symbol, None);
+        } else {
+            write_tick_json(&mut self.line, tick, symbol);
+        }
         self.line.push(b'\n');
         self.out.write_all(&self.line)
     }

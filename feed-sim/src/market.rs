@@ -73,7 +73,7 @@ impl Outbox {
         let sym = sym as SymbolIdx;
         let seq = &mut self.last_seq[ChannelId::new(body.kind(), sym).index()];
         *seq += 1;
-        self.queue.push_back(Tick { sym, seq: *seq, ts: 0, body });
+        self.queue.push_back(Tick { sym, seq: *seq, ts: 0, et: 0, body });
     }
 }
 

@@ -941,6 +941,7 @@ mod tests {
             sym: 0,
             seq,
             ts: seq,
+            et: 0,
             body: TickBody::Book(BookDelta { bids: vec![Level { px, qty: 1 }], asks: vec![] }),
         };
         let frames: Vec<Frame> =

@@ -163,6 +163,12 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_FEED_BATCH_US", default_value_t = 250)]
     pub feed_batch_us: u64,
 
+    /// The embedded feed stamps each tick with the simulated exchange's event time too: data
+    /// messages then carry `et` (when the event was due, up to a batch before `ts`) beside
+    /// `ts`, as they do from a source that gives it.
+    #[arg(long, env = "TICKFAN_EVENT_TIME")]
+    pub event_time: bool,
+
     /// Longest time, in microseconds, a busy worker holds the frames of its fat streams
     /// (connections whose last write carried several frames) to write more in one syscall:
     /// each write costs several µs of kernel CPU whatever it carries. Thin streams are written

@@ -384,7 +384,7 @@ mod tests {
 
     fn trade(ts: u64, px: i64, qty: i64) -> Tick {
         let body = TickBody::Trade(Trade { id: ts, px, qty, side: Side::Buy });
-        Tick { sym: 0, seq: ts, ts, body }
+        Tick { sym: 0, seq: ts, et: 0, ts, body }
     }
 
     fn json(d: &Due) -> serde_json::Value {
@@ -401,7 +401,7 @@ mod tests {
         let t0 = 1_700_000_000 * S;
         d.observe(&trade(t0, 10_000, 5));
         let quote = TickBody::Quote(Quote { bid: 9_990, bsz: 1, ask: 10_010, asz: 2 });
-        d.observe(&Tick { sym: 0, seq: 1, ts: t0, body: quote });
+        d.observe(&Tick { sym: 0, seq: 1, ts: t0, et: 0, body: quote });
         let due: Vec<Due> = d.due().collect();
         let ticker: Vec<&Due> = due.iter().filter(|x| x.ch.kind() == Kind::Ticker).collect();
         assert_eq!(ticker.len(), 1);
@@ -428,6 +428,7 @@ mod tests {
             sym: 0,
             seq: 9,
             ts: t0 + 5 * S,
+            et: 0,
             body: TickBody::Book(Default::default()),
         });
         assert!(d.due().all(|x| x.ch.kind() != Kind::Ticker));
@@ -469,6 +470,7 @@ mod tests {
             sym: 0,
             seq: 99,
             ts: t0 + 90 * S,
+            et: 0,
             body: TickBody::Book(Default::default()),
         });
         let got = one_minute(d.due().collect());
@@ -480,6 +482,7 @@ mod tests {
             sym: 0,
             seq: 100,
             ts: t0 + 150 * S,
+            et: 0,
             body: TickBody::Book(Default::default()),
         });
         let got = one_minute(d.due().collect());

@@ -722,9 +722,11 @@ impl Shard {
         self.conns.iter().any(|(_, c)| c.stats_seq.is_some())
     }
 
-    /// Sends a `sys.stats` message (`{"ch":"sys.stats","seq":N,"ts":ts,` + `body`) to every
-    /// subscriber whose queue has room, then flushes them.
-    pub fn publish_stats(&mut self, ts: u64, body: &str) {
+    /// Sends a `sys.stats` message (`{"ch":"sys.stats","seq":N,"ts":ts,` + `body`, `ts` given
+    /// in Unix nanoseconds and written in microseconds) to every subscriber whose queue has
+    /// room, then flushes them.
+    pub fn publish_stats(&mut self, ts_ns: u64, body: &str) {
+        let ts = tickfan_proto::micros(ts_ns);
         let Shard { conns, dirty, .. } = self;
         for (key, conn) in conns.iter_mut() {
             let Some(seq) = conn.stats_seq else { continue };

@@ -250,6 +250,9 @@ fn upgrade(
         return refuse(&ctx, Refusal::Origin, None);
     }
     let query = req.uri().query().unwrap_or("");
+    if let Some(refused) = version_refused(query) {
+        return refused;
+    }
     let admitted = match &ctx.auth {
         None => None,
         Some(auth) => {
@@ -308,6 +311,27 @@ pub(crate) fn refuse(ctx: &WorkerCtx, why: Refusal, detail: Option<&str>) -> Res
         resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     resp
+}
+
+/// `?v=N`: a client may name the protocol version it speaks; a gateway serves only its own
+/// (`docs/protocol.md`, "Versions"), and answers any other with 400 rather than messages the
+/// client would misread.
+pub(crate) fn version_refused(query: &str) -> Option<Response<Full<Bytes>>> {
+    let asked = query_param(query, "v")?;
+    let ours = tickfan_proto::PROTOCOL_VERSION;
+    if asked == ours.to_string() {
+        return None;
+    }
+    let asked: String = asked.chars().filter(|c| c.is_ascii_graphic()).take(16).collect();
+    let mut resp = text(
+        StatusCode::BAD_REQUEST,
+        &format!(
+            "protocol version {asked:?} is not served here: this gateway speaks protocol v{ours} \
+             (docs/protocol.md, \"Versions\"); connect with ?v={ours} or without v\n"
+        ),
+    );
+    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    Some(resp)
 }
 
 /// Whether the handshake's `Origin` may connect: any when no list is configured, and always

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use tickfan_proto::book::CHECKSUM_DEPTH;
-use tickfan_proto::encode::{write_book_snapshot_json, write_tick_json_with_crc};
+use tickfan_proto::encode::{write_book_snapshot_message, write_tick_message};
 use tickfan_proto::{
     unix_now_ns, ChannelId, ChannelSpec, Kind, L2Book, SymbolTable, Tick, TickBody,
 };
@@ -374,7 +374,7 @@ impl Market {
             _ => None,
         };
         json.clear();
-        write_tick_json_with_crc(json, tick, sym, crc);
+        write_tick_message(json, tick, sym, crc);
         self.record(st, ch, tick.seq, tick.ts, json)
     }
 
@@ -477,7 +477,7 @@ impl Market {
         st.history.clear();
         st.cleared_at = self.next_pos.fetch_add(1, Ordering::SeqCst);
         json.clear();
-        write_book_snapshot_json(json, st.book(), sym, snapshot.seq, snapshot.ts);
+        write_book_snapshot_message(json, st.book(), sym, snapshot.seq, snapshot.ts);
         self.frame(ch, snapshot.seq, snapshot.ts, json)
     }
 
@@ -587,7 +587,7 @@ impl Market {
                     crc,
                 );
             } else {
-                write_book_snapshot_json(&mut json, st.book(), sym, st.last_seq, st.last_ts);
+                write_book_snapshot_message(&mut json, st.book(), sym, st.last_seq, st.last_ts);
             }
             st.last_seq
         };

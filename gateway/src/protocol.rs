@@ -219,9 +219,9 @@ pub fn reply(op: &str, id: &Option<Value>, fields: Value) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
 }
 
-/// `{"op":"pong","id":…,"ts":now}`.
+/// `{"op":"pong","id":…,"ts":now}`, `ts` in Unix microseconds like every `ts` clients get.
 pub fn pong(id: &Option<Value>, now_ns: u64) -> Vec<u8> {
-    reply("pong", id, json!({ "ts": now_ns }))
+    reply("pong", id, json!({ "ts": tickfan_proto::micros(now_ns) }))
 }
 
 #[cfg(test)]

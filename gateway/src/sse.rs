@@ -276,6 +276,9 @@ fn admit(
         return Err(Box::new(crate::http::refuse(ctx, Refusal::Origin, None)));
     }
     let query = req.uri().query().unwrap_or("");
+    if let Some(refused) = crate::http::version_refused(query) {
+        return Err(Box::new(refused));
+    }
     let admitted = match &ctx.auth {
         None => None,
         Some(auth) => {

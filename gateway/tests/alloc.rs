@@ -28,7 +28,7 @@ fn a_lagging_reader_costs_no_allocation_while_behind_nor_when_caught_up() {
     // (trades: gap, quotes: conflate), declared, and caught up in each fast phase.
     let lagging = Readers::Lagging { slow: 40, fast: 10 };
     let mut f = Fanout::new(4, 64 << 10, lagging, &[Kind::Trades, Kind::Quotes]);
-    f.run(3000); // sixty cycles
+    f.run(5000); // a hundred cycles
     let t = f.run(2000);
     assert!(t.dropped > t.delivered / 10 && t.notices > 1000, "the readers must lag: {t:?}");
     assert_eq!(t.allocations, 0, "allocations over {} delivered messages: {t:?}", t.delivered);

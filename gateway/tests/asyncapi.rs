@@ -119,7 +119,8 @@ fn every_json_example_of_protocol_md_validates() {
 }
 
 /// The schemas are strict enough to matter: a renamed field, a float price, an unknown book
-/// form, a seq of 0, an unknown error code and a request sent back as a reply are refused.
+/// form, a seq of 0, a timestamp in nanoseconds (protocol v1's, beyond JavaScript's exact
+/// integers), an unknown error code and a request sent back as a reply are refused.
 #[test]
 fn the_validator_refuses_what_the_protocol_does_not_allow() {
     let good =
@@ -130,6 +131,8 @@ fn the_validator_refuses_what_the_protocol_does_not_allow() {
         r#"{"ch":"trades.BTC-USD","seq":1,"ts":1,"id":9,"price":"1.50","qty":"0.1000","side":"buy"}"#,
         r#"{"ch":"trades.BTC-USD","seq":1,"ts":1,"id":9,"px":1.5,"qty":"0.1000","side":"buy"}"#,
         r#"{"ch":"trades.BTC-USD","seq":0,"ts":1,"id":9,"px":"1.50","qty":"0.1000","side":"buy"}"#,
+        r#"{"ch":"trades.BTC-USD","seq":1,"ts":1764028800123456789,"id":9,"px":"1.50","qty":"0.1000","side":"buy"}"#,
+        r#"{"ch":"trades.BTC-USD","seq":1,"ts":1,"et":"1","id":9,"px":"1.50","qty":"0.1000","side":"buy"}"#,
         r#"{"ch":"book.BTC-USD@7","seq":1,"ts":1,"type":"update","bids":[],"asks":[],"crc":1}"#,
         r#"{"ch":"book.BTC-USD","seq":1,"ts":1,"type":"update","bids":[["1.00"]],"asks":[],"crc":1}"#,
         r#"{"op":"error","code":"oops","msg":"x"}"#,
@@ -333,10 +336,10 @@ async fn fed_traffic(all: &mut Collected) {
     };
     let lines = [
         trade(1),
-        r#"{"ch":"quotes.BTC-USD","seq":1,"ts":2,"bid":"64123.00","bsz":"1.2000","ask":"64123.50","asz":"0.4000"}"#.into(),
-        r#"{"ch":"book.BTC-USD","seq":1,"ts":3,"type":"update","bids":[["64123.00","1.2000"],["64122.50","0.5000"]],"asks":[["64123.50","0.4000"]]}"#.into(),
+        r#"{"ch":"quotes.BTC-USD","seq":1,"ts":1764028800123456789,"et":1764028800123000000,"bid":"64123.00","bsz":"1.2000","ask":"64123.50","asz":"0.4000"}"#.into(),
+        r#"{"ch":"book.BTC-USD","seq":1,"ts":3,"et":2,"type":"update","bids":[["64123.00","1.2000"],["64122.50","0.5000"]],"asks":[["64123.50","0.4000"]]}"#.into(),
         r#"{"ch":"book.BTC-USD","seq":2,"ts":4,"type":"update","bids":[["64122.50","0"]],"asks":[]}"#.into(),
-        r#"{"ch":"instruments.ETH-USD","seq":1,"ts":5,"status":"halted"}"#.into(),
+        r#"{"ch":"instruments.ETH-USD","seq":1,"ts":5,"et":5,"status":"halted"}"#.into(),
         trade(4),
     ];
     stdin.write_all((lines.join("\n") + "\n").as_bytes()).await.unwrap();

@@ -20,6 +20,11 @@ fn mantissa(v: &Value) -> i64 {
     v.as_str().unwrap_or_else(|| panic!("a decimal string: {v}")).replace('.', "").parse().unwrap()
 }
 
+/// A message's `ts` (Unix microseconds) in nanoseconds, the feed's unit.
+fn ts_ns(msg: &serde_json::Value) -> u64 {
+    msg["ts"].as_u64().unwrap_or_else(|| panic!("an integer ts: {msg}")) * 1000
+}
+
 #[derive(Debug)]
 struct Trade {
     ts: u64,
@@ -85,7 +90,7 @@ async fn ticker_and_candles_match_what_the_trades_and_quotes_say() {
         let ch = v["ch"].as_str().unwrap().to_owned();
         match ch.split('.').next().unwrap() {
             "trades" => trades.push(Trade {
-                ts: v["ts"].as_u64().unwrap(),
+                ts: ts_ns(&v),
                 px: mantissa(&v["px"]),
                 qty: mantissa(&v["qty"]),
             }),
@@ -114,7 +119,7 @@ async fn ticker_and_candles_match_what_the_trades_and_quotes_say() {
 
     // Each ticker: the trades and the last quote up to its time (the feed's clock).
     for t in &tickers {
-        let ts = t["ts"].as_u64().unwrap();
+        let ts = ts_ns(t);
         let upto: Vec<&Trade> = trades.iter().filter(|tr| tr.ts <= ts).collect();
         assert_eq!(t["trades"].as_u64(), Some(upto.len() as u64), "{t}");
         let (open, high, low, last, volume, _) = ohlcv(&upto);
@@ -124,7 +129,7 @@ async fn ticker_and_candles_match_what_the_trades_and_quotes_say() {
             (open, high, low, last, volume),
             "{t}"
         );
-        match quotes.iter().rev().find(|q| q["ts"].as_u64().unwrap() <= ts) {
+        match quotes.iter().rev().find(|q| ts_ns(q) <= ts) {
             Some(quote) => {
                 for f in ["bid", "bsz", "ask", "asz"] {
                     assert_eq!(t[f], quote[f], "{t} vs {quote}");
@@ -135,7 +140,7 @@ async fn ticker_and_candles_match_what_the_trades_and_quotes_say() {
     }
     // Tickers are conflated: one per second of feed time at most.
     for pair in tickers.windows(2) {
-        let gap = pair[1]["ts"].as_u64().unwrap() - pair[0]["ts"].as_u64().unwrap();
+        let gap = ts_ns(&pair[1]) - ts_ns(&pair[0]);
         assert!(gap >= 1_000_000_000, "{} then {}", pair[0], pair[1]);
     }
 
@@ -147,7 +152,7 @@ async fn ticker_and_candles_match_what_the_trades_and_quotes_say() {
             if k["ch"].as_str().unwrap().ends_with(".1m") { MINUTE_NS } else { 5 * MINUTE_NS };
         let start = k["start"].as_u64().unwrap() * 1_000_000;
         assert_eq!(start % len, 0, "aligned: {k}");
-        let ts = k["ts"].as_u64().unwrap();
+        let ts = ts_ns(k);
         assert!(ts >= start && ts < start + len, "{k}");
         let within: Vec<&Trade> = trades
             .iter()

@@ -1,4 +1,4 @@
-//! Protocol v1 against a real gateway: requests, replies, id echo, and every kind of bad input.
+//! Protocol v2 against a real gateway: requests, replies, id echo, and every kind of bad input.
 
 mod support;
 
@@ -9,6 +9,37 @@ use serde_json::json;
 use support::{
     start_gateway, start_gateway_with, without_epoch, Client, Msg, ObserveJson, SeqCheck,
 };
+
+/// `--event-time`: the embedded feed stamps the simulated exchange's time, and every data
+/// message of a feed event carries it as `et`, at or before `ts` (the batch's publish time).
+#[tokio::test]
+async fn the_embedded_feed_can_stamp_the_exchange_event_time() {
+    let gw = start_gateway_with(|c| c.event_time = true);
+    let mut c = Client::connect(gw.local_addr(), "/ws?streams=trades.*,quotes.*,book.*").await;
+    assert_eq!(c.reply().await["op"], "subscribed");
+    let (mut updates, mut behind) = (0, 0);
+    while updates < 300 {
+        let v = c.recv_json().await;
+        if v["type"] == "snapshot" {
+            assert!(v.get("et").is_none(), "a snapshot is a state, not an event: {v}");
+            continue;
+        }
+        let (ts, et) = (v["ts"].as_u64().unwrap(), v["et"].as_u64().unwrap_or_default());
+        assert!(et > 0 && et <= ts && ts - et < 2_000_000, "et at or before ts: {v}");
+        updates += 1;
+        behind += usize::from(et < ts);
+    }
+    // Events fall due between batches (250 µs apart): most are published after their time.
+    assert!(behind > 100, "only {behind} of {updates} events before their batch");
+    // Without the flag, no `et`.
+    let gw = start_gateway();
+    let mut c = Client::connect(gw.local_addr(), "/ws?streams=trades.*").await;
+    c.reply().await;
+    for _ in 0..20 {
+        let v = c.recv_json().await;
+        assert!(v.get("et").is_none(), "{v}");
+    }
+}
 
 #[tokio::test]
 async fn subscribe_receive_unsubscribe_with_id_echo() {
@@ -24,13 +55,14 @@ async fn subscribe_receive_unsubscribe_with_id_echo() {
     );
 
     let mut seq = SeqCheck::default();
-    let now = tickfan_proto::unix_now_ns();
+    let now = tickfan_proto::unix_now_ns() / 1000;
     while seq.messages < 200 {
         let v = c.recv_json().await;
         let ch = v["ch"].as_str().expect("data message has ch");
         assert!(ch == "trades.BTC-USD" || ch == "quotes.BTC-USD", "{v}");
         let ts = v["ts"].as_u64().unwrap();
-        assert!(ts.abs_diff(now) < 30_000_000_000, "ts is Unix ns of now: {ts}");
+        // Unix microseconds of now (protocol v2): exact in JavaScript, below 2^53.
+        assert!(ts.abs_diff(now) < 30_000_000 && ts < 1 << 53, "ts is Unix µs of now: {ts}");
         let price = if ch.starts_with("trades") { &v["px"] } else { &v["bid"] };
         let price = price.as_str().expect("prices are strings");
         assert!(price.parse::<f64>().unwrap() > 0.0 && price.contains('.'), "{price}");
@@ -53,7 +85,7 @@ async fn subscribe_receive_unsubscribe_with_id_echo() {
 
     let pong = c.request(json!({"op":"ping","id":3})).await;
     assert_eq!((pong["op"].as_str(), pong["id"].as_u64()), (Some("pong"), Some(3)));
-    assert!(pong["ts"].as_u64().unwrap() >= now);
+    assert!(pong["ts"].as_u64().unwrap() >= now && pong["ts"].as_u64().unwrap() < 1 << 53);
 
     let syms = c.request(json!({"op":"symbols","id":4})).await;
     let names = syms["symbols"].as_array().unwrap();
@@ -290,7 +322,8 @@ async fn sys_stats_reports_the_gateway_once_a_second() {
     }
     for (i, s) in stats.iter().enumerate() {
         assert_eq!(s["seq"], json!(i as u64 + 1), "{s}");
-        assert!(s["ts"].as_u64().unwrap() > 1_700_000_000_000_000_000, "{s}");
+        let ts = s["ts"].as_u64().unwrap();
+        assert!(ts > 1_700_000_000_000_000 && ts < 1 << 53, "Unix µs: {s}");
         assert_eq!(s["connections"], 1, "{s}");
         assert!((900..=1500).contains(&s["interval_ms"].as_u64().unwrap()), "{s}");
     }
@@ -333,4 +366,35 @@ async fn an_unmasked_client_frame_closes_with_1002() {
     assert!(!String::from_utf8_lossy(&rest).contains("pong"), "answered an unmasked frame");
     let close = rest.windows(4).position(|w| w[0] == 0x88 && w[2..4] == [0x03, 0xEA]);
     assert!(close.is_some(), "no 1002 close in {rest:?}");
+}
+
+/// `?v=`: a client may name the protocol version it speaks. The gateway's own (2) or none
+/// connects; any other gets 400 saying which version is served, on `/ws` and on `/sse`.
+#[tokio::test]
+async fn a_client_naming_another_protocol_version_is_told_which_one_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start_gateway();
+    let addr = gw.local_addr();
+    let mut c = Client::connect(addr, "/ws?v=2&streams=trades.BTC-USD").await;
+    assert_eq!(c.reply().await["op"], "subscribed");
+    assert!(c.recv_json().await["ts"].as_u64().unwrap() < 1 << 53);
+    let answer = |request: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        let read = s.read_to_string(&mut out);
+        tokio::time::timeout(Duration::from_secs(5), read).await.unwrap().unwrap();
+        out
+    };
+    for v in ["1", "3", "2.0", "%00x"] {
+        let upgrade = format!(
+            "GET /ws?v={v} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let sse = format!("GET /sse?streams=trades.BTC-USD&v={v} HTTP/1.1\r\nHost: x\r\n\r\n");
+        for out in [answer(upgrade).await, answer(sse).await] {
+            assert!(out.starts_with("HTTP/1.1 400"), "v={v}: {out}");
+            assert!(out.contains("this gateway speaks protocol v2"), "v={v}: {out}");
+        }
+    }
 }

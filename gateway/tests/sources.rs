@@ -36,7 +36,7 @@ fn trade_line(symbols: &SymbolTable, seq: u64, ts: u64) -> Vec<u8> {
     let body =
         TickBody::Trade(Trade { id: seq, px: 6_400_000 + seq as i64, qty: 15, side: Side::Buy });
     let mut line = Vec::new();
-    write_tick_json(&mut line, &Tick { sym: 0, seq, ts, body }, symbols.get(0));
+    write_tick_json(&mut line, &Tick { sym: 0, seq, ts, et: 0, body }, symbols.get(0));
     line.push(b'\n');
     line
 }
@@ -98,6 +98,52 @@ async fn ticks_on_stdin_give_the_same_bytes_as_the_embedded_feed() {
             "message {i} differs"
         );
     }
+}
+
+/// Protocol v2's timestamps: the feed's nanoseconds reach clients as microseconds (exact in
+/// JavaScript), the exchange's event time `et` right after `ts` when the feed gives it, and a
+/// recording of a gateway's messages (microseconds) reads as the same instants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_reach_clients_in_microseconds_with_the_exchange_time_when_given() {
+    let symbols = two_symbols();
+    let (_child, mut stdin, addr) = spawn_tickfan_fed(&[], &announcement(&symbols, "e1")).await;
+    let mut c = Client::connect(addr, "/ws?streams=trades.BTC-USD,quotes.BTC-USD").await;
+    next_op(&mut c).await;
+    let trade = |seq: u64, ts: u64, et: u64| {
+        let body = TickBody::Trade(Trade { id: seq, px: 6_400_000, qty: 15, side: Side::Sell });
+        let mut line = Vec::new();
+        write_tick_json(&mut line, &Tick { sym: 0, seq, ts, et, body }, symbols.get(0));
+        line.push(b'\n');
+        line
+    };
+    let mut feed = trade(1, 1_764_028_800_123_456_789, 1_764_028_800_123_000_999);
+    feed.extend(trade(2, 1_764_028_800_124_000_000, 0));
+    // As a client got them (a recording): microseconds.
+    feed.extend(
+        br#"{"ch":"trades.BTC-USD","seq":3,"ts":1764028800125001,"et":1764028800124999,"id":3,"px":"64000.00","qty":"0.0015","side":"sell"}"#,
+    );
+    feed.extend(b"\n");
+    feed.extend(br#"{"ch":"quotes.BTC-USD","seq":1,"ts":1764028800126000123,"et":1764028800125999000,"bid":"1.00","bsz":"1","ask":"2.00","asz":"1"}"#);
+    feed.extend(b"\n");
+    stdin.write_all(&feed).await.unwrap();
+    stdin.flush().await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(String::from_utf8(next_data(&mut c).await.1).unwrap());
+    }
+    assert_eq!(
+        got,
+        [
+            r#"{"ch":"trades.BTC-USD","seq":1,"ts":1764028800123456,"et":1764028800123000,"id":1,"px":"64000.00","qty":"0.0015","side":"sell"}"#,
+            r#"{"ch":"trades.BTC-USD","seq":2,"ts":1764028800124000,"id":2,"px":"64000.00","qty":"0.0015","side":"sell"}"#,
+            r#"{"ch":"trades.BTC-USD","seq":3,"ts":1764028800125001,"et":1764028800124999,"id":3,"px":"64000.00","qty":"0.0015","side":"sell"}"#,
+            r#"{"ch":"quotes.BTC-USD","seq":1,"ts":1764028800126000,"et":1764028800125999,"bid":"1.00","bsz":"1.0000","ask":"2.00","asz":"1.0000"}"#,
+        ]
+    );
+    // A pong's ts is microseconds too.
+    let pong = c.request(json!({"op": "ping", "id": 1})).await;
+    let now = tickfan_proto::unix_now_ns() / 1000;
+    assert!(pong["ts"].as_u64().unwrap().abs_diff(now) < 10_000_000, "{pong}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +336,7 @@ fn book_line(symbols: &SymbolTable, seq: u64, book: &L2Book, delta: Option<&Book
     let mut line = Vec::new();
     match delta {
         Some(d) => {
-            let t = Tick { sym: 0, seq, ts: seq, body: TickBody::Book(d.clone()) };
+            let t = Tick { sym: 0, seq, ts: seq, et: 0, body: TickBody::Book(d.clone()) };
             write_tick_json(&mut line, &t, symbols.get(0));
         }
         None => write_book_snapshot_json(&mut line, book, symbols.get(0), seq, seq),

@@ -2,30 +2,53 @@
 //!
 //! Hand-written rather than serde: these run once per tick on the producer's hot path, append
 //! into a caller-owned buffer and never allocate once the buffer has grown. Field order is fixed
-//! (`ch`, `seq`, `ts`, then the body) so that equal ticks encode to equal bytes.
+//! (`ch`, `seq`, `ts`, `et` when known, then the body) so that equal ticks encode to equal
+//! bytes. The same layout serves the feed format (`feed-sim`'s lines, timestamps in
+//! nanoseconds) and clients (timestamps in microseconds, book checksums).
 
 use crate::book::L2Book;
 use crate::channel::Kind;
 use crate::decimal::write_decimal;
 use crate::tick::{Level, Symbol, Tick, TickBody};
 
-/// Appends the data message of `tick` (published on a channel of symbol `sym`) to `buf`.
-/// Book updates carry no `crc` here (feed-sim's NDJSON); the gateway, which keeps the books,
-/// uses [`write_tick_json_with_crc`].
+/// Appends the feed line of `tick` (published on a channel of symbol `sym`) to `buf`: the
+/// feed format (`docs/feed-format.md`), timestamps in nanoseconds, a book update without
+/// `crc`. What `feed-sim` writes.
 pub fn write_tick_json(buf: &mut Vec<u8>, tick: &Tick, sym: &Symbol) {
-    write_tick_json_with_crc(buf, tick, sym, None);
+    write_tick(buf, tick, sym, None, Clock::Nanos);
 }
 
-/// [`write_tick_json`], with `"crc":book_crc` last in a book update when given: the checksum of
-/// the book after the update ([`L2Book::checksum`](crate::book::L2Book::checksum)).
-pub fn write_tick_json_with_crc(
-    buf: &mut Vec<u8>,
-    tick: &Tick,
-    sym: &Symbol,
-    book_crc: Option<u32>,
-) {
+/// Appends the data message of `tick` as clients get it (`docs/protocol.md`, "Data
+/// messages"): timestamps in microseconds, and `"crc":book_crc` last in a book update when
+/// given (the checksum of the book after the update, [`L2Book::checksum`]).
+pub fn write_tick_message(buf: &mut Vec<u8>, tick: &Tick, sym: &Symbol, book_crc: Option<u32>) {
+    write_tick(buf, tick, sym, book_crc, Clock::Micros);
+}
+
+/// The unit timestamps are written in: nanoseconds in the feed, microseconds to clients
+/// (protocol v2: JavaScript reads integers exactly only up to 2^53).
+#[derive(Clone, Copy)]
+enum Clock {
+    Nanos,
+    Micros,
+}
+
+impl Clock {
+    fn of(self, ns: u64) -> u64 {
+        match self {
+            Clock::Nanos => ns,
+            Clock::Micros => crate::micros(ns),
+        }
+    }
+}
+
+fn write_tick(buf: &mut Vec<u8>, tick: &Tick, sym: &Symbol, book_crc: Option<u32>, clock: Clock) {
     let mut n = itoa::Buffer::new();
-    write_head(buf, tick.body.kind().as_str(), &sym.name, tick.seq, tick.ts);
+    write_head(buf, tick.body.kind().as_str(), &sym.name, tick.seq, clock.of(tick.ts));
+    if tick.et != 0 {
+        buf.extend_from_slice(b",\"et\":");
+        buf.extend_from_slice(n.format(clock.of(tick.et)).as_bytes());
+    }
     let (ps, qs) = (sym.px_scale, sym.qty_scale);
     match &tick.body {
         TickBody::Trade(t) => {
@@ -56,16 +79,30 @@ pub fn write_tick_json_with_crc(
     buf.push(b'}');
 }
 
-/// Appends a book `snapshot` of channel `book.<sym>`: every level of `book`, as of `seq`
-/// (the seq of the last update applied, 0 before any) and that update's `ts`.
+/// Appends the feed line of a book `snapshot` of `sym` (nanoseconds, no `crc`): every level
+/// of `book`, as of `seq` (the seq of the last update it includes) and that update's `ts`.
 pub fn write_book_snapshot_json(buf: &mut Vec<u8>, book: &L2Book, sym: &Symbol, seq: u64, ts: u64) {
     write_head(buf, Kind::Book.as_str(), &sym.name, seq, ts);
+    write_book_body(buf, "snapshot", &book.bids, &book.asks, sym, None);
+}
+
+/// Appends the message of a book `snapshot` of channel `book.<sym>` as clients get it: every
+/// level of `book`, as of `seq` (the seq of the last update applied, 0 before any) and that
+/// update's `ts` (nanoseconds, written in microseconds), with the book's `crc`.
+pub fn write_book_snapshot_message(
+    buf: &mut Vec<u8>,
+    book: &L2Book,
+    sym: &Symbol,
+    seq: u64,
+    ts: u64,
+) {
+    write_head(buf, Kind::Book.as_str(), &sym.name, seq, crate::micros(ts));
     let crc = book.checksum(sym.px_scale, sym.qty_scale);
     write_book_body(buf, "snapshot", &book.bids, &book.asks, sym, Some(crc));
 }
 
-/// A book message (`snapshot` or `update` of `bids` and `asks`, with `crc`) on channel
-/// `channel` (a form of the book: `book.BTC-USD@10`).
+/// A book message to clients (`snapshot` or `update` of `bids` and `asks`, with `crc`) on
+/// channel `channel` (a form of the book: `book.BTC-USD@10`); `ts` in nanoseconds.
 #[allow(clippy::too_many_arguments)]
 pub fn write_book_json_on(
     buf: &mut Vec<u8>,
@@ -82,15 +119,17 @@ pub fn write_book_json_on(
     write_book_body(buf, kind, bids, asks, sym, Some(crc));
 }
 
-/// `{"ch":"<channel>","seq":N,"ts":N`: the head of a data message, for messages built
-/// elsewhere (the gateway's derived channels).
+/// `{"ch":"<channel>","seq":N,"ts":N`: the head of a data message to clients, for messages
+/// built elsewhere (the gateway's derived channels); `ts` in nanoseconds, written in
+/// microseconds.
 pub fn write_message_head(buf: &mut Vec<u8>, channel: &str, seq: u64, ts: u64) {
     buf.extend_from_slice(b"{\"ch\":\"");
     buf.extend_from_slice(channel.as_bytes());
-    write_seq_ts(buf, seq, ts);
+    write_seq_ts(buf, seq, crate::micros(ts));
 }
 
-/// `{"ch":"<kind>.<sym>","seq":N,"ts":N`: the fixed head of every data message.
+/// `{"ch":"<kind>.<sym>","seq":N,"ts":N`: the fixed head of every data message, `ts` as
+/// written.
 fn write_head(buf: &mut Vec<u8>, kind: &str, sym: &str, seq: u64, ts: u64) {
     buf.extend_from_slice(b"{\"ch\":\"");
     buf.extend_from_slice(kind.as_bytes());
@@ -205,9 +244,9 @@ mod tests {
     }
 
     fn enc(body: TickBody) -> serde_json::Value {
-        let tick = Tick { sym: 0, seq: 18235, ts: 1764028800123456789, body };
+        let tick = Tick { sym: 0, seq: 18235, ts: 1764028800123456789, et: 0, body };
         let mut buf = Vec::new();
-        write_tick_json(&mut buf, &tick, &btc());
+        write_tick_message(&mut buf, &tick, &btc(), None);
         serde_json::from_slice(&buf).expect("encoder writes valid JSON")
     }
 
@@ -216,9 +255,29 @@ mod tests {
         let v = enc(TickBody::Trade(Trade { id: 991, px: 6412350, qty: 150, side: Side::Buy }));
         assert_eq!(
             v,
-            serde_json::json!({"ch":"trades.BTC-USD","seq":18235,"ts":1764028800123456789u64,
+            serde_json::json!({"ch":"trades.BTC-USD","seq":18235,"ts":1764028800123456u64,
                 "id":991,"px":"64123.50","qty":"0.0150","side":"buy"})
         );
+    }
+
+    #[test]
+    fn clients_get_microseconds_and_the_feed_nanoseconds_with_the_event_time_after_ts() {
+        let trade = TickBody::Trade(Trade { id: 991, px: 6412350, qty: 150, side: Side::Buy });
+        let tick =
+            Tick { sym: 0, seq: 7, ts: 1764028800123456789, et: 1764028800123000999, body: trade };
+        let mut buf = Vec::new();
+        write_tick_message(&mut buf, &tick, &btc(), None);
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            r#"{"ch":"trades.BTC-USD","seq":7,"ts":1764028800123456,"et":1764028800123000,"id":991,"px":"64123.50","qty":"0.0150","side":"buy"}"#
+        );
+        // JavaScript reads every integer up to 2^53 exactly: microseconds stay below it.
+        assert!(crate::micros(tick.ts) < 1 << 53 && tick.ts > 1 << 53);
+        buf.clear();
+        write_tick_json(&mut buf, &tick, &btc());
+        assert!(std::str::from_utf8(&buf)
+            .unwrap()
+            .starts_with(r#"{"ch":"trades.BTC-USD","seq":7,"ts":1764028800123456789,"et":1764028800123000999,"id""#));
     }
 
     #[test]
@@ -240,25 +299,32 @@ mod tests {
         let tick = Tick {
             sym: 0,
             seq: 9,
-            ts: 5,
+            ts: 5_000,
+            et: 0,
             body: TickBody::Book(BookDelta {
                 bids: vec![Level { px: 6412300, qty: 12000 }],
                 asks: vec![],
             }),
         };
         let mut buf = Vec::new();
-        write_tick_json_with_crc(&mut buf, &tick, &btc(), Some(42));
+        write_tick_message(&mut buf, &tick, &btc(), Some(42));
         assert_eq!(
             std::str::from_utf8(&buf).unwrap(),
             r#"{"ch":"book.BTC-USD","seq":9,"ts":5,"type":"update","bids":[["64123.00","1.2000"]],"asks":[],"crc":42}"#
         );
         let book = L2Book { bids: vec![Level { px: 6412300, qty: 12000 }], asks: vec![] };
         buf.clear();
-        write_book_snapshot_json(&mut buf, &book, &btc(), 9, 5);
+        write_book_snapshot_message(&mut buf, &book, &btc(), 9, 5_000);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["type"], "snapshot");
-        assert_eq!(v["seq"], 9);
+        assert_eq!((&v["seq"], &v["ts"]), (&9.into(), &5.into()));
         assert_eq!(v["crc"], book.checksum(2, 4));
+        buf.clear();
+        write_book_snapshot_json(&mut buf, &book, &btc(), 9, 5_000);
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            r#"{"ch":"book.BTC-USD","seq":9,"ts":5000,"type":"snapshot","bids":[["64123.00","1.2000"]],"asks":[]}"#
+        );
     }
 
     #[test]

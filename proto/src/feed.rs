@@ -4,8 +4,9 @@
 //! - first, a **symbols announcement**: `{"op":"symbols","epoch":"…","symbols":[{"name":
 //!   "BTC-USD","px_scale":2,"qty_scale":4},…]}`. It fixes the universe, the decimals of each
 //!   symbol and the publisher's epoch (the run its sequence numbers belong to);
-//! - then **ticks**, each written exactly as the protocol's data message (`ch`, `seq`, `ts`,
-//!   then the body; [`write_tick_json`](crate::encode::write_tick_json) writes them), so a
+//! - then **ticks**, each written as the protocol's data message (`ch`, `seq`, `ts`, `et` if
+//!   known, then the body; [`write_tick_json`](crate::encode::write_tick_json) writes them)
+//!   with timestamps in nanoseconds. Timestamps below 10^17 are read as microseconds, so a
 //!   recording of a gateway's output is also a feed.
 //!
 //! Parsing is strict about what a gateway relies on (known kind and symbol, decimals in the
@@ -227,6 +228,8 @@ struct RawTick<'a> {
     ch: Cow<'a, str>,
     seq: u64,
     ts: u64,
+    #[serde(default)]
+    et: Option<u64>,
     // Trades.
     id: Option<u64>,
     #[serde(borrow, default)]
@@ -290,6 +293,8 @@ pub fn parse_line(line: &[u8], symbols: &SymbolTable) -> Result<FeedLine, LineEr
     if raw.seq == 0 {
         return Err(LineError::BadField);
     }
+    // Nanoseconds, or microseconds (a recording of a gateway's messages) below 10^17.
+    let (ts, et) = (crate::ns_from_wire(raw.ts), raw.et.map_or(0, crate::ns_from_wire));
     let s = symbols.get(sym);
     let px = |v: &Option<Cow<'_, str>>| decimal(v, s.px_scale, i64::MIN);
     let qty = |v: &Option<Cow<'_, str>>| decimal(v, s.qty_scale, 0);
@@ -328,7 +333,7 @@ pub fn parse_line(line: &[u8], symbols: &SymbolTable) -> Result<FeedLine, LineEr
                     .collect()
             };
             let body = BookDelta { bids: levels(&raw.bids)?, asks: levels(&raw.asks)? };
-            let tick = Tick { sym, seq: raw.seq, ts: raw.ts, body: TickBody::Book(body) };
+            let tick = Tick { sym, seq: raw.seq, ts, et, body: TickBody::Book(body) };
             return Ok(if snapshot { FeedLine::BookSnapshot(tick) } else { FeedLine::Tick(tick) });
         }
         Kind::Instruments => TickBody::Status(match raw.status.as_deref() {
@@ -339,7 +344,7 @@ pub fn parse_line(line: &[u8], symbols: &SymbolTable) -> Result<FeedLine, LineEr
         // Derived by the gateway (and refused above).
         _ => return Err(LineError::UnknownKind),
     };
-    Ok(FeedLine::Tick(Tick { sym, seq: raw.seq, ts: raw.ts, body }))
+    Ok(FeedLine::Tick(Tick { sym, seq: raw.seq, ts, et, body }))
 }
 
 fn decimal(v: &Option<Cow<'_, str>>, scale: u8, min: i64) -> Result<i64, LineError> {
@@ -372,10 +377,34 @@ mod tests {
 
     fn round_trip(body: TickBody) {
         let t = table();
-        let tick = Tick { sym: 1, seq: 42, ts: 1_764_028_800_123_456_789, body };
+        let tick = Tick { sym: 1, seq: 42, ts: 1_764_028_800_123_456_789, et: 0, body };
         let mut line = Vec::new();
         write_tick_json(&mut line, &tick, t.get(1));
+        assert_eq!(parse_tick(&line, &t), Ok(tick.clone()));
+        let tick = Tick { et: 1_764_028_800_123_400_000, ..tick };
+        line.clear();
+        write_tick_json(&mut line, &tick, t.get(1));
         assert_eq!(parse_tick(&line, &t), Ok(tick));
+    }
+
+    #[test]
+    fn timestamps_in_microseconds_are_read_as_such() {
+        let t = table();
+        let line = |ts: &str| {
+            let l = format!(
+                r#"{{"ch":"trades.BTC-USD","seq":1,{ts},"id":1,"px":"1.00","qty":"1","side":"buy"}}"#
+            );
+            let tick = parse_tick(l.as_bytes(), &t).unwrap();
+            (tick.ts, tick.et)
+        };
+        // A gateway's message (µs) and a feed line (ns) of the same instant read alike.
+        let ns = 1_764_028_800_123_456_000;
+        assert_eq!(line(r#""ts":1764028800123456"#), (ns, 0));
+        assert_eq!(line(r#""ts":1764028800123456000"#), (ns, 0));
+        assert_eq!(line(r#""ts":1764028800123456,"et":1764028800123000"#), (ns, ns - 456_000));
+        assert_eq!(line(r#""ts":0"#), (0, 0));
+        let bad = r#"{"ch":"trades.BTC-USD","seq":1,"ts":1,"et":"soon","id":1,"px":"1.00","qty":"1","side":"buy"}"#;
+        assert_eq!(parse_tick(bad.as_bytes(), &t), Err(LineError::BadJson));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Wire types of the tickfan protocol, v1: the one place where the tick model, channel names,
+//! Wire types of the tickfan protocol, v2: the one place where the tick model, channel names,
 //! decimal prices and the JSON encoding of data messages are defined, so that `feed-sim`, the
 //! `gateway` and the `bench` client never drift apart.
 //!
@@ -19,7 +19,10 @@ pub mod tick;
 pub use book::L2Book;
 pub use channel::{ChannelId, ChannelSpec, Kind, ParseChannelError, SymbolTable};
 pub use error_code::ErrorCode;
-pub use tick::{unix_now_ns, BookDelta, Level, Quote, Side, Status, Symbol, Tick, TickBody, Trade};
+pub use tick::{
+    micros, ns_from_wire, unix_now_ns, BookDelta, Level, Quote, Side, Status, Symbol, Tick,
+    TickBody, Trade,
+};
 
 /// Protocol version spoken by this crate. A breaking change to the wire format is a new version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -108,13 +108,35 @@ impl TickBody {
     }
 }
 
-/// The system clock as the protocol's `ts`: Unix nanoseconds (0 if the clock is set before
-/// 1970, saturating far in the future). Publishers stamp ticks with it; clients subtract it
-/// from their own to measure end-to-end latency.
+/// The system clock in Unix nanoseconds (0 if the clock is set before 1970, saturating far in
+/// the future): what publishers stamp ticks with (`ts`). Clients see it in microseconds
+/// ([`micros`]) and subtract it from their own clock to measure end-to-end latency.
 pub fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A timestamp as clients get it (protocol v2): Unix **microseconds**, from Unix nanoseconds.
+/// Microseconds stay below 2^53 until the year 2255, so JavaScript's `JSON.parse` reads them
+/// exactly; nanoseconds have been beyond 2^53 since 1970 + 104 days.
+pub fn micros(ns: u64) -> u64 {
+    ns / 1000
+}
+
+/// Integers below this, read as a timestamp (a feed line's `ts` or `et`, a client message's
+/// `ts`), are microseconds; from it up, nanoseconds. 10^17 ns is March 1973, 10^17 µs the
+/// year 5138: no date a feed carries is ambiguous.
+pub const MICROS_BELOW: u64 = 100_000_000_000_000_000;
+
+/// A timestamp read from the wire in Unix nanoseconds, whichever of nanoseconds or
+/// microseconds it was written in (see [`MICROS_BELOW`]).
+pub fn ns_from_wire(v: u64) -> u64 {
+    if v < MICROS_BELOW {
+        v.saturating_mul(1000)
+    } else {
+        v
+    }
 }
 
 /// One published event on one channel (`<kind>.<symbol>`).
@@ -127,6 +149,9 @@ pub struct Tick {
     pub seq: u64,
     /// Publisher's timestamp, Unix nanoseconds. End-to-end latency is measured from it.
     pub ts: u64,
+    /// The exchange's own time of the event (its matching engine's), Unix nanoseconds, when
+    /// the source gives it; 0 when it does not.
+    pub et: u64,
     pub body: TickBody,
 }
 

@@ -188,6 +188,8 @@ pub fn start(
     let mut piped_feed = || -> anyhow::Result<std::process::ChildStdout> {
         let mut feed = pinned(&cfg.server_cpus, cfg.bin_dir.join("feed-sim"));
         feed_args(&mut feed);
+        // Timestamps as tickfan sends them, so that every server forwards the same bytes.
+        feed.arg("--micros");
         let mut feed = feed
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

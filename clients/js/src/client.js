@@ -12,6 +12,21 @@
 import { BookError, OrderBook } from './book.js';
 
 /** Reconnect backoff: the first delay, and the most it doubles up to (milliseconds). */
+/**
+ * The protocol version this client speaks, named in the URL (`?v=2`): a gateway that serves
+ * another answers 400 instead of messages this client would misread.
+ */
+export const PROTOCOL_VERSION = 2;
+
+/**
+ * `url` with `v=PROTOCOL_VERSION` in its query unless it names a version already.
+ * @param {string} url
+ */
+export function withVersion(url) {
+  if (/[?&]v=/.test(url)) return url;
+  return `${url}${url.includes('?') ? '&' : '?'}v=${PROTOCOL_VERSION}`;
+}
+
 export const BACKOFF_FIRST_MS = 100;
 export const BACKOFF_MAX_MS = 5000;
 
@@ -91,8 +106,8 @@ const DEFAULT_LOGGER = Object.freeze({
  * @property {typeof globalThis.WebSocket} [WebSocket] the WebSocket class (in Node, `ws`'s
  *   default export); the global `WebSocket` by default
  * @property {(msg: Record<string, any>, text?: string) => void} [onMessage] every data message,
- *   as parsed, in order, duplicates dropped; `text` is the frame as received (exact `ts`: the
- *   nanoseconds exceed a Number's exact range)
+ *   as parsed, in order, duplicates dropped; `text` is the frame as received, to print or store
+ *   it byte for byte (`ts` and `et` are Unix microseconds: exact as Numbers)
  * @property {(gap: Gap) => void} [onGap] every discontinuity, declared or not
  * @property {(channel: string, book: OrderBook) => void} [onBook] after each `book.*` message
  *   applied and verified (the book is the client's own: read it, don't keep it)
@@ -148,7 +163,8 @@ export class Client {
   #log;
 
   /**
-   * @param {string} url the gateway's `/ws` URL, e.g. `ws://127.0.0.1:8080/ws`
+   * @param {string} url the gateway's `/ws` URL, e.g. `ws://127.0.0.1:8080/ws` (`?v=2` is
+   *   added: see {@link PROTOCOL_VERSION})
    * @param {string[]} channels
    * @param {ClientOptions} [options]
    */
@@ -156,7 +172,7 @@ export class Client {
     if (!Array.isArray(channels) || channels.length === 0) {
       throw new TypeError('at least one channel is needed');
     }
-    this.url = url;
+    this.url = withVersion(url);
     this.channels = [...channels];
     this.WebSocket = WebSocket ?? globalThis.WebSocket;
     this.onMessage = onMessage;

@@ -13,4 +13,4 @@
  */
 
 export { BookError, CHECKSUM_DEPTH, OrderBook, checksum, crc32 } from './book.js';
-export { COUNTER_NAMES, Client, Gap, SubscribeError } from './client.js';
+export { COUNTER_NAMES, Client, Gap, PROTOCOL_VERSION, SubscribeError, withVersion } from './client.js';

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 
-import { COUNTER_NAMES, Client, Gap, SubscribeError } from '../src/index.js';
+import { COUNTER_NAMES, Client, Gap, SubscribeError, withVersion } from '../src/index.js';
 
 /**
  * zlib's CRC-32 of `text`, from a gzip trailer (independent of the library's).
@@ -198,5 +198,23 @@ describe('books', () => {
     const request = r.client.subscribeRequest();
     assert.equal(request.resume, undefined);
     assert.equal(request.epoch, undefined);
+  });
+});
+
+describe('protocol version', () => {
+  it('names version 2 in the URL unless the URL names one', () => {
+    assert.equal(withVersion('ws://h:1/ws'), 'ws://h:1/ws?v=2');
+    assert.equal(withVersion('ws://h:1/ws?streams=trades.*'), 'ws://h:1/ws?streams=trades.*&v=2');
+    assert.equal(withVersion('ws://h:1/ws?v=2&token=x'), 'ws://h:1/ws?v=2&token=x');
+    assert.equal(new Client('ws://h:1/ws', ['trades.*']).url, 'ws://h:1/ws?v=2');
+  });
+
+  it('reads timestamps exactly: microseconds are safe integers', () => {
+    const text = '{"ch":"trades.BTC-USD","seq":1,"ts":1764028800123456,"et":1764028800123000,"px":"1.00","qty":"1","side":"buy"}';
+    const r = new Recorder(['trades.BTC-USD']);
+    r.feed(text);
+    assert.equal(r.messages[0].ts, 1764028800123456);
+    assert.ok(Number.isSafeInteger(r.messages[0].ts) && Number.isSafeInteger(r.messages[0].et));
+    assert.equal(JSON.stringify(r.messages[0]), text);
   });
 });

@@ -4,7 +4,7 @@ import json
 import unittest
 import zlib
 
-from tickfan_client import Client, Gap
+from tickfan_client import Client, Gap, with_version
 
 
 def crc(text: str) -> int:
@@ -124,6 +124,14 @@ class BookTest(unittest.TestCase):
         with self.assertLogs("tickfan_client", "WARNING"):
             r.feed(dict(book_msg(8, "update", [], [], ""), crc=1))
         self.assertEqual(r.client._subscribe_request()["resume"], {"trades.BTC-USD": 3})
+
+
+class ProtocolVersion(unittest.TestCase):
+    def test_version_2_is_named_in_the_url_unless_the_url_names_one(self):
+        self.assertEqual(with_version("ws://h:1/ws"), "ws://h:1/ws?v=2")
+        self.assertEqual(with_version("ws://h:1/ws?streams=trades.*"), "ws://h:1/ws?streams=trades.*&v=2")
+        self.assertEqual(with_version("ws://h:1/ws?v=2&token=x"), "ws://h:1/ws?v=2&token=x")
+        self.assertEqual(Client("ws://h:1/ws", ["trades.*"]).url, "ws://h:1/ws?v=2")
 
 
 if __name__ == "__main__":

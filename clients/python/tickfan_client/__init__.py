@@ -1,4 +1,4 @@
-"""tickfan_client: an asyncio client for the tickfan market-data gateway (protocol v1).
+"""tickfan_client: an asyncio client for the tickfan market-data gateway (protocol v2).
 
     from tickfan_client import Client
     client = Client("ws://127.0.0.1:8080/ws", ["trades.BTC-USD", "book.BTC-USD"],
@@ -7,7 +7,7 @@
 """
 
 from .book import BookError, OrderBook, checksum
-from .client import COUNTER_NAMES, Client, Gap, SubscribeError
+from .client import COUNTER_NAMES, PROTOCOL_VERSION, Client, Gap, SubscribeError, with_version
 
 __all__ = [
     "COUNTER_NAMES",
@@ -15,7 +15,9 @@ __all__ = [
     "Client",
     "Gap",
     "OrderBook",
+    "PROTOCOL_VERSION",
     "SubscribeError",
     "checksum",
+    "with_version",
 ]
 __version__ = "0.1.0"

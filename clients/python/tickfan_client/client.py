@@ -63,6 +63,18 @@ class SubscribeError(Exception):
     """The gateway refused the subscription for a reason a retry cannot fix."""
 
 
+PROTOCOL_VERSION = 2
+"""The protocol version this client speaks, named in the URL (``?v=2``): a gateway that
+serves another answers 400 instead of messages this client would misread."""
+
+
+def with_version(url: str) -> str:
+    """``url`` with ``v=PROTOCOL_VERSION`` in its query unless it names a version already."""
+    if re.search(r"[?&]v=", url):
+        return url
+    return f"{url}{'&' if '?' in url else '?'}v={PROTOCOL_VERSION}"
+
+
 class _Reconnect(Exception):
     """Internal: leave the current connection and reconnect at once."""
 
@@ -108,7 +120,7 @@ class Client:
     ) -> None:
         if not channels:
             raise ValueError("at least one channel is needed")
-        self.url = url
+        self.url = with_version(url)
         self.channels = list(channels)
         self.on_message = on_message
         self.on_gap = on_gap

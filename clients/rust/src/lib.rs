@@ -11,7 +11,8 @@
 //!
 //! Messages are typed where the protocol's encoder has a type for them: trades, quotes and book
 //! messages also come as a [`Tick`] (prices and sizes as integer mantissas in the instrument's
-//! decimals, which the client asks for with `symbols` on connecting).
+//! decimals, which the client asks for with `symbols` on connecting; `ts` and `et` in
+//! nanoseconds, the wire's microseconds × 1000).
 //!
 //! Every data message must have its channel's last seq + 1, unless the gateway declared the
 //! discontinuity (a `gap` notice, a book snapshot, `resumed: false` after a reconnect, a new
@@ -433,7 +434,9 @@ async fn send(ws: &mut Socket, v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens `ws://addr/ws` with fastwebsockets' client handshake.
+/// Opens `ws://addr/ws?v=2` with fastwebsockets' client handshake: the URL names the protocol
+/// version this client speaks, so that a gateway serving another refuses (400) instead of
+/// sending messages it would misread.
 async fn connect(addr: &str) -> anyhow::Result<Socket> {
     let sock: SocketAddr = tokio::net::lookup_host(addr)
         .await?
@@ -443,7 +446,7 @@ async fn connect(addr: &str) -> anyhow::Result<Socket> {
     stream.set_nodelay(true)?;
     let req = Request::builder()
         .method("GET")
-        .uri("/ws")
+        .uri(format!("/ws?v={}", tickfan_proto::PROTOCOL_VERSION))
         .header("Host", addr)
         .header(UPGRADE, "websocket")
         .header(CONNECTION, "upgrade")

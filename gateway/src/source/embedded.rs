@@ -8,7 +8,8 @@ use feed_sim::{Feed, PaceOptions, SimConfig};
 use super::{Opened, Publisher};
 use crate::config::Config;
 
-/// Builds the simulator from `--symbols`, `--rate`, `--seed`, `--burst-every`, `--book-depth`.
+/// Builds the simulator from `--symbols`, `--rate`, `--seed`, `--burst-every`, `--book-depth`,
+/// `--feed-batch-us` and `--event-time`.
 pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     let sim = SimConfig {
         symbols: cfg.symbols,
@@ -22,6 +23,7 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     let mut feed = Feed::new(sim);
     let pace = PaceOptions {
         min_batch_interval: std::time::Duration::from_micros(cfg.feed_batch_us),
+        event_time: cfg.event_time,
         ..PaceOptions::default()
     };
     Ok(Opened {
