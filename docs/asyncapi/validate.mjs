@@ -8,6 +8,11 @@
 //   ... | node docs/asyncapi/validate.mjs --stdin                 newline-separated server
 //                                                               messages validate, each against
 //                                                               its schema
+//   node docs/asyncapi/validate.mjs --serve                     answers each server message
+//                                                               line on stdin with one line:
+//                                                               `ok <kind>` or `INVALID <why>`
+//                                                               (the test suite's client checks
+//                                                               what it receives through it)
 //
 // `--spec PATH` names another document (default: docs/asyncapi.yaml next to this directory).
 // A message is matched to the document's messages by its `op` (requests, replies, notices) or,
@@ -23,7 +28,6 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 
-import { Parser } from '@asyncapi/parser';
 import Ajv from 'ajv';
 import yaml from 'js-yaml';
 
@@ -32,7 +36,7 @@ const SCHEMA_ROOT = 'https://tickfan.invalid/asyncapi';
 
 function usage(msg) {
   if (msg) console.error(`validate.mjs: ${msg}`);
-  console.error('usage: validate.mjs [--spec PATH] (--doc | --examples FILE.md | --stdin)');
+  console.error('usage: validate.mjs [--spec PATH] (--doc | --examples FILE.md | --stdin | --serve)');
   process.exit(2);
 }
 
@@ -41,7 +45,7 @@ function parseArgs(argv) {
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--spec') opts.spec = argv[++i] ?? usage('--spec needs a path');
-    else if (a === '--doc' || a === '--stdin') opts.mode ??= a.slice(2);
+    else if (a === '--doc' || a === '--stdin' || a === '--serve') opts.mode ??= a.slice(2);
     else if (a === '--examples') {
       opts.mode ??= 'examples';
       opts.file = argv[++i] ?? usage('--examples needs a Markdown file');
@@ -202,6 +206,8 @@ class Tally {
 // Modes.
 
 async function checkDoc(spec) {
+  // Loaded here only: it takes a while, and the other modes do not need it.
+  const { Parser } = await import('@asyncapi/parser');
   const parser = new Parser();
   const { document, diagnostics } = await parser.parse(spec.text, { source: resolve(spec.path) });
   const severities = ['error', 'warning', 'info', 'hint'];
@@ -368,6 +374,21 @@ async function checkStdin(spec) {
   return true;
 }
 
+/** One answer line per message line, for as long as stdin is open. */
+async function serve(spec) {
+  const rl = createInterface({ input: process.stdin, crlfDelay: Infinity });
+  for await (const line of rl) {
+    let r;
+    try {
+      r = spec.check(JSON.parse(line), spec.serverSends);
+    } catch (e) {
+      r = { ok: false, why: `not JSON (${e.message})` };
+    }
+    process.stdout.write(r.ok ? `ok ${r.kind}\n` : `INVALID ${r.why.replace(/\s*\n\s*/g, ' | ')}\n`);
+  }
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 const opts = parseArgs(process.argv.slice(2));
@@ -381,5 +402,6 @@ try {
 let ok;
 if (opts.mode === 'doc') ok = await checkDoc(spec);
 else if (opts.mode === 'examples') ok = checkExamples(spec, opts.file);
+else if (opts.mode === 'serve') ok = await serve(spec);
 else ok = await checkStdin(spec);
 process.exit(ok ? 0 : 1);

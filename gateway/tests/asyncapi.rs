@@ -2,7 +2,9 @@
 //! every JSON example of protocol.md validates against its schemas, and so does what the real
 //! `tickfan` binary sends: replies, errors, data of every channel kind, notices, and the events
 //! of a Server-Sent Events stream. The checks are docs/asyncapi/validate.mjs's (the AsyncAPI
-//! parser and Ajv, from the root package.json's devDependencies).
+//! parser and Ajv, from the root package.json's devDependencies). Beyond this file, the test
+//! client every integration test uses checks what it receives the same way (`support/spec.rs`),
+//! so a message anywhere in the suite that the document does not describe fails its test.
 
 mod support;
 

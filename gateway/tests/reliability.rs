@@ -244,11 +244,12 @@ async fn a_dead_peer_is_closed_and_a_live_one_is_not() {
         c.rate = 1000.0;
     });
     let addr = gw.local_addr();
-    // Both subscribe; the dead one then never reads again (so never answers a ping).
+    // Both subscribe; the dead one then never reads again (so never answers a ping). Its
+    // pings are counted from its connection on.
+    let started = Instant::now();
     let mut dead = Client::connect_with_small_buffer(addr, "/ws?streams=trades.*").await;
     dead.reply().await;
     let mut live = Client::connect(addr, "/ws?streams=trades.*").await;
-    let started = Instant::now();
     let closed = || {
         let i = gateway::metrics::CloseReason::ALL
             .iter()

@@ -1,6 +1,9 @@
 //! Test support: a real gateway on `127.0.0.1:0` and a real WebSocket client (fastwebsockets'
-//! client handshake over a real TCP socket). Shared by every integration test file.
+//! client handshake over a real TCP socket), which checks what it receives against
+//! docs/asyncapi.yaml (`spec`). Shared by every integration test file.
 #![allow(dead_code)] // each test binary uses a different subset
+
+mod spec;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -120,12 +123,14 @@ pub struct Client {
 impl Client {
     /// Connects to `ws://addr{path}` (path like `/ws` or `/ws?streams=…`).
     pub async fn connect(addr: SocketAddr, path: &str) -> Client {
+        spec::warm_up();
         Client { ws: bench::client::connect(addr, path, None).await.expect("websocket connect") }
     }
 
     /// Connects with a tiny socket receive buffer: a client that cannot absorb a backlog, to
     /// provoke slow-consumer handling without waiting for megabytes of kernel buffers to fill.
     pub async fn connect_with_small_buffer(addr: SocketAddr, path: &str) -> Client {
+        spec::warm_up();
         Client {
             ws: bench::client::connect(addr, path, Some(4096)).await.expect("websocket connect"),
         }
@@ -160,6 +165,7 @@ impl Client {
             OpCode::Text => {
                 let raw = frame.payload.to_vec();
                 let v = serde_json::from_slice(&raw).expect("server sends JSON");
+                spec::check(&raw, &v);
                 Some(Msg::Text(v, raw))
             }
             OpCode::Close => {
