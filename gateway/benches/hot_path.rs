@@ -1,6 +1,7 @@
 //! Criterion micro-benches of the hot path (docs/benchmarks.md): tick → frame encoding, ring push/pop,
-//! control-message parsing (simd-json vs serde_json), fan-out of one frame to K queues, and an
-//! offer to a queue whose channel fell behind.
+//! control-message parsing (simd-json vs serde_json), fan-out of one frame to K queues, an
+//! offer to a queue whose channel fell behind, and deflating a message once
+//! (permessage-deflate; its size ratio per kind is printed first).
 //! Run: `cargo bench -p gateway --bench hot_path`.
 
 use std::hint::black_box;
@@ -151,5 +152,41 @@ fn offer_behind(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, ring, parse, fanout, offer_behind);
+/// permessage-deflate: the producer's cost of deflating one message (only while a compressing
+/// client subscribes to its channel), and what it saves per kind.
+fn deflate(c: &mut Criterion) {
+    let frames = frames(4096);
+    let header = |b: &[u8]| match b[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let payloads: Vec<&[u8]> = frames.iter().map(|f| &f.bytes[header(&f.bytes)..]).collect();
+    let mut sizes: std::collections::BTreeMap<&str, (usize, usize, usize)> = Default::default();
+    for (f, p) in frames.iter().zip(&payloads) {
+        let deflated = gateway::deflate::text_frame(p).map_or(f.bytes.len(), |d| d.len());
+        let e = sizes.entry(f.ch.kind().label()).or_default();
+        *e = (e.0 + 1, e.1 + f.bytes.len(), e.2 + deflated);
+    }
+    for (kind, (n, plain, deflated)) in sizes {
+        eprintln!(
+            "deflate {kind}: {n} frames, {:.0} bytes plain, {:.0} deflated on the wire ({:.0} %)",
+            plain as f64 / n as f64,
+            deflated as f64 / n as f64,
+            100.0 * deflated as f64 / plain as f64
+        );
+    }
+    let mut g = c.benchmark_group("deflate");
+    g.throughput(Throughput::Elements(payloads.len() as u64));
+    g.bench_function("message_x4096", |b| {
+        b.iter(|| {
+            for p in &payloads {
+                black_box(gateway::deflate::text_frame(p));
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode, ring, parse, fanout, offer_behind, deflate);
 criterion_main!(benches);

@@ -192,6 +192,14 @@ impl Outbound {
         }
     }
 
+    /// A queue for a WebSocket that negotiated permessage-deflate: data frames go compressed
+    /// when the producer made them so.
+    pub fn deflate(limit: usize, budget: Rc<Budget>) -> Outbound {
+        let mut out = Outbound::new(limit, budget);
+        out.form = Form::Deflate;
+        out
+    }
+
     /// A queue for a Server-Sent Events stream, `head` (the response head) queued first.
     pub fn sse(limit: usize, budget: Rc<Budget>, head: Bytes) -> Outbound {
         let mut out = Outbound::new(limit, budget);
@@ -208,6 +216,7 @@ impl Outbound {
     fn data(&self, frame: &Frame, market: &Market) -> Bytes {
         match self.form {
             Form::WebSocket => frame.bytes.clone(),
+            Form::Deflate => frame.deflated.as_ref().unwrap_or(&frame.bytes).clone(),
             Form::Sse => crate::sse::of_frame(frame, market.symbols()),
         }
     }
@@ -217,6 +226,7 @@ impl Outbound {
     fn data_len(&self, frame: &Frame) -> usize {
         match (self.form, &frame.sse) {
             (Form::WebSocket, _) => frame.bytes.len(),
+            (Form::Deflate, _) => frame.deflated.as_ref().unwrap_or(&frame.bytes).len(),
             (Form::Sse, Some(sse)) => sse.len(),
             (Form::Sse, None) => frame.bytes.len() + 48,
         }
@@ -226,7 +236,7 @@ impl Outbound {
     /// `None` if it has none (a pong, for SSE).
     fn control(&self, ws: Bytes) -> Option<Bytes> {
         match self.form {
-            Form::WebSocket => Some(ws),
+            Form::WebSocket | Form::Deflate => Some(ws),
             Form::Sse => crate::sse::from_ws(&ws),
         }
     }
@@ -686,7 +696,7 @@ impl<'a> GapNotice<'a> {
     /// Length of the whole frame or event.
     fn len(&self) -> usize {
         match self.form {
-            Form::WebSocket => frame::header_len(self.payload) + self.payload,
+            Form::WebSocket | Form::Deflate => frame::header_len(self.payload) + self.payload,
             Form::Sse => SSE_DATA.len() + self.payload + 2,
         }
     }
@@ -694,7 +704,7 @@ impl<'a> GapNotice<'a> {
     /// Appends the whole frame or event.
     fn write(&self, out: &mut BytesMut) {
         match self.form {
-            Form::WebSocket => frame::put_header(out, Opcode::Text, self.payload),
+            Form::WebSocket | Form::Deflate => frame::put_header(out, Opcode::Text, self.payload),
             Form::Sse => out.extend_from_slice(SSE_DATA),
         }
         write_gap_json_with(
@@ -816,7 +826,7 @@ mod tests {
         let head = format!("{{\"seq\":{seq},\"pad\":\"");
         let json = format!("{head}{}\"}}", "x".repeat(len - head.len() - 2));
         let bytes = frame::build(Opcode::Text, json.as_bytes());
-        Frame { ch: ChannelId::new(kind, 0), seq, ts: 0, bytes, sse: None }
+        Frame { ch: ChannelId::new(kind, 0), seq, ts: 0, bytes, sse: None, deflated: None }
     }
 
     fn data(seq: u64, len: usize) -> Frame {

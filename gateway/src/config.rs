@@ -204,6 +204,13 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_MAX_FRAME_BYTES", default_value_t = 64 << 10)]
     pub max_frame_bytes: usize,
 
+    /// Take permessage-deflate (RFC 7692) offers: a client that offers it gets data messages
+    /// compressed, each deflated once for every such client (docs/protocol.md, "Compression").
+    /// Off by default: deflating costs the producer several µs per message of every channel a
+    /// compressing client subscribes to (docs/performance.md, "Compression").
+    #[arg(long, env = "TICKFAN_PERMESSAGE_DEFLATE")]
+    pub permessage_deflate: bool,
+
     /// Bound, in bytes, on client input held in memory over all connections (frames still
     /// arriving, fragmented messages). A connection whose input would exceed it is closed with
     /// 1013 (try again later).

@@ -25,6 +25,7 @@ use crate::inbound::{Decoder, FrameIn, OpIn, Violation};
 use crate::limits::{RequestLimiter, SocketPermit, Verdict};
 use crate::metrics::{CloseReason, Stats};
 use crate::protocol::{self, Op, Rejection, Request};
+use crate::sse::Form;
 use crate::tls::Sock;
 use crate::worker::WorkerCtx;
 
@@ -51,6 +52,8 @@ pub enum End {
 #[derive(Debug)]
 enum Partial {
     Text(Vec<u8>),
+    /// A compressed text message (permessage-deflate): inflated once complete.
+    Deflated(Vec<u8>),
     Binary(usize),
 }
 
@@ -69,6 +72,7 @@ pub async fn run(
     streams: Option<String>,
     permit: SocketPermit,
     admitted: Option<crate::auth::Admitted>,
+    deflate: bool,
 ) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
@@ -79,11 +83,12 @@ pub async fn run(
     let Some((sock, read_buf)) = take_socket(ws.into_inner().into_inner()) else { return };
     let sock = Rc::new(sock);
     let _ = sock.tcp().set_nodelay(true);
-    let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes);
+    let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes, deflate);
     opened(&ctx, key, admitted.as_ref());
 
     let grants = admitted.as_ref().map(|a| a.grants.clone());
-    let mut reader = Reader::new(&ctx, key, grants, false);
+    let form = if deflate { Form::Deflate } else { Form::WebSocket };
+    let mut reader = Reader::new(&ctx, key, grants, form);
     if let Some(streams) = streams {
         let channels = streams.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
         let subscribe = Request { id: None, op: Op::Subscribe { channels, resume: None } };
@@ -133,7 +138,7 @@ pub fn run_sse(
         let reply = crate::ops::subscribed_reply(&ctx.symbols, &specs, stats, epoch, None);
         shard.subscribe_sse(key, &specs, stream.last_event, reply);
     }
-    let reader = Reader::new(&ctx, key, None, true);
+    let reader = Reader::new(&ctx, key, None, Form::Sse);
     // Input the TLS session decrypted already: the socket will not signal it again.
     let early_end = (sock.take_buffered(&mut [0u8; 1]) > 0).then(sse_input_end);
     watch(ctx, key, Live { reader, sock, permit: Some(permit) }, early_end);
@@ -386,23 +391,24 @@ struct Reader {
 }
 
 impl Reader {
-    /// The reader of connection `key` (of an event stream with `sse`), its credentials
-    /// granting `grants` (`None`: auth is off, or nothing is asked of it after its request).
+    /// The reader of connection `key` speaking `form`, its credentials granting `grants`
+    /// (`None`: auth is off, or nothing is asked of it after its request).
     fn new(
         ctx: &WorkerCtx,
         key: ConnKey,
         grants: Option<std::sync::Arc<crate::auth::Grants>>,
-        sse: bool,
+        form: Form,
     ) -> Reader {
         Reader {
             decoder: Decoder::default(),
             charged: 0,
-            sse,
+            sse: form == Form::Sse,
             session: Session {
                 key,
                 limiter: RequestLimiter::new(ctx.cfg.max_requests_per_sec, Instant::now()),
                 partial: None,
                 grants,
+                deflate: form == Form::Deflate,
             },
         }
     }
@@ -414,7 +420,7 @@ impl Reader {
         }
         let Reader { decoder, session, charged, .. } = self;
         let mut end = None;
-        let decoded = decoder.feed(bytes, ctx.cfg.max_frame_bytes, |frame| {
+        let decoded = decoder.feed(bytes, ctx.cfg.max_frame_bytes, session.deflate, |frame| {
             end = session.on_frame(ctx, frame);
             end.is_none()
         });
@@ -446,6 +452,8 @@ struct Session {
     partial: Option<Box<Partial>>,
     /// What the connection's credentials grant; `None`: auth is off, everything is.
     grants: Option<std::sync::Arc<crate::auth::Grants>>,
+    /// permessage-deflate was negotiated: the client may send compressed messages.
+    deflate: bool,
 }
 
 impl Session {
@@ -500,12 +508,18 @@ impl Session {
             OpIn::Text | OpIn::Binary if self.partial.is_some() => {
                 Some(protocol_error("a new message began before the fragmented one was finished"))
             }
+            OpIn::Text if frame.fin && frame.compressed => {
+                self.on_deflated(ctx, frame.payload, max_frame)
+            }
             OpIn::Text if frame.fin => match std::str::from_utf8(frame.payload) {
                 Ok(_) => self.on_text(ctx, frame.payload),
                 Err(_) => Some(Violation::bad_utf8().into()),
             },
             OpIn::Text => {
-                self.partial = Some(Box::new(Partial::Text(frame.payload.to_vec())));
+                let start = frame.payload.to_vec();
+                let partial =
+                    if frame.compressed { Partial::Deflated(start) } else { Partial::Text(start) };
+                self.partial = Some(Box::new(partial));
                 None
             }
             OpIn::Binary if frame.fin => self.refuse_binary(ctx),
@@ -528,6 +542,17 @@ impl Session {
                         self.on_text(ctx, &mut buf)
                     }
                 }
+                Some(Partial::Deflated(mut buf)) => {
+                    buf.extend_from_slice(frame.payload);
+                    if buf.len() > max_frame {
+                        Some(Violation::too_big(max_frame).into())
+                    } else if !frame.fin {
+                        self.partial = Some(Box::new(Partial::Deflated(buf)));
+                        None
+                    } else {
+                        self.on_deflated(ctx, &buf, max_frame)
+                    }
+                }
                 Some(Partial::Binary(n)) => {
                     let n = n + frame.payload.len();
                     if n > max_frame {
@@ -540,6 +565,15 @@ impl Session {
                     }
                 }
             },
+        }
+    }
+
+    /// A complete compressed text message: inflated (at most `max` bytes), then as any.
+    fn on_deflated(&mut self, ctx: &WorkerCtx, payload: &[u8], max: usize) -> Option<End> {
+        match crate::deflate::inflate(payload, max) {
+            Ok(mut text) if std::str::from_utf8(&text).is_ok() => self.on_text(ctx, &mut text),
+            Ok(_) => Some(Violation::bad_utf8().into()),
+            Err(violation) => Some(violation.into()),
         }
     }
 
@@ -570,7 +604,7 @@ impl Session {
     /// Bytes held for a fragmented message being received.
     fn partial_bytes(&self) -> usize {
         match self.partial.as_deref() {
-            Some(Partial::Text(buf)) => buf.capacity(),
+            Some(Partial::Text(buf) | Partial::Deflated(buf)) => buf.capacity(),
             Some(Partial::Binary(_)) | None => 0,
         }
     }

@@ -235,10 +235,13 @@ impl Shard {
         &self.market
     }
 
-    /// Adds a connection writing to `sock`, its queue bounded by `queue_limit` bytes and this
-    /// shard's budget.
-    pub fn open(&mut self, sock: Rc<dyn TryWrite>, queue_limit: usize) -> ConnKey {
-        let out = Outbound::new(queue_limit, self.budget.clone());
+    /// Adds a WebSocket writing to `sock`, its queue bounded by `queue_limit` bytes and this
+    /// shard's budget; `deflate` when it negotiated permessage-deflate.
+    pub fn open(&mut self, sock: Rc<dyn TryWrite>, queue_limit: usize, deflate: bool) -> ConnKey {
+        let out = match deflate {
+            true => Outbound::deflate(queue_limit, self.budget.clone()),
+            false => Outbound::new(queue_limit, self.budget.clone()),
+        };
         self.insert(sock, out)
     }
 
@@ -292,13 +295,10 @@ impl Shard {
     /// Unsubscribes and forgets a connection.
     pub fn remove(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.try_remove(key) else { return };
-        let sse = conn.out.form() == Form::Sse;
+        let form = conn.out.form();
         for spec in conn.subs.specs() {
             self.index.remove(spec, key);
-            counted(&self.stats, &self.market, spec, -1);
-            if sse {
-                self.market.sse.add(spec, -1);
-            }
+            counted(&self.stats, &self.market, spec, -1, form);
         }
         self.dirty.retain(|&k| k != key);
     }
@@ -444,7 +444,7 @@ impl Shard {
         for &spec in specs {
             if conn.subs.insert(spec) {
                 self.index.add(spec, key);
-                counted(&self.stats, &self.market, spec, 1);
+                counted(&self.stats, &self.market, spec, 1, conn.out.form());
             }
         }
         if !conn.subs.is_empty() {
@@ -500,9 +500,8 @@ impl Shard {
         for &spec in specs {
             if conn.subs.insert(spec) {
                 // Frames published from now on carry their SSE form.
-                self.market.sse.add(spec, 1);
                 self.index.add(spec, key);
-                counted(&self.stats, &self.market, spec, 1);
+                counted(&self.stats, &self.market, spec, 1, Form::Sse);
             }
         }
         conn.idle_since = None;
@@ -543,7 +542,7 @@ impl Shard {
         for &spec in specs {
             if conn.subs.remove(spec) {
                 self.index.remove(spec, key);
-                counted(&self.stats, &self.market, spec, -1);
+                counted(&self.stats, &self.market, spec, -1, conn.out.form());
             }
         }
         let Conn { out, subs, .. } = conn;
@@ -862,7 +861,7 @@ impl Shard {
             if let Some(ping) = &ping {
                 // An SSE client cannot answer (its ping is a comment that keeps proxies from
                 // timing the stream out): a dead one shows as a failed write.
-                if conn.out.form() == Form::WebSocket {
+                if conn.out.form().is_websocket() {
                     conn.unanswered_pings += 1;
                 }
                 conn.out.push_urgent(ping.clone());
@@ -874,9 +873,10 @@ impl Shard {
     }
 }
 
-/// A subscription to `spec` starts (`+1`) or ends (`-1`): counted in the metrics, and for a
-/// form of the book, where the producer looks to know which forms to make.
-fn counted(stats: &Stats, market: &Market, spec: ChannelSpec, delta: i64) {
+/// A subscription to `spec` by a connection speaking `form` starts (`+1`) or ends (`-1`):
+/// counted in the metrics, and where the producer looks to know what to make: a form of the
+/// book, the SSE or the compressed form of a channel's frames.
+fn counted(stats: &Stats, market: &Market, spec: ChannelSpec, delta: i64, form: Form) {
     stats.subscription(spec, delta);
     let kind = match spec {
         ChannelSpec::Exact(ch) => ch.kind(),
@@ -884,6 +884,11 @@ fn counted(stats: &Stats, market: &Market, spec: ChannelSpec, delta: i64) {
     };
     if kind.is_book_form() {
         market.forms.add(spec, delta as i32);
+    }
+    match form {
+        Form::WebSocket => {}
+        Form::Deflate => market.deflate.add(spec, delta as i32),
+        Form::Sse => market.sse.add(spec, delta as i32),
     }
 }
 
@@ -975,7 +980,7 @@ mod tests {
         let thin_ch = frames.iter().find(|f| f.ch.kind() == Kind::Quotes).expect("quotes").ch;
         let conns = [(); 2].map(|_| {
             let sock = Rc::new(Counting::default());
-            (shard.open(sock.clone(), 1 << 20), sock)
+            (shard.open(sock.clone(), 1 << 20, false), sock)
         });
         let none = |_: &Subscribed| Vec::new();
         shard.subscribe(conns[0].0, &[ChannelSpec::Wildcard(Kind::Trades)], &[], None, none);

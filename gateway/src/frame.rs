@@ -33,6 +33,10 @@ pub struct Frame {
     /// The same message as a Server-Sent Event (`sse`), encoded by the producer only while
     /// some client streams the channel over SSE.
     pub sse: Option<Bytes>,
+    /// The same text frame compressed (permessage-deflate, `crate::deflate`), made by the
+    /// producer only while some client that negotiated compression subscribes to the channel,
+    /// and only when it is smaller.
+    pub deflated: Option<Bytes>,
 }
 
 /// Appends the header of a final, unmasked server frame carrying `payload_len` bytes.

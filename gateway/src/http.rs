@@ -10,7 +10,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_TYPE, ORIGIN, WWW_AUTHENTICATE,
+    HeaderValue, ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_EXTENSIONS,
+    WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -265,14 +266,23 @@ fn upgrade(
         }
     };
     let streams = query_param(query, "streams");
+    let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter();
+    let deflate = ctx.cfg.permessage_deflate
+        && crate::deflate::offered(offers.filter_map(|v| v.to_str().ok()));
     match fastwebsockets::upgrade::upgrade(req) {
         Ok((response, fut)) => {
             let Some(mut permit) = permit.take() else {
                 return text(StatusCode::BAD_REQUEST, "this socket was upgraded already\n");
             };
             permit.upgraded();
-            tokio::task::spawn_local(crate::conn::run(ctx, fut, streams, permit, admitted));
-            response.map(|_| Full::new(Bytes::new()))
+            let run = crate::conn::run(ctx, fut, streams, permit, admitted, deflate);
+            tokio::task::spawn_local(run);
+            let mut response = response.map(|_| Full::new(Bytes::new()));
+            if deflate {
+                let accepted = HeaderValue::from_static(crate::deflate::RESPONSE);
+                response.headers_mut().insert(SEC_WEBSOCKET_EXTENSIONS, accepted);
+            }
+            response
         }
         Err(e) => text(StatusCode::BAD_REQUEST, &format!("bad WebSocket handshake: {e}\n")),
     }

@@ -48,6 +48,8 @@ impl OpIn {
 pub struct FrameIn<'a> {
     pub fin: bool,
     pub op: OpIn,
+    /// RSV1 set: the first frame of a compressed message (permessage-deflate negotiated).
+    pub compressed: bool,
     pub payload: &'a mut [u8],
 }
 
@@ -87,6 +89,7 @@ pub struct Decoder {
 struct Header {
     fin: bool,
     op: OpIn,
+    compressed: bool,
     mask: [u8; 4],
     /// Header length in bytes (2 to 14).
     len: usize,
@@ -103,15 +106,18 @@ impl Decoder {
     /// by any unfinished frame from before, and calls `each` for every complete frame in order.
     /// `each` returns `false` to stop (the connection is ending); then the rest is dropped.
     /// A frame whose payload would exceed `max_payload` (`--max-frame-bytes`; given per call,
-    /// not kept per connection) is refused from its header.
+    /// not kept per connection) is refused from its header. `deflate`: permessage-deflate was
+    /// negotiated, so RSV1 may mark a message's first frame as compressed.
     pub fn feed(
         &mut self,
         fresh: &mut [u8],
         max_payload: usize,
+        deflate: bool,
         mut each: impl FnMut(FrameIn<'_>) -> bool,
     ) -> Result<(), Violation> {
+        let limits = Limits { max_payload, deflate };
         if self.held.is_empty() {
-            let used = frames(fresh, max_payload, &mut each)?;
+            let used = frames(fresh, limits, &mut each)?;
             if used < fresh.len() {
                 self.held.extend_from_slice(&fresh[used..]);
             }
@@ -119,7 +125,7 @@ impl Decoder {
         }
         self.held.extend_from_slice(fresh);
         let mut held = std::mem::take(&mut self.held);
-        let used = frames(&mut held, max_payload, &mut each)?;
+        let used = frames(&mut held, limits, &mut each)?;
         if used < held.len() {
             held.drain(..used);
             self.held = held; // keep the allocation: the frame is still coming
@@ -129,14 +135,21 @@ impl Decoder {
     }
 }
 
+/// What a connection's frames may be: at most this long, compressed or not.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_payload: usize,
+    deflate: bool,
+}
+
 /// Decodes complete frames from the front of `buf`; returns how many bytes they took.
 fn frames(
     buf: &mut [u8],
-    max_payload: usize,
+    limits: Limits,
     each: &mut impl FnMut(FrameIn<'_>) -> bool,
 ) -> Result<usize, Violation> {
     let mut at = 0;
-    while let Some(h) = header(&buf[at..], max_payload)? {
+    while let Some(h) = header(&buf[at..], limits)? {
         let end = at + h.len + h.payload_len;
         if end > buf.len() {
             break;
@@ -147,7 +160,7 @@ fn frames(
             check_close(payload)?;
         }
         at = end;
-        if !each(FrameIn { fin: h.fin, op: h.op, payload }) {
+        if !each(FrameIn { fin: h.fin, op: h.op, compressed: h.compressed, payload }) {
             return Ok(buf.len());
         }
     }
@@ -155,14 +168,21 @@ fn frames(
 }
 
 /// Parses the header at the front of `buf`, if it is all there (RFC 6455 §5.2).
-fn header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Violation> {
+fn header(buf: &[u8], limits: Limits) -> Result<Option<Header>, Violation> {
+    let max_payload = limits.max_payload;
     let [b0, b1, ..] = *buf else { return Ok(None) };
-    if b0 & 0x70 != 0 {
+    let op = OpIn::from_bits(b0 & 0x0F).ok_or_else(|| Violation::protocol("unknown opcode"))?;
+    let compressed = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (compressed && !limits.deflate) {
         return Err(Violation::protocol(
             "reserved bits are not zero (no extension was negotiated)",
         ));
     }
-    let op = OpIn::from_bits(b0 & 0x0F).ok_or_else(|| Violation::protocol("unknown opcode"))?;
+    if compressed && !matches!(op, OpIn::Text | OpIn::Binary) {
+        return Err(Violation::protocol(
+            "RSV1 (compressed) is set only on the first frame of a data message",
+        ));
+    }
     let fin = b0 & 0x80 != 0;
     if b1 & 0x80 == 0 {
         return Err(Violation::protocol("client frames must be masked (RFC 6455 section 5.1)"));
@@ -199,7 +219,7 @@ fn header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Violation> {
         return Ok(None);
     }
     let mask = buf[len - 4..len].try_into().expect("4 bytes");
-    Ok(Some(Header { fin, op, mask, len, payload_len }))
+    Ok(Some(Header { fin, op, compressed, mask, len, payload_len }))
 }
 
 /// A close frame's body (RFC 6455 §5.5.1, §7.4): empty, or a code that may be sent followed
@@ -256,7 +276,7 @@ mod tests {
     ) -> Result<Vec<(bool, OpIn, Vec<u8>)>, Violation> {
         let mut got = Vec::new();
         let mut buf = wire.to_vec();
-        d.feed(&mut buf, max, |f| {
+        d.feed(&mut buf, max, false, |f| {
             got.push((f.fin, f.op, f.payload.to_vec()));
             true
         })?;
@@ -301,6 +321,26 @@ mod tests {
     }
 
     #[test]
+    fn with_permessage_deflate_rsv1_marks_a_message_first_frame_only() {
+        let decode = |wire: Vec<u8>| {
+            let (mut wire, mut got) = (wire, Vec::new());
+            Decoder::default()
+                .feed(&mut wire, 1024, true, |f| {
+                    got.push((f.op, f.compressed));
+                    true
+                })
+                .map(|()| got)
+                .map_err(|v| v.code.code())
+        };
+        assert_eq!(decode(frame(0xC1, b"x")), Ok(vec![(OpIn::Text, true)]));
+        assert_eq!(decode(frame(0x41, b"x")), Ok(vec![(OpIn::Text, true)]), "fragmented");
+        assert_eq!(decode(frame(0x81, b"x")), Ok(vec![(OpIn::Text, false)]), "plain");
+        assert_eq!(decode(frame(0xC0, b"x")), Err(1002), "RSV1 on a continuation");
+        assert_eq!(decode(frame(0xC9, b"x")), Err(1002), "RSV1 on a ping");
+        assert_eq!(decode(frame(0xA1, b"x")), Err(1002), "RSV2");
+    }
+
+    #[test]
     fn a_too_large_frame_is_refused_from_its_header_alone() {
         let wire = frame(0x81, &[b' '; 70_000]);
         let got = decode_with(&mut Decoder::default(), 65_536, &wire[..10]);
@@ -313,7 +353,7 @@ mod tests {
         wire.extend(frame(0x81, b"after the close"));
         let mut d = Decoder::default();
         let mut n = 0;
-        d.feed(&mut wire, 1024, |_| {
+        d.feed(&mut wire, 1024, false, |_| {
             n += 1;
             false
         })

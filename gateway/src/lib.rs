@@ -24,6 +24,7 @@ pub mod close;
 pub mod config;
 pub mod conn;
 pub mod deadlines;
+pub mod deflate;
 pub mod derived;
 pub mod fanout;
 pub mod forms;

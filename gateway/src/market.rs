@@ -172,6 +172,9 @@ pub struct Market {
     /// Clients streaming each channel over Server-Sent Events: while a channel has any, its
     /// frames carry their SSE form (`Frame::sse`).
     pub sse: Interest,
+    /// Subscribers that negotiated permessage-deflate, per channel: while a channel has any,
+    /// its frames carry their compressed form too (`Frame::deflated`).
+    pub deflate: Interest,
     /// Subscribers of the book's forms (`book.<SYM>@10`…): the producer makes a form only
     /// while it has some (`forms`).
     pub forms: Interest,
@@ -257,6 +260,7 @@ impl Market {
             kept: Mutex::default(),
             next_pos: AtomicU64::new(1),
             sse: Interest::new(n),
+            deflate: Interest::new(n),
             forms: Interest::new(n),
             halted,
         }
@@ -334,13 +338,15 @@ impl Market {
         self.sse.any(ch)
     }
 
-    /// The frame of `json` (the tick's message), with its SSE form while it is wanted.
+    /// The frame of `json` (the tick's message), with its SSE and compressed forms while
+    /// they are wanted.
     fn frame(&self, ch: ChannelId, seq: u64, ts: u64, json: &[u8]) -> Frame {
         let bytes = frame::build(Opcode::Text, json);
         let sse = self
             .sse_wanted(ch)
             .then(|| crate::sse::event(self.symbols.channel_name_str(ch), seq, json));
-        Frame { ch, seq, ts, bytes, sse }
+        let deflated = self.deflate.any(ch).then(|| crate::deflate::text_frame(json)).flatten();
+        Frame { ch, seq, ts, bytes, sse, deflated }
     }
 
     pub fn symbols(&self) -> &Arc<SymbolTable> {
@@ -427,8 +433,8 @@ impl Market {
             }
             st.history.push_back((pos, frame.clone()));
             drop(st); // eviction locks channels one at a time, this one included
-            let sse = frame.sse.as_ref().map_or(0, Bytes::len);
-            let size = (frame.bytes.len() + sse + FRAME_OVERHEAD) as u32;
+            let forms = [&frame.sse, &frame.deflated].map(|f| f.as_ref().map_or(0, Bytes::len));
+            let size = (frame.bytes.len() + forms[0] + forms[1] + FRAME_OVERHEAD) as u32;
             self.keep(KeptFrame { ch, seq, ts, size });
         }
         frame

@@ -35,8 +35,18 @@ use crate::worker::WorkerCtx;
 pub enum Form {
     /// RFC 6455 frames.
     WebSocket,
+    /// RFC 6455 frames, data messages compressed where the producer made a compressed form
+    /// (permessage-deflate negotiated: `crate::deflate`); everything else plain.
+    Deflate,
     /// `text/event-stream` events.
     Sse,
+}
+
+impl Form {
+    /// A WebSocket (plain or compressed), which answers pings.
+    pub fn is_websocket(self) -> bool {
+        self != Form::Sse
+    }
 }
 
 /// How long a browser waits before reconnecting after the stream ends, in ms (the `retry:`

@@ -11,36 +11,13 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command as StdCommand, Stdio};
 
-use support::{repo_root, show};
+use support::{python_with_websockets, repo_root, show};
 use tokio::process::Command;
 
 /// The Python package's directory, to put on `PYTHONPATH`.
 fn client_dir() -> PathBuf {
     repo_root().join("clients/python")
-}
-
-/// `Some(())` when `python3` can import `websockets`; `None` (SKIPPED) when it cannot and
-/// TICKFAN_REQUIRE_TOOLS is unset; a panic when it cannot and the variable is set.
-fn python_with_websockets() -> Option<()> {
-    let probe = StdCommand::new("python3")
-        .args(["-c", "import websockets"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .and_then(|status| {
-            if status.success() {
-                Ok(())
-            } else {
-                Err(std::io::Error::other("cannot import websockets"))
-            }
-        });
-    support::installed(
-        "python3 with websockets",
-        "python3-pip; python3 -m pip install -r clients/python/requirements.txt",
-        probe,
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -662,3 +662,25 @@ pub async fn client_through_a_restart(
     assert!(count("messages") > 1000, "{summary}");
     out
 }
+
+/// `Some(())` when `python3` can import `websockets`; `None` (SKIPPED) when it cannot and
+/// TICKFAN_REQUIRE_TOOLS is unset; a panic when it cannot and the variable is set.
+pub fn python_with_websockets() -> Option<()> {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import websockets"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .and_then(|status| {
+            if status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("cannot import websockets"))
+            }
+        });
+    installed(
+        "python3 with websockets",
+        "python3-pip; python3 -m pip install -r clients/python/requirements.txt",
+        probe,
+    )
+}
