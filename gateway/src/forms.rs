@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use tickfan_proto::{ChannelId, L2Book};
+use tickfan_proto::ChannelId;
 
 use crate::frame::Frame;
 use crate::market::Market;
@@ -55,9 +55,9 @@ impl Forms {
         if forms.is_empty() {
             return;
         }
-        let book = self.market.book_of(sym);
         for &ch in forms {
-            if let Some(frame) = self.market.publish_form(ch, ts, cut(&book, ch), json) {
+            let view = self.market.form_view(ch);
+            if let Some(frame) = self.market.publish_form(ch, ts, view, json) {
                 out.push(frame);
                 self.live.insert(ch);
             }
@@ -82,8 +82,8 @@ impl Forms {
             if let Some(ms) = speed {
                 self.next_due.insert(ch, now + u64::from(ms) * 1_000_000);
             }
-            let book = self.market.book_of(ch.sym());
-            if let Some(frame) = self.market.publish_form(ch, now, cut(&book, ch), json) {
+            let view = self.market.form_view(ch);
+            if let Some(frame) = self.market.publish_form(ch, now, view, json) {
                 out.push(frame);
                 self.live.insert(ch);
             }
@@ -108,20 +108,6 @@ impl Forms {
         for &ch in &self.wanted {
             if ch.kind().book_form().is_some_and(|(_, speed)| speed.is_none()) {
                 self.every_change[ch.sym() as usize].push(ch);
-            }
-        }
-    }
-}
-
-/// The book as form `ch` shows it: its top levels, or all of them.
-fn cut(book: &L2Book, ch: ChannelId) -> L2Book {
-    match ch.kind().book_form().and_then(|(depth, _)| depth) {
-        None => book.clone(),
-        Some(d) => {
-            let d = usize::from(d);
-            L2Book {
-                bids: book.bids[..book.bids.len().min(d)].to_vec(),
-                asks: book.asks[..book.asks.len().min(d)].to_vec(),
             }
         }
     }

@@ -285,9 +285,21 @@ impl Market {
         wanted
     }
 
-    /// A copy of the whole book of symbol `sym`.
-    pub fn book_of(&self, sym: u32) -> L2Book {
-        self.state(ChannelId::new(Kind::Book, sym)).book().clone()
+    /// The view form channel `ch` of the book carries now: its symbol's book cut to the form's
+    /// depth, copied under the book's lock (only the levels the form carries).
+    pub fn form_view(&self, ch: ChannelId) -> L2Book {
+        let st = self.state(ChannelId::new(Kind::Book, ch.sym()));
+        let book = st.book();
+        match ch.kind().book_form().and_then(|(depth, _)| depth) {
+            None => book.clone(),
+            Some(d) => {
+                let d = usize::from(d);
+                L2Book {
+                    bids: book.bids[..book.bids.len().min(d)].to_vec(),
+                    asks: book.asks[..book.asks.len().min(d)].to_vec(),
+                }
+            }
+        }
     }
 
     /// Producer: publishes form channel `ch` of the book as `view` (the book cut to the form's
