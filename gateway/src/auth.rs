@@ -3,7 +3,10 @@
 //! handshake, as `Authorization: Bearer <credential>` or `?token=<credential>`:
 //!
 //! - an **API key**, listed with its channel grants in `--api-keys FILE` (or
-//!   `TICKFAN_API_KEYS`), one per line: `KEY PATTERN[,PATTERN…]`;
+//!   `TICKFAN_API_KEYS`), one per line: `KEY PATTERN[,PATTERN…]`, or `sha256:HEX
+//!   PATTERN[,PATTERN…]` with the key's SHA-256 instead of the key. Keys are kept and looked up
+//!   by their SHA-256 only, so no comparison ever runs over a key's own bytes (no timing to
+//!   learn it from) and the process holds no key;
 //! - a **JWT**, signed with `--jwt-secret` (HS256) or the private half of `--jwt-public-key`
 //!   (EdDSA or RS256), with an `exp` and a `channels` claim listing its grants.
 //!
@@ -124,6 +127,8 @@ pub enum ConfigError {
     KeyLine { line: usize },
     #[error("API keys, line {line}: a key has at least 16 characters")]
     ShortKey { line: usize },
+    #[error("API keys, line {line}: sha256: is followed by 64 hexadecimal digits")]
+    BadDigest { line: usize },
     #[error("API keys, line {line}: {source}")]
     Grants { line: usize, source: GrantError },
     #[error("--api-keys: not UTF-8 text")]
@@ -153,8 +158,8 @@ pub enum AuthError {
 
 /// The configured credentials. `None` of both: auth is off.
 pub struct Authenticator {
-    /// API key → its grants.
-    keys: HashMap<String, Arc<Grants>>,
+    /// An API key's SHA-256 → its grants.
+    keys: HashMap<[u8; 32], Arc<Grants>>,
     jwt: Option<(DecodingKey, Validation)>,
 }
 
@@ -206,12 +211,14 @@ impl Authenticator {
             let line = n + 1;
             let (key, patterns) =
                 line_text.split_once(char::is_whitespace).ok_or(ConfigError::KeyLine { line })?;
-            if key.len() < 16 {
-                return Err(ConfigError::ShortKey { line });
-            }
+            let digest = match key.strip_prefix("sha256:") {
+                Some(hex) => parse_digest(hex).ok_or(ConfigError::BadDigest { line })?,
+                None if key.len() < 16 => return Err(ConfigError::ShortKey { line }),
+                None => sha256(key),
+            };
             let grants = Grants::parse(patterns.split(','))
                 .map_err(|source| ConfigError::Grants { line, source })?;
-            keys.insert(key.to_owned(), Arc::new(grants));
+            keys.insert(digest, Arc::new(grants));
         }
         let jwt = match jwt {
             None => None,
@@ -249,7 +256,7 @@ impl Authenticator {
     pub fn admit(&self, credential: Option<&str>) -> Result<Admitted, AuthError> {
         let credential = credential.map(str::trim).filter(|c| !c.is_empty());
         let credential = credential.ok_or(AuthError::Missing)?;
-        if let Some(grants) = self.keys.get(credential) {
+        if let Some(grants) = self.keys.get(&sha256(credential)) {
             let who = format!("key {}…", credential.chars().take(4).collect::<String>());
             return Ok(Admitted { grants: grants.clone(), expires: None, who });
         }
@@ -268,6 +275,24 @@ impl Authenticator {
         let who = claims.sub.unwrap_or_else(|| "token".to_owned());
         Ok(Admitted { grants: Arc::new(grants), expires: Some(claims.exp), who })
     }
+}
+
+/// SHA-256 of an API key: how keys are kept and looked up.
+fn sha256(key: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    digest.as_ref().try_into().expect("SHA-256 has 32 bytes")
+}
+
+/// 64 hexadecimal digits (either case) as 32 bytes.
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// The credential of a handshake: `Authorization: Bearer …`, else `?token=…`.
@@ -324,6 +349,26 @@ mod tests {
         let err = Authenticator::new(Some("0123456789abcdef"), None, None, None).unwrap_err();
         assert!(err.to_string().contains("expected KEY PATTERN"), "{err}");
         assert!(Authenticator::new(None, None, None, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_key_may_be_listed_by_its_sha256() {
+        // printf %s 0123456789abcdef | sha256sum
+        let digest = "9f9f5111f7b27a781f1f1ddde5ebc2dd2b796bfc7365c9c28b548e564176929f";
+        assert_eq!(sha256("0123456789abcdef"), parse_digest(digest).unwrap());
+        let keys = format!(
+            "sha256:{} trades.*\nsha256:{} quotes.*",
+            digest.to_uppercase(),
+            "ab".repeat(32)
+        );
+        let auth = Authenticator::new(Some(&keys), None, None, None).unwrap().unwrap();
+        let ok = auth.admit(Some("0123456789abcdef")).unwrap();
+        assert!(ok.grants.allows(&SymbolTable::new(vec![]), ChannelSpec::Wildcard(Kind::Trades)));
+        assert_eq!(auth.admit(Some(digest)).unwrap_err(), AuthError::UnknownKey, "not the key");
+        for bad in ["sha256:abc trades.*", &format!("sha256:{}zz trades.*", "a".repeat(62))] {
+            let err = Authenticator::new(Some(bad), None, None, None).unwrap_err();
+            assert!(matches!(err, ConfigError::BadDigest { line: 1 }), "{err}");
+        }
     }
 
     #[test]
