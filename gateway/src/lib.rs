@@ -83,6 +83,8 @@ pub struct Gateway {
     listener: Option<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
+    /// The data port's certificate, with TLS on.
+    certs: Option<Arc<tls::CertStore>>,
 }
 
 impl Gateway {
@@ -128,10 +130,11 @@ impl Gateway {
         });
         let inbound = Arc::new(limits::InboundBudget::new(cfg.max_inbound_bytes));
         let auth = cfg.authenticator().map_err(anyhow::Error::msg)?.map(Arc::new);
-        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        let certs = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(tls::CertStore::open(cert, key)?)),
             _ => None,
         };
+        let tls = certs.clone().map(tls::server_config).transpose()?;
         stats.door.set(door.clone()).expect("set once, here");
         stats.inbound.set(inbound.clone()).expect("set once, here");
 
@@ -207,7 +210,17 @@ impl Gateway {
             listener: Some(listener),
             admin,
             workers,
+            certs,
         })
+    }
+
+    /// Reads the TLS certificate and key files again (SIGHUP), for handshakes from now on:
+    /// `Ok(false)` without TLS; on an error the current certificate stays.
+    pub fn reload_tls(&self) -> Result<bool, tls::ConfigError> {
+        match &self.certs {
+            None => Ok(false),
+            Some(certs) => certs.reload().map(|()| true),
+        }
     }
 
     /// The address actually bound (useful with port 0).

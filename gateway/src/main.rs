@@ -72,7 +72,14 @@ fn main() -> ExitCode {
     let stats = gateway.stats().clone();
     let fatal =
         || stats.feed.fatal.get().cloned().or_else(|| stats.health.failure().map(str::to_owned));
-    let fatal = match wait_for_signal_or(fatal) {
+    let reload = || match gateway.reload_tls() {
+        Ok(true) => tracing::info!("SIGHUP: TLS certificate and key read again"),
+        Ok(false) => tracing::info!("SIGHUP: nothing to reload (no TLS)"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: TLS not reloaded, the current certificate stays")
+        }
+    };
+    let fatal = match wait_for_signal_or(fatal, reload) {
         Ok(fatal) => fatal,
         Err(e) => {
             eprintln!("tickfan: cannot wait for signals: {e}");
@@ -135,16 +142,22 @@ fn wait_for_drain(gateway: &gateway::Gateway, window: std::time::Duration) -> st
 }
 
 /// Blocks until SIGINT or SIGTERM (`None`), or until `fatal` reports why the gateway cannot
-/// go on (looked at every 200 ms).
-fn wait_for_signal_or(fatal: impl Fn() -> Option<String>) -> std::io::Result<Option<String>> {
+/// go on (looked at every 200 ms); calls `reload` on every SIGHUP.
+fn wait_for_signal_or(
+    fatal: impl Fn() -> Option<String>,
+    reload: impl Fn(),
+) -> std::io::Result<Option<String>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let mut look = tokio::time::interval(std::time::Duration::from_millis(200));
         loop {
             tokio::select! {
                 r = tokio::signal::ctrl_c() => return r.map(|()| None),
                 _ = term.recv() => return Ok(None),
+                _ = hup.recv() => reload(),
                 _ = look.tick() => if let Some(why) = fatal() { return Ok(Some(why)) },
             }
         }

@@ -1,4 +1,5 @@
-//! TLS (`--tls-cert`, `--tls-key`): `wss://` and `https://` on the data port, by rustls.
+//! TLS (`--tls-cert`, `--tls-key`): `wss://` and `https://` on the data port, by rustls; the
+//! certificate is read again on SIGHUP ([`CertStore`]).
 //!
 //! The handshake and the HTTP upgrade run through tokio-rustls like any other HTTP service.
 //! After the upgrade the connection is taken apart into its TCP socket and its rustls session
@@ -12,11 +13,14 @@ use std::cell::RefCell;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
+use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{ServerConfig, ServerConnection};
 
 use crate::backpressure::TryWrite;
@@ -37,8 +41,60 @@ pub enum ConfigError {
     Rustls(#[from] tokio_rustls::rustls::Error),
 }
 
-/// The server's TLS configuration from a PEM certificate chain and its PEM private key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ConfigError> {
+/// The server's TLS configuration, presenting the certificate of `certs` (which SIGHUP
+/// reloads: [`CertStore::reload`]).
+pub fn server_config(certs: Arc<CertStore>) -> Result<Arc<ServerConfig>, ConfigError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
+}
+
+/// The certificate chain and key the data port presents, read from `--tls-cert` and
+/// `--tls-key`, and read again on [`reload`](Self::reload) (SIGHUP): a renewed certificate is
+/// taken without a restart. Handshakes after a reload present the new one; established
+/// connections keep their session.
+#[derive(Debug)]
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Reads the certificate chain (PEM) and its private key (PEM); they must match.
+    pub fn open(cert: &Path, key: &Path) -> Result<CertStore, ConfigError> {
+        let current = RwLock::new(Arc::new(load(cert, key)?));
+        Ok(CertStore { cert: cert.to_owned(), key: key.to_owned(), current })
+    }
+
+    /// Reads the files again; on any error the current certificate stays.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let fresh = Arc::new(load(&self.cert, &self.key)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// The files read, for messages.
+    pub fn paths(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// A certificate chain and its private key from PEM files, checked to belong together.
+fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, ConfigError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
         .map_err(|source| ConfigError::Cert { path: cert.to_owned(), source })?;
@@ -47,9 +103,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Confi
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|source| ConfigError::Key { path: key.to_owned(), source })?;
-    let mut config = ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(CertifiedKey::from_der(certs, key, &provider())?)
 }
 
 /// A client connection's socket after the upgrade: plain TCP, or TCP with its TLS session.

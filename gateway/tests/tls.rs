@@ -177,3 +177,77 @@ async fn curl_streams_server_sent_events_over_https() {
     assert!(seq.messages > 100, "only {} trades over https: {seq:?}", seq.messages);
     assert_eq!((seq.undeclared_gaps, seq.declared_gaps), (0, 0), "{seq:?}");
 }
+
+/// A renewed certificate is taken on SIGHUP, by the real binary: handshakes from then on
+/// present the new one, the connections already open go on, and a bad file on a later SIGHUP
+/// leaves the current certificate in place (the process stays up).
+#[tokio::test]
+async fn sighup_takes_a_renewed_certificate_and_open_connections_go_on() {
+    let (old, new) = (Cert::new(), Cert::new());
+    let (cert_path, key_path) = (old.dir.join("cert.pem"), old.dir.join("key.pem"));
+    let (child, addr) = support::spawn_tickfan(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ])
+    .await;
+    let pid = child.id().expect("running").to_string();
+    let handshake = |cert: &Cert| {
+        let connector = cert.connector();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await.is_ok()
+        }
+    };
+    // A subscriber from before the renewal.
+    let mut s = tls_connect(&old, addr).await;
+    support::upgrade_by_hand(&mut s, "localhost").await;
+    let mut ws = WebSocket::after_handshake(s, Role::Client);
+    ws.set_auto_pong(true);
+    let subscribe = json!({"op":"subscribe","id":1,"channels":["trades.*"]}).to_string();
+    ws.write_frame(Frame::text(Payload::Owned(subscribe.into_bytes()))).await.unwrap();
+    let mut seq = SeqCheck::default();
+    read_n(&mut ws, &mut seq, 100).await;
+    assert!(handshake(&old).await && !handshake(&new).await, "the old certificate first");
+
+    // Renewal: new files in place, then SIGHUP.
+    std::fs::copy(new.dir.join("cert.pem"), &cert_path).unwrap();
+    std::fs::copy(new.dir.join("key.pem"), &key_path).unwrap();
+    let hup = || std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(hup().success());
+    let mut renewed = false;
+    for _ in 0..50 {
+        if handshake(&new).await {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(renewed && !handshake(&old).await, "the new certificate after SIGHUP");
+    read_n(&mut ws, &mut seq, 200).await;
+
+    // A broken file: the reload fails, the current certificate stays, the process goes on.
+    std::fs::write(&cert_path, "not a certificate").unwrap();
+    assert!(hup().success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(handshake(&new).await, "still the renewed certificate");
+    read_n(&mut ws, &mut seq, 100).await;
+    assert_eq!((seq.undeclared_gaps, seq.declared_gaps), (0, 0), "{seq:?}");
+    drop(child);
+}
+
+/// Reads `n` more data messages into `seq`, each within 5 s.
+async fn read_n(ws: &mut WebSocket<Tls>, seq: &mut SeqCheck, n: u64) {
+    let until = seq.messages + n;
+    while seq.messages < until {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.read_frame())
+            .await
+            .expect("data within 5 s")
+            .expect("the connection goes on");
+        if frame.opcode == OpCode::Text {
+            seq.observe_json(&serde_json::from_slice(&frame.payload).unwrap());
+        }
+    }
+}
