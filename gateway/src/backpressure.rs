@@ -192,11 +192,12 @@ impl Outbound {
         }
     }
 
-    /// A queue for a WebSocket that negotiated permessage-deflate: data frames go compressed
-    /// when the producer made them so.
-    pub fn deflate(limit: usize, budget: Rc<Budget>) -> Outbound {
+    /// A queue for a WebSocket speaking `form` ([`Form::WebSocket`], [`Form::Deflate`] or
+    /// [`Form::Binary`]).
+    pub fn websocket(limit: usize, budget: Rc<Budget>, form: Form) -> Outbound {
+        debug_assert!(form.is_websocket());
         let mut out = Outbound::new(limit, budget);
-        out.form = Form::Deflate;
+        out.form = form;
         out
     }
 
@@ -216,7 +217,8 @@ impl Outbound {
     fn data(&self, frame: &Frame, market: &Market) -> Bytes {
         match self.form {
             Form::WebSocket => frame.bytes.clone(),
-            Form::Deflate => frame.deflated.as_ref().unwrap_or(&frame.bytes).clone(),
+            Form::Deflate => frame.deflated().unwrap_or(&frame.bytes).clone(),
+            Form::Binary => frame.binary().unwrap_or(&frame.bytes).clone(),
             Form::Sse => crate::sse::of_frame(frame, market.symbols()),
         }
     }
@@ -224,9 +226,10 @@ impl Outbound {
     /// About how long a data frame is in this queue's form (exact but for the rare SSE frame
     /// without its form).
     fn data_len(&self, frame: &Frame) -> usize {
-        match (self.form, &frame.sse) {
+        match (self.form, frame.sse()) {
             (Form::WebSocket, _) => frame.bytes.len(),
-            (Form::Deflate, _) => frame.deflated.as_ref().unwrap_or(&frame.bytes).len(),
+            (Form::Deflate, _) => frame.deflated().unwrap_or(&frame.bytes).len(),
+            (Form::Binary, _) => frame.binary().unwrap_or(&frame.bytes).len(),
             (Form::Sse, Some(sse)) => sse.len(),
             (Form::Sse, None) => frame.bytes.len() + 48,
         }
@@ -236,7 +239,7 @@ impl Outbound {
     /// `None` if it has none (a pong, for SSE).
     fn control(&self, ws: Bytes) -> Option<Bytes> {
         match self.form {
-            Form::WebSocket | Form::Deflate => Some(ws),
+            Form::WebSocket | Form::Deflate | Form::Binary => Some(ws),
             Form::Sse => crate::sse::from_ws(&ws),
         }
     }
@@ -696,16 +699,16 @@ impl<'a> GapNotice<'a> {
     /// Length of the whole frame or event.
     fn len(&self) -> usize {
         match self.form {
-            Form::WebSocket | Form::Deflate => frame::header_len(self.payload) + self.payload,
             Form::Sse => SSE_DATA.len() + self.payload + 2,
+            _ => frame::header_len(self.payload) + self.payload,
         }
     }
 
     /// Appends the whole frame or event.
     fn write(&self, out: &mut BytesMut) {
         match self.form {
-            Form::WebSocket | Form::Deflate => frame::put_header(out, Opcode::Text, self.payload),
             Form::Sse => out.extend_from_slice(SSE_DATA),
+            _ => frame::put_header(out, Opcode::Text, self.payload),
         }
         write_gap_json_with(
             |part| out.extend_from_slice(part),
@@ -826,7 +829,7 @@ mod tests {
         let head = format!("{{\"seq\":{seq},\"pad\":\"");
         let json = format!("{head}{}\"}}", "x".repeat(len - head.len() - 2));
         let bytes = frame::build(Opcode::Text, json.as_bytes());
-        Frame { ch: ChannelId::new(kind, 0), seq, ts: 0, bytes, sse: None, deflated: None }
+        Frame { ch: ChannelId::new(kind, 0), seq, ts: 0, bytes, alt: None }
     }
 
     fn data(seq: u64, len: usize) -> Frame {

@@ -72,7 +72,7 @@ pub async fn run(
     streams: Option<String>,
     permit: SocketPermit,
     admitted: Option<crate::auth::Admitted>,
-    deflate: bool,
+    form: Form,
 ) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
@@ -83,11 +83,10 @@ pub async fn run(
     let Some((sock, read_buf)) = take_socket(ws.into_inner().into_inner()) else { return };
     let sock = Rc::new(sock);
     let _ = sock.tcp().set_nodelay(true);
-    let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes, deflate);
+    let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes, form);
     opened(&ctx, key, admitted.as_ref());
 
     let grants = admitted.as_ref().map(|a| a.grants.clone());
-    let form = if deflate { Form::Deflate } else { Form::WebSocket };
     let mut reader = Reader::new(&ctx, key, grants, form);
     if let Some(streams) = streams {
         let channels = streams.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();

@@ -235,13 +235,10 @@ impl Shard {
         &self.market
     }
 
-    /// Adds a WebSocket writing to `sock`, its queue bounded by `queue_limit` bytes and this
-    /// shard's budget; `deflate` when it negotiated permessage-deflate.
-    pub fn open(&mut self, sock: Rc<dyn TryWrite>, queue_limit: usize, deflate: bool) -> ConnKey {
-        let out = match deflate {
-            true => Outbound::deflate(queue_limit, self.budget.clone()),
-            false => Outbound::new(queue_limit, self.budget.clone()),
-        };
+    /// Adds a WebSocket speaking `form` (plain, compressed or binary data) writing to `sock`,
+    /// its queue bounded by `queue_limit` bytes and this shard's budget.
+    pub fn open(&mut self, sock: Rc<dyn TryWrite>, queue_limit: usize, form: Form) -> ConnKey {
+        let out = Outbound::websocket(queue_limit, self.budget.clone(), form);
         self.insert(sock, out)
     }
 
@@ -888,6 +885,7 @@ fn counted(stats: &Stats, market: &Market, spec: ChannelSpec, delta: i64, form: 
     match form {
         Form::WebSocket => {}
         Form::Deflate => market.deflate.add(spec, delta as i32),
+        Form::Binary => market.binary.add(spec, delta as i32),
         Form::Sse => market.sse.add(spec, delta as i32),
     }
 }
@@ -980,7 +978,7 @@ mod tests {
         let thin_ch = frames.iter().find(|f| f.ch.kind() == Kind::Quotes).expect("quotes").ch;
         let conns = [(); 2].map(|_| {
             let sock = Rc::new(Counting::default());
-            (shard.open(sock.clone(), 1 << 20, false), sock)
+            (shard.open(sock.clone(), 1 << 20, Form::WebSocket), sock)
         });
         let none = |_: &Subscribed| Vec::new();
         shard.subscribe(conns[0].0, &[ChannelSpec::Wildcard(Kind::Trades)], &[], None, none);

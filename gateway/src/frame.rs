@@ -1,6 +1,8 @@
 //! Pre-built server WebSocket frames (RFC 6455 §5.2), encoded once and shared by every
 //! subscriber as a reference-counted [`Bytes`].
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use tickfan_proto::ChannelId;
 
@@ -13,6 +15,7 @@ pub const MAX_HEADER_LEN: usize = 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opcode {
     Text = 0x1,
+    Binary = 0x2,
     Close = 0x8,
     Ping = 0x9,
     Pong = 0xA,
@@ -30,13 +33,53 @@ pub struct Frame {
     pub ts: u64,
     /// The whole frame, ready for `write`. Cloning it is a reference-count increment.
     pub bytes: Bytes,
-    /// The same message as a Server-Sent Event (`sse`), encoded by the producer only while
-    /// some client streams the channel over SSE.
+    /// The message's other wire forms, made by the producer only while some subscriber of the
+    /// channel speaks one of them (`None` the rest of the time: a frame stays small, and
+    /// cloning it stays a reference-count increment).
+    pub alt: Option<Arc<Alternates>>,
+}
+
+/// A data message's wire forms besides its plain text frame.
+#[derive(Debug, Default)]
+pub struct Alternates {
+    /// As a Server-Sent Event (`crate::sse`).
     pub sse: Option<Bytes>,
-    /// The same text frame compressed (permessage-deflate, `crate::deflate`), made by the
-    /// producer only while some client that negotiated compression subscribes to the channel,
-    /// and only when it is smaller.
+    /// The text frame compressed (permessage-deflate, `crate::deflate`), when it is smaller.
     pub deflated: Option<Bytes>,
+    /// The compact binary frame (`tickfan_proto::binary`), for trades, quotes and book updates.
+    pub binary: Option<Bytes>,
+}
+
+impl Alternates {
+    /// `None` when no form was made.
+    pub fn of(forms: Alternates) -> Option<Arc<Alternates>> {
+        (forms.len() > 0).then(|| Arc::new(forms))
+    }
+
+    /// Bytes held by the forms.
+    pub fn len(&self) -> usize {
+        [&self.sse, &self.deflated, &self.binary]
+            .iter()
+            .map(|f| f.as_ref().map_or(0, Bytes::len))
+            .sum()
+    }
+}
+
+impl Frame {
+    /// The message as a Server-Sent Event, if the producer made it.
+    pub fn sse(&self) -> Option<&Bytes> {
+        self.alt.as_ref()?.sse.as_ref()
+    }
+
+    /// The compressed frame, if the producer made it.
+    pub fn deflated(&self) -> Option<&Bytes> {
+        self.alt.as_ref()?.deflated.as_ref()
+    }
+
+    /// The binary frame, if the producer made it.
+    pub fn binary(&self) -> Option<&Bytes> {
+        self.alt.as_ref()?.binary.as_ref()
+    }
 }
 
 /// Appends the header of a final, unmasked server frame carrying `payload_len` bytes.

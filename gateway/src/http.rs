@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::limits::{Refusal, SocketPermit};
+use crate::sse::Form;
 use crate::worker::WorkerCtx;
 
 /// Serves one accepted TCP connection (HTTP/1.1, possibly upgraded to WebSocket).
@@ -266,16 +267,32 @@ fn upgrade(
         }
     };
     let streams = query_param(query, "streams");
+    let binary = match query_param(query, "format").as_deref() {
+        None | Some("json") => false,
+        Some("binary") => true,
+        Some(_) => {
+            return refused_request(
+                "?format= is json (the default) or binary (docs/protocol.md, \"Binary data messages\")\n",
+            )
+        }
+    };
     let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter();
-    let deflate = ctx.cfg.permessage_deflate
+    // Binary messages gain little from deflating: a binary connection is never compressed.
+    let deflate = !binary
+        && ctx.cfg.permessage_deflate
         && crate::deflate::offered(offers.filter_map(|v| v.to_str().ok()));
+    let form = match (binary, deflate) {
+        (true, _) => Form::Binary,
+        (false, true) => Form::Deflate,
+        (false, false) => Form::WebSocket,
+    };
     match fastwebsockets::upgrade::upgrade(req) {
         Ok((response, fut)) => {
             let Some(mut permit) = permit.take() else {
                 return text(StatusCode::BAD_REQUEST, "this socket was upgraded already\n");
             };
             permit.upgraded();
-            let run = crate::conn::run(ctx, fut, streams, permit, admitted, deflate);
+            let run = crate::conn::run(ctx, fut, streams, permit, admitted, form);
             tokio::task::spawn_local(run);
             let mut response = response.map(|_| Full::new(Bytes::new()));
             if deflate {
@@ -333,15 +350,17 @@ pub(crate) fn version_refused(query: &str) -> Option<Response<Full<Bytes>>> {
         return None;
     }
     let asked: String = asked.chars().filter(|c| c.is_ascii_graphic()).take(16).collect();
-    let mut resp = text(
-        StatusCode::BAD_REQUEST,
-        &format!(
-            "protocol version {asked:?} is not served here: this gateway speaks protocol v{ours} \
-             (docs/protocol.md, \"Versions\"); connect with ?v={ours} or without v\n"
-        ),
-    );
+    Some(refused_request(&format!(
+        "protocol version {asked:?} is not served here: this gateway speaks protocol v{ours} \
+         (docs/protocol.md, \"Versions\"); connect with ?v={ours} or without v\n"
+    )))
+}
+
+/// 400 with `why`, and the socket closed after it (the client asked for what is not served).
+fn refused_request(why: &str) -> Response<Full<Bytes>> {
+    let mut resp = text(StatusCode::BAD_REQUEST, why);
     resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-    Some(resp)
+    resp
 }
 
 /// Whether the handshake's `Origin` may connect: any when no list is configured, and always

@@ -175,6 +175,9 @@ pub struct Market {
     /// Subscribers that negotiated permessage-deflate, per channel: while a channel has any,
     /// its frames carry their compressed form too (`Frame::deflated`).
     pub deflate: Interest,
+    /// Subscribers that asked for binary data messages (`?format=binary`), per channel: while
+    /// a channel has any, its trades, quotes and book updates carry it (`Frame::binary`).
+    pub binary: Interest,
     /// Subscribers of the book's forms (`book.<SYM>@10`…): the producer makes a form only
     /// while it has some (`forms`).
     pub forms: Interest,
@@ -261,6 +264,7 @@ impl Market {
             next_pos: AtomicU64::new(1),
             sse: Interest::new(n),
             deflate: Interest::new(n),
+            binary: Interest::new(n),
             forms: Interest::new(n),
             halted,
         }
@@ -336,7 +340,7 @@ impl Market {
         tickfan_proto::encode::write_book_json_on(
             json, name, kind, &bids, &asks, sym, seq, ts, crc,
         );
-        Some(self.record(st, ch, seq, ts, json))
+        Some(self.record(st, ch, seq, ts, json, None))
     }
 
     /// Producer: form channel `ch` lost its last subscriber; it is no longer kept up to date,
@@ -352,13 +356,14 @@ impl Market {
 
     /// The frame of `json` (the tick's message), with its SSE and compressed forms while
     /// they are wanted.
-    fn frame(&self, ch: ChannelId, seq: u64, ts: u64, json: &[u8]) -> Frame {
+    fn frame(&self, ch: ChannelId, seq: u64, ts: u64, json: &[u8], binary: Option<Bytes>) -> Frame {
         let bytes = frame::build(Opcode::Text, json);
         let sse = self
             .sse_wanted(ch)
             .then(|| crate::sse::event(self.symbols.channel_name_str(ch), seq, json));
         let deflated = self.deflate.any(ch).then(|| crate::deflate::text_frame(json)).flatten();
-        Frame { ch, seq, ts, bytes, sse, deflated }
+        let alt = frame::Alternates::of(frame::Alternates { sse, deflated, binary });
+        Frame { ch, seq, ts, bytes, alt }
     }
 
     pub fn symbols(&self) -> &Arc<SymbolTable> {
@@ -393,7 +398,12 @@ impl Market {
         };
         json.clear();
         write_tick_message(json, tick, sym, crc);
-        self.record(st, ch, tick.seq, tick.ts, json)
+        let binary = self.binary.any(ch).then(|| {
+            let mut payload = Vec::with_capacity(json.len() / 2);
+            tickfan_proto::binary::write_tick_binary(&mut payload, tick, crc)
+                .then(|| frame::build(Opcode::Binary, &payload))
+        });
+        self.record(st, ch, tick.seq, tick.ts, json, binary.flatten())
     }
 
     /// Producer: publishes a message of a derived channel (ticker, candles) whose JSON after
@@ -411,7 +421,7 @@ impl Market {
         json.clear();
         tickfan_proto::encode::write_message_head(json, self.symbols.channel_name_str(ch), seq, ts);
         json.extend_from_slice(body);
-        self.record(st, ch, seq, ts, json)
+        self.record(st, ch, seq, ts, json, None)
     }
 
     /// The last message of derived channel `ch`, if it has had one.
@@ -428,8 +438,9 @@ impl Market {
         seq: u64,
         ts: u64,
         json: &[u8],
+        binary: Option<Bytes>,
     ) -> Frame {
-        let frame = self.frame(ch, seq, ts, json);
+        let frame = self.frame(ch, seq, ts, json, binary);
         st.advance(seq, ts);
         if ch.kind().is_state() {
             st.latest = Some(Box::new(frame.clone()));
@@ -445,8 +456,8 @@ impl Market {
             }
             st.history.push_back((pos, frame.clone()));
             drop(st); // eviction locks channels one at a time, this one included
-            let forms = [&frame.sse, &frame.deflated].map(|f| f.as_ref().map_or(0, Bytes::len));
-            let size = (frame.bytes.len() + forms[0] + forms[1] + FRAME_OVERHEAD) as u32;
+            let forms = frame.alt.as_ref().map_or(0, |alt| alt.len());
+            let size = (frame.bytes.len() + forms + FRAME_OVERHEAD) as u32;
             self.keep(KeptFrame { ch, seq, ts, size });
         }
         frame
@@ -496,7 +507,7 @@ impl Market {
         st.cleared_at = self.next_pos.fetch_add(1, Ordering::SeqCst);
         json.clear();
         write_book_snapshot_message(json, st.book(), sym, snapshot.seq, snapshot.ts);
-        self.frame(ch, snapshot.seq, snapshot.ts, json)
+        self.frame(ch, snapshot.seq, snapshot.ts, json, None)
     }
 
     /// Seq of the last frame published on `ch` (0 before any).
@@ -673,17 +684,17 @@ mod tests {
                 return f;
             }
         };
-        assert!(next_trade(&m).sse.is_none(), "nobody streams over SSE");
+        assert!(next_trade(&m).alt.is_none(), "nobody streams over SSE");
         m.sse.add(ChannelSpec::Wildcard(Kind::Trades), 1);
         let f = next_trade(&m);
         let name = m.symbols().channel_name(f.ch);
-        let sse = f.sse.clone().expect("encoded while wanted");
+        let sse = f.sse().cloned().expect("encoded while wanted");
         assert_eq!(sse, crate::sse::event(&name, f.seq, &f.bytes[2..]));
         // Kept with the frame: a replay to an SSE client shares the very same bytes.
         let Replay::Frames { frames, .. } = m.replay(f.ch, f.seq - 1) else { panic!() };
-        assert_eq!(frames[0].sse.as_ref().unwrap().as_ptr(), sse.as_ptr());
+        assert_eq!(frames[0].sse().unwrap().as_ptr(), sse.as_ptr());
         m.sse.add(ChannelSpec::Wildcard(Kind::Trades), -1);
-        assert!(next_trade(&m).sse.is_none(), "no longer wanted");
+        assert!(next_trade(&m).alt.is_none(), "no longer wanted");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum Form {
     /// RFC 6455 frames, data messages compressed where the producer made a compressed form
     /// (permessage-deflate negotiated: `crate::deflate`); everything else plain.
     Deflate,
+    /// RFC 6455 frames, trades, quotes and book updates in binary frames where the producer
+    /// made them (`?format=binary`: `tickfan_proto::binary`); everything else JSON text.
+    Binary,
     /// `text/event-stream` events.
     Sse,
 }
@@ -82,7 +85,7 @@ fn put_data(out: &mut BytesMut, json: &[u8]) {
 /// client streamed its channel over SSE (a replay, a race with the first subscriber), one
 /// made now for this client.
 pub fn of_frame(frame: &Frame, names: &tickfan_proto::SymbolTable) -> Bytes {
-    match &frame.sse {
+    match frame.sse() {
         Some(sse) => sse.clone(),
         None => event(names.channel_name_str(frame.ch), frame.seq, ws_payload(&frame.bytes).1),
     }
@@ -288,6 +291,9 @@ fn admit(
     let query = req.uri().query().unwrap_or("");
     if let Some(refused) = crate::http::version_refused(query) {
         return Err(Box::new(refused));
+    }
+    if crate::http::query_param(query, "format").is_some_and(|f| f != "json") {
+        return Err(bad("Server-Sent Events carry JSON text: ?format=binary is for /ws\n"));
     }
     let admitted = match &ctx.auth {
         None => None,

@@ -13,44 +13,21 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{python_with_websockets, response_head, start_gateway, start_gateway_with, Client};
+use support::{python_with_websockets, start_gateway, start_gateway_with, Client};
 
 /// A gateway that takes permessage-deflate offers.
 fn deflating_gateway() -> gateway::Gateway {
     start_gateway_with(|c| c.permessage_deflate = true)
 }
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const STREAMS: &str = "trades.*,quotes.*,book.BTC-USD";
 
 /// A raw WebSocket client that offers `extensions`; the answer's head and the socket.
 async fn connect_offering(addr: SocketAddr, extensions: &str) -> (String, TcpStream) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /ws?streams={STREAMS} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: {extensions}\r\n\r\n"
-    );
-    s.write_all(request.as_bytes()).await.unwrap();
-    let head = String::from_utf8(response_head(&mut s).await).unwrap();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    (head, s)
-}
-
-/// One server frame: (first byte, payload).
-async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).await.unwrap();
-    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
-    let len = match h[1] & 0x7f {
-        126 => usize::from(s.read_u16().await.unwrap()),
-        127 => s.read_u64().await.unwrap() as usize,
-        n => usize::from(n),
-    };
-    let mut payload = vec![0; len];
-    s.read_exact(&mut payload).await.unwrap();
-    (h[0], payload)
+    let path = format!("/ws?streams={STREAMS}");
+    support::connect_raw(addr, &path, &format!("Sec-WebSocket-Extensions: {extensions}\r\n")).await
 }
 
 /// A compressed message's text (RFC 7692 §7.2.2: append 00 00 ff ff, inflate).
@@ -70,9 +47,10 @@ async fn data_frames(
 ) -> HashMap<(String, u64), (u8, Vec<u8>, Vec<u8>)> {
     let mut got = HashMap::new();
     for _ in 0..n {
-        let (b0, payload) = tokio::time::timeout(Duration::from_secs(5), read_frame(s))
-            .await
-            .expect("a frame within 5 s");
+        let (b0, payload) =
+            tokio::time::timeout(Duration::from_secs(5), support::read_server_frame(s))
+                .await
+                .expect("a frame within 5 s");
         if b0 & 0x0f != 0x1 {
             continue; // a ping
         }
@@ -145,7 +123,7 @@ async fn bad_compressed_input_closes_1007_and_offers_are_taken_only_when_asked()
     // A masked text frame with RSV1 whose payload is not deflate data (mask of zeros).
     s.write_all(&[0xC1, 0x84, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
     let close = loop {
-        let (b0, payload) = read_frame(&mut s).await;
+        let (b0, payload) = support::read_server_frame(&mut s).await;
         if b0 & 0x0f == 0x8 {
             break payload;
         }
@@ -160,7 +138,7 @@ async fn bad_compressed_input_closes_1007_and_offers_are_taken_only_when_asked()
     // Without the extension, RSV1 is a protocol error.
     s.write_all(&[0xC1, 0x80, 0, 0, 0, 0]).await.unwrap();
     let close = loop {
-        let (b0, payload) = read_frame(&mut s).await;
+        let (b0, payload) = support::read_server_frame(&mut s).await;
         if b0 & 0x0f == 0x8 {
             break payload;
         }

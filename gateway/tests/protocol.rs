@@ -372,20 +372,12 @@ async fn an_unmasked_client_frame_closes_with_1002() {
 /// connects; any other gets 400 saying which version is served, on `/ws` and on `/sse`.
 #[tokio::test]
 async fn a_client_naming_another_protocol_version_is_told_which_one_is_served() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = start_gateway();
     let addr = gw.local_addr();
     let mut c = Client::connect(addr, "/ws?v=2&streams=trades.BTC-USD").await;
     assert_eq!(c.reply().await["op"], "subscribed");
     assert!(c.recv_json().await["ts"].as_u64().unwrap() < 1 << 53);
-    let answer = |request: String| async move {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        let read = s.read_to_string(&mut out);
-        tokio::time::timeout(Duration::from_secs(5), read).await.unwrap().unwrap();
-        out
-    };
+    let answer = |request: String| async move { support::raw_request(addr, &request).await };
     for v in ["1", "3", "2.0", "%00x"] {
         let upgrade = format!(
             "GET /ws?v={v} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

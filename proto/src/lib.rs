@@ -8,6 +8,7 @@
 //! The contract for client authors is `docs/protocol.md`; the encoders here are its reference
 //! implementation.
 
+pub mod binary;
 pub mod book;
 pub mod channel;
 pub mod decimal;

@@ -684,3 +684,50 @@ pub fn python_with_websockets() -> Option<()> {
         probe,
     )
 }
+
+/// A raw WebSocket handshake of `path` with extra header lines (each ending in `\r\n`):
+/// the 101 answer's head and the socket, for tests that read frames byte by byte.
+pub async fn connect_raw(
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> (String, tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let head = String::from_utf8(response_head(&mut s).await).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (head, s)
+}
+
+/// One server frame read from a raw socket: (first byte, payload).
+pub async fn read_server_frame(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).await.unwrap();
+    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+    let len = match h[1] & 0x7f {
+        126 => usize::from(s.read_u16().await.unwrap()),
+        127 => s.read_u64().await.unwrap() as usize,
+        n => usize::from(n),
+    };
+    let mut payload = vec![0; len];
+    s.read_exact(&mut payload).await.unwrap();
+    (h[0], payload)
+}
+
+/// Sends `request` (a whole HTTP request) on a fresh connection; the whole answer, read until
+/// the server closes (within 5 s).
+pub async fn raw_request(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    let read = s.read_to_string(&mut out);
+    tokio::time::timeout(Duration::from_secs(5), read).await.expect("closed within 5 s").unwrap();
+    out
+}
