@@ -197,6 +197,8 @@ struct Shared {
     measuring: AtomicBool,
     totals: Mutex<ConnTotals>,
     hist: Vec<Mutex<Histogram<u64>>>,
+    /// With `format=binary` in the target: the channel names binary messages refer to.
+    binary_names: Option<crate::scan::BinaryNames>,
 }
 
 /// What connections add up at their end.
@@ -344,6 +346,25 @@ pub async fn socketio_handshake(ws: &mut ClientSocket, streams: &str) -> anyhow:
     send_text(ws, event.as_bytes()).await
 }
 
+/// The gateway's symbols, asked once on a connection of its own (`{"op":"symbols"}`), as the
+/// channel names of binary messages.
+async fn binary_names(addr: SocketAddr, path: &str) -> anyhow::Result<crate::scan::BinaryNames> {
+    let ask = async {
+        let mut ws = connect(addr, path, None).await?;
+        send_text(&mut ws, br#"{"op":"symbols","id":"bench"}"#).await?;
+        loop {
+            let reply: serde_json::Value = serde_json::from_slice(&read_text(&mut ws).await?)?;
+            if reply["op"] == "symbols" {
+                let names: Vec<String> = serde_json::from_value(reply["symbols"].clone())?;
+                return Ok(crate::scan::BinaryNames::new(&names));
+            }
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, ask)
+        .await
+        .context("no symbols reply for the binary format's channel names")?
+}
+
 async fn read_text(ws: &mut ClientSocket) -> anyhow::Result<Vec<u8>> {
     loop {
         let frame = ws.read_frame().await?;
@@ -408,11 +429,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let progress =
         || if cfg.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
 
+    let binary = cfg.protocol == Protocol::Tickfan && targets[0].1.contains("format=binary");
+    let binary_names = match binary {
+        true => Some(binary_names(targets[0].0, &targets[0].1).await?),
+        false => None,
+    };
     let shared = Arc::new(Shared {
         live_msgs: AtomicU64::new(0),
         measuring: AtomicBool::new(false),
         totals: Mutex::new(ConnTotals::default()),
         hist: (0..SHARDS).map(|_| Mutex::new(latency_histogram())).collect(),
+        binary_names,
     });
 
     // Connect everyone first (at most CONNECTS_IN_FLIGHT at a time, paced by --ramp), then
@@ -700,6 +727,7 @@ async fn drive(
         };
         match frame.opcode {
             OpCode::Text => {}
+            OpCode::Binary if shared.binary_names.is_some() => {}
             OpCode::Close => break false,
             _ => continue,
         }
@@ -707,9 +735,12 @@ async fn drive(
         if measuring {
             t.wire_bytes += wire_size(frame.payload.len());
         }
-        let msg = match protocol {
-            Protocol::Tickfan => scan(&frame.payload),
-            Protocol::Socketio => match frame.payload.strip_prefix(b"42[\"tick\",") {
+        let msg = match (protocol, &shared.binary_names) {
+            (_, Some(names)) if frame.opcode == OpCode::Binary => {
+                crate::scan::scan_binary(&frame.payload, names)
+            }
+            (Protocol::Tickfan, _) => scan(&frame.payload),
+            (Protocol::Socketio, _) => match frame.payload.strip_prefix(b"42[\"tick\",") {
                 Some(event) => scan(event),
                 None if &frame.payload[..] == b"2" => {
                     let pong = ws.write_frame(Frame::text(Payload::Borrowed(b"3"))).await;

@@ -82,6 +82,36 @@ fn string_after<'a>(hay: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     Some(&hay[start..start + len])
 }
 
+/// Channel names by binary `type` (1 trades, 2 quotes, 3 book) and symbol index, for
+/// [`scan_binary`]: a binary message names its channel by numbers, the sequence checks by name.
+#[derive(Debug, Default)]
+pub struct BinaryNames(pub [Vec<Vec<u8>>; 3]);
+
+impl BinaryNames {
+    /// The names of `symbols` (the `symbols` reply's list, in its order).
+    pub fn new(symbols: &[String]) -> BinaryNames {
+        let of = |kind: &str| symbols.iter().map(|s| format!("{kind}.{s}").into_bytes()).collect();
+        BinaryNames([of("trades"), of("quotes"), of("book")])
+    }
+}
+
+/// Scans one binary data message (`/ws?format=binary`, `tickfan_proto::binary`): its channel
+/// (named from `names`), `seq` and `ts` (µs) at their fixed offsets.
+pub fn scan_binary<'a>(msg: &[u8], names: &'a BinaryNames) -> Scanned<'a> {
+    let (Some(&kind), Some(sym), Some(seq), Some(ts)) =
+        (msg.first(), msg.get(2..6), msg.get(6..14), msg.get(14..22))
+    else {
+        return Scanned::Other;
+    };
+    let sym = u32::from_le_bytes(sym.try_into().expect("4 bytes")) as usize;
+    let Some(ch) = names.0.get(usize::from(kind).wrapping_sub(1)).and_then(|n| n.get(sym)) else {
+        return Scanned::Other;
+    };
+    let seq = u64::from_le_bytes(seq.try_into().expect("8 bytes"));
+    let ts = u64::from_le_bytes(ts.try_into().expect("8 bytes"));
+    Scanned::Data { ch, seq, ts }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +140,31 @@ mod tests {
         assert_eq!(scan(m), Scanned::Data { ch: b"quotes.X", seq: 7, ts: 5 });
         // An overflowing number is not a number.
         assert_eq!(scan(br#"{"ch":"x","seq":99999999999999999999,"ts":1}"#), Scanned::Other);
+    }
+
+    #[test]
+    fn binary_messages_scan_to_their_channel_seq_and_ts() {
+        let names = BinaryNames::new(&["BTC-USD".to_owned(), "ETH-USD".to_owned()]);
+        let tick = tickfan_proto::Tick {
+            sym: 1,
+            seq: 77,
+            ts: 5_000,
+            et: 0,
+            body: tickfan_proto::TickBody::Quote(tickfan_proto::Quote {
+                bid: 1,
+                bsz: 1,
+                ask: 2,
+                asz: 1,
+            }),
+        };
+        let mut msg = Vec::new();
+        tickfan_proto::binary::write_tick_binary(&mut msg, &tick, None);
+        assert_eq!(
+            scan_binary(&msg, &names),
+            Scanned::Data { ch: b"quotes.ETH-USD", seq: 77, ts: 5 }
+        );
+        msg[2] = 9; // no symbol 9
+        assert_eq!(scan_binary(&msg, &names), Scanned::Other);
+        assert_eq!(scan_binary(&msg[..10], &names), Scanned::Other);
     }
 }

@@ -1,7 +1,8 @@
 //! Criterion micro-benches of the hot path (docs/benchmarks.md): tick → frame encoding, ring push/pop,
 //! control-message parsing (simd-json vs serde_json), fan-out of one frame to K queues, an
-//! offer to a queue whose channel fell behind, and deflating a message once
-//! (permessage-deflate; its size ratio per kind is printed first).
+//! offer to a queue whose channel fell behind, deflating a message once (permessage-deflate;
+//! its size ratio per kind is printed first), and the binary form (encoding, sizes, and a
+//! client's decoding against JSON parsing).
 //! Run: `cargo bench -p gateway --bench hot_path`.
 
 use std::hint::black_box;
@@ -156,12 +157,7 @@ fn offer_behind(c: &mut Criterion) {
 /// client subscribes to its channel), and what it saves per kind.
 fn deflate(c: &mut Criterion) {
     let frames = frames(4096);
-    let header = |b: &[u8]| match b[1] & 0x7f {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    let payloads: Vec<&[u8]> = frames.iter().map(|f| &f.bytes[header(&f.bytes)..]).collect();
+    let payloads: Vec<&[u8]> = frames.iter().map(|f| &f.bytes[header_len(&f.bytes)..]).collect();
     let mut sizes: std::collections::BTreeMap<&str, (usize, usize, usize)> = Default::default();
     for (f, p) in frames.iter().zip(&payloads) {
         let deflated = gateway::deflate::text_frame(p).map_or(f.bytes.len(), |d| d.len());
@@ -188,5 +184,76 @@ fn deflate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, ring, parse, fanout, offer_behind, deflate);
+/// Binary data messages (`?format=binary`): the producer's cost of the extra encoding (only
+/// while a binary client subscribes), the bytes per kind against JSON, and what a client
+/// spends reading each form (the reference binary decoder, serde_json into a `Value`).
+fn binary(c: &mut Criterion) {
+    use tickfan_proto::binary::{decode, write_tick_binary};
+    let mut feed = feed();
+    let ticks: Vec<_> = (0..4096).map(|_| feed.next_tick_virtual()).collect();
+    let frames = {
+        let mut enc = Encoder::new(market(&feed));
+        ticks.iter().map(|t| enc.encode(t)).collect::<Vec<_>>()
+    };
+    let json: Vec<Vec<u8>> =
+        frames.iter().map(|f| f.bytes[header_len(&f.bytes)..].to_vec()).collect();
+    let bin: Vec<Vec<u8>> = ticks
+        .iter()
+        .map(|t| {
+            let mut b = Vec::new();
+            write_tick_binary(&mut b, t, Some(0));
+            b
+        })
+        .collect();
+    let mut sizes: std::collections::BTreeMap<&str, (usize, usize, usize)> = Default::default();
+    for ((t, j), b) in ticks.iter().zip(&json).zip(&bin) {
+        let e = sizes.entry(t.body.kind().label()).or_default();
+        *e = (e.0 + 1, e.1 + j.len(), e.2 + b.len());
+    }
+    for (kind, (n, j, b)) in sizes {
+        eprintln!(
+            "binary {kind}: {n} messages, {:.0} bytes JSON, {:.0} binary ({:.0} %)",
+            j as f64 / n as f64,
+            b as f64 / n as f64,
+            100.0 * b as f64 / j as f64
+        );
+    }
+    let mut g = c.benchmark_group("binary");
+    g.throughput(Throughput::Elements(ticks.len() as u64));
+    let mut buf = Vec::with_capacity(4096);
+    g.bench_function("encode_x4096", |b| {
+        b.iter(|| {
+            for t in &ticks {
+                buf.clear();
+                black_box(write_tick_binary(&mut buf, t, Some(0)));
+            }
+        })
+    });
+    g.bench_function("client_decode_binary_x4096", |b| {
+        b.iter(|| {
+            for m in &bin {
+                black_box(decode(m).unwrap());
+            }
+        })
+    });
+    g.bench_function("client_parse_json_x4096", |b| {
+        b.iter(|| {
+            for m in &json {
+                black_box(serde_json::from_slice::<serde_json::Value>(m).unwrap());
+            }
+        })
+    });
+    g.finish();
+}
+
+/// Length of a server frame's header.
+fn header_len(frame: &[u8]) -> usize {
+    match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    }
+}
+
+criterion_group!(benches, encode, ring, parse, fanout, offer_behind, deflate, binary);
 criterion_main!(benches);

@@ -53,11 +53,11 @@ pub struct Alternates {
 impl Alternates {
     /// `None` when no form was made.
     pub fn of(forms: Alternates) -> Option<Arc<Alternates>> {
-        (forms.len() > 0).then(|| Arc::new(forms))
+        (forms.bytes() > 0).then(|| Arc::new(forms))
     }
 
     /// Bytes held by the forms.
-    pub fn len(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         [&self.sse, &self.deflated, &self.binary]
             .iter()
             .map(|f| f.as_ref().map_or(0, Bytes::len))

@@ -456,7 +456,7 @@ impl Market {
             }
             st.history.push_back((pos, frame.clone()));
             drop(st); // eviction locks channels one at a time, this one included
-            let forms = frame.alt.as_ref().map_or(0, |alt| alt.len());
+            let forms = frame.alt.as_ref().map_or(0, |alt| alt.bytes());
             let size = (frame.bytes.len() + forms + FRAME_OVERHEAD) as u32;
             self.keep(KeptFrame { ch, seq, ts, size });
         }
