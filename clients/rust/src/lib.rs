@@ -57,6 +57,8 @@ pub struct Counters {
     /// (the book is then subscribed again for a fresh snapshot).
     pub crc_ok: u64,
     pub crc_bad: u64,
+    /// Data messages that came binary ([`Client::binary`]), within `messages`.
+    pub binary: u64,
 }
 
 /// A discontinuity in a channel's sequence: the gateway's reason (`slow_consumer`,
@@ -118,6 +120,8 @@ pub struct Client {
     outbox: Vec<Value>,
     /// Leave this connection now (a `shutdown` notice, or a book a wildcard cannot repair).
     leave: bool,
+    /// Ask for binary data messages (`?format=binary`).
+    binary: bool,
 }
 
 impl Client {
@@ -136,7 +140,16 @@ impl Client {
             confirmed: 0,
             outbox: Vec::new(),
             leave: false,
+            binary: false,
         }
+    }
+
+    /// Asks for trades, quotes and book updates as binary messages (`?format=binary`: less
+    /// than half the bytes on the wire). They reach the callback exactly as JSON ones do: each
+    /// is decoded, and its [`Message::json`] is the JSON the gateway would have sent.
+    pub fn binary(mut self, on: bool) -> Client {
+        self.binary = on;
+        self
     }
 
     pub fn counters(&self) -> Counters {
@@ -175,7 +188,7 @@ impl Client {
     /// One connection: the instruments' decimals, the subscription (resuming what we have),
     /// then messages until it ends.
     async fn session(&mut self, on_event: &mut impl FnMut(Event<'_>)) -> anyhow::Result<()> {
-        let mut ws = connect(&self.addr).await?;
+        let mut ws = connect(&self.addr, self.binary).await?;
         let id = self.request_id();
         send(&mut ws, &json!({"op":"symbols","id":id})).await?;
         let request = self.subscribe_request();
@@ -183,12 +196,16 @@ impl Client {
         send(&mut ws, &request).await?;
         loop {
             let frame = ws.read_frame().await?;
-            match frame.opcode {
-                OpCode::Text => {}
+            let msg = match frame.opcode {
+                OpCode::Text => serde_json::from_slice::<Value>(&frame.payload).ok(),
+                OpCode::Binary => {
+                    self.counters.binary += 1;
+                    self.from_binary(&frame.payload)
+                }
                 OpCode::Close => return Ok(()),
                 _ => continue,
-            }
-            let Ok(msg) = serde_json::from_slice::<Value>(&frame.payload) else { continue };
+            };
+            let Some(msg) = msg else { continue };
             self.handle(msg, on_event)?;
             for request in std::mem::take(&mut self.outbox) {
                 send(&mut ws, &request).await?;
@@ -197,6 +214,18 @@ impl Client {
                 return Ok(());
             }
         }
+    }
+
+    /// A binary data message as the JSON message it stands for (`None`, and a warning, if it
+    /// does not decode or names an unknown symbol).
+    fn from_binary(&self, payload: &[u8]) -> Option<Value> {
+        let decoded = tickfan_proto::binary::decode(payload)
+            .map_err(|e| eprintln!("tickfan-client: a binary message does not decode: {e:?}"))
+            .ok()?;
+        let symbol = self.symbols.as_ref()?.iter().nth(decoded.tick.sym as usize)?;
+        let mut json = Vec::with_capacity(payload.len() * 3);
+        tickfan_proto::encode::write_tick_message(&mut json, &decoded.tick, symbol, decoded.crc);
+        serde_json::from_slice(&json).ok()
     }
 
     fn request_id(&mut self) -> u64 {
@@ -434,10 +463,10 @@ async fn send(ws: &mut Socket, v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens `ws://addr/ws?v=2` with fastwebsockets' client handshake: the URL names the protocol
-/// version this client speaks, so that a gateway serving another refuses (400) instead of
-/// sending messages it would misread.
-async fn connect(addr: &str) -> anyhow::Result<Socket> {
+/// Opens `ws://addr/ws?v=2` (and `&format=binary` with `binary`) with fastwebsockets' client
+/// handshake: the URL names the protocol version this client speaks, so that a gateway
+/// serving another refuses (400) instead of sending messages it would misread.
+async fn connect(addr: &str, binary: bool) -> anyhow::Result<Socket> {
     let sock: SocketAddr = tokio::net::lookup_host(addr)
         .await?
         .next()
@@ -446,7 +475,11 @@ async fn connect(addr: &str) -> anyhow::Result<Socket> {
     stream.set_nodelay(true)?;
     let req = Request::builder()
         .method("GET")
-        .uri(format!("/ws?v={}", tickfan_proto::PROTOCOL_VERSION))
+        .uri(format!(
+            "/ws?v={}{}",
+            tickfan_proto::PROTOCOL_VERSION,
+            if binary { "&format=binary" } else { "" }
+        ))
         .header("Host", addr)
         .header(UPGRADE, "websocket")
         .header(CONNECTION, "upgrade")

@@ -1,7 +1,8 @@
 //! The Rust client against a real gateway (in-process, on 127.0.0.1): subscribed to trades,
 //! quotes and two books, it goes through a gateway restart on the same port (a new epoch:
 //! nothing resumes), starts its books again from fresh snapshots, and sees every seq and
-//! checksum right throughout; trades arrive typed.
+//! checksum right throughout; trades arrive typed. Once with JSON, once with binary data
+//! messages.
 
 use std::time::Duration;
 
@@ -19,6 +20,15 @@ fn config() -> Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_goes_through_a_gateway_restart_with_books_and_seqs_right() {
+    through_a_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_client_goes_through_a_gateway_restart_with_books_and_seqs_right() {
+    through_a_restart(true).await;
+}
+
+async fn through_a_restart(binary: bool) {
     let first = Gateway::start(config()).expect("gateway starts");
     let addr = first.local_addr();
     // The restart, on a thread of its own (stopping a gateway joins its threads).
@@ -31,7 +41,7 @@ async fn the_client_goes_through_a_gateway_restart_with_books_and_seqs_right() {
         Gateway::start(cfg).expect("a new gateway on the same port")
     });
     let channels = ["trades.BTC-USD", "quotes.BTC-USD", "book.BTC-USD", "book.ETH-USD"];
-    let mut client = Client::new(&addr.to_string(), channels);
+    let mut client = Client::new(&addr.to_string(), channels).binary(binary);
     let (mut typed_trades, mut books) = (0, 0);
     let ran = tokio::time::timeout(
         Duration::from_secs(6),
@@ -56,4 +66,8 @@ async fn the_client_goes_through_a_gateway_restart_with_books_and_seqs_right() {
     assert_eq!((n.crc_bad, n.gaps_undeclared), (0, 0), "{n:?}");
     assert!(n.crc_ok > 100 && books as u64 == n.crc_ok, "{n:?}");
     assert!(n.messages > 1000 && typed_trades > 100, "{n:?}, {typed_trades} typed trades");
+    match binary {
+        true => assert!(n.binary * 2 > n.messages, "mostly binary: {n:?}"),
+        false => assert_eq!(n.binary, 0),
+    }
 }
