@@ -200,7 +200,7 @@ impl Client {
                 OpCode::Text => serde_json::from_slice::<Value>(&frame.payload).ok(),
                 OpCode::Binary => {
                     self.counters.binary += 1;
-                    self.from_binary(&frame.payload)
+                    self.json_of_binary(&frame.payload)
                 }
                 OpCode::Close => return Ok(()),
                 _ => continue,
@@ -218,7 +218,7 @@ impl Client {
 
     /// A binary data message as the JSON message it stands for (`None`, and a warning, if it
     /// does not decode or names an unknown symbol).
-    fn from_binary(&self, payload: &[u8]) -> Option<Value> {
+    fn json_of_binary(&self, payload: &[u8]) -> Option<Value> {
         let decoded = tickfan_proto::binary::decode(payload)
             .map_err(|e| eprintln!("tickfan-client: a binary message does not decode: {e:?}"))
             .ok()?;
