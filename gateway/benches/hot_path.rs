@@ -158,20 +158,13 @@ fn offer_behind(c: &mut Criterion) {
 fn deflate(c: &mut Criterion) {
     let frames = frames(4096);
     let payloads: Vec<&[u8]> = frames.iter().map(|f| &f.bytes[header_len(&f.bytes)..]).collect();
-    let mut sizes: std::collections::BTreeMap<&str, (usize, usize, usize)> = Default::default();
-    for (f, p) in frames.iter().zip(&payloads) {
-        let deflated = gateway::deflate::text_frame(p).map_or(f.bytes.len(), |d| d.len());
-        let e = sizes.entry(f.ch.kind().label()).or_default();
-        *e = (e.0 + 1, e.1 + f.bytes.len(), e.2 + deflated);
-    }
-    for (kind, (n, plain, deflated)) in sizes {
-        eprintln!(
-            "deflate {kind}: {n} frames, {:.0} bytes plain, {:.0} deflated on the wire ({:.0} %)",
-            plain as f64 / n as f64,
-            deflated as f64 / n as f64,
-            100.0 * deflated as f64 / plain as f64
-        );
-    }
+    print_sizes(
+        "deflated frame",
+        frames.iter().zip(&payloads).map(|(f, p)| {
+            let deflated = gateway::deflate::text_frame(p).map_or(f.bytes.len(), |d| d.len());
+            (f.ch.kind().label(), f.bytes.len(), deflated)
+        }),
+    );
     let mut g = c.benchmark_group("deflate");
     g.throughput(Throughput::Elements(payloads.len() as u64));
     g.bench_function("message_x4096", |b| {
@@ -205,19 +198,14 @@ fn binary(c: &mut Criterion) {
             b
         })
         .collect();
-    let mut sizes: std::collections::BTreeMap<&str, (usize, usize, usize)> = Default::default();
-    for ((t, j), b) in ticks.iter().zip(&json).zip(&bin) {
-        let e = sizes.entry(t.body.kind().label()).or_default();
-        *e = (e.0 + 1, e.1 + j.len(), e.2 + b.len());
-    }
-    for (kind, (n, j, b)) in sizes {
-        eprintln!(
-            "binary {kind}: {n} messages, {:.0} bytes JSON, {:.0} binary ({:.0} %)",
-            j as f64 / n as f64,
-            b as f64 / n as f64,
-            100.0 * b as f64 / j as f64
-        );
-    }
+    print_sizes(
+        "binary message",
+        ticks
+            .iter()
+            .zip(&json)
+            .zip(&bin)
+            .map(|((t, j), b)| (t.body.kind().label(), j.len(), b.len())),
+    );
     let mut g = c.benchmark_group("binary");
     g.throughput(Throughput::Elements(ticks.len() as u64));
     let mut buf = Vec::with_capacity(4096);
@@ -244,6 +232,24 @@ fn binary(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// Prints, per kind, the average size of `rows`' plain form (the JSON message or frame) and of
+/// their `form`, and the ratio.
+fn print_sizes<'a>(form: &str, rows: impl IntoIterator<Item = (&'a str, usize, usize)>) {
+    let mut sizes: std::collections::BTreeMap<&str, (usize, usize, usize)> = Default::default();
+    for (kind, plain, other) in rows {
+        let e = sizes.entry(kind).or_default();
+        *e = (e.0 + 1, e.1 + plain, e.2 + other);
+    }
+    for (kind, (n, plain, other)) in sizes {
+        eprintln!(
+            "{kind}: {n} messages, {:.0} bytes plain, {:.0} bytes as a {form} ({:.0} %)",
+            plain as f64 / n as f64,
+            other as f64 / n as f64,
+            100.0 * other as f64 / plain as f64
+        );
+    }
 }
 
 /// Length of a server frame's header.

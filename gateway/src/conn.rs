@@ -51,9 +51,11 @@ pub enum End {
 /// A text or binary message being received in fragments (RFC 6455 §5.4).
 #[derive(Debug)]
 enum Partial {
-    Text(Vec<u8>),
-    /// A compressed text message (permessage-deflate): inflated once complete.
-    Deflated(Vec<u8>),
+    /// `compressed`: permessage-deflate, inflated once complete.
+    Text {
+        buf: Vec<u8>,
+        compressed: bool,
+    },
     Binary(usize),
 }
 
@@ -507,18 +509,12 @@ impl Session {
             OpIn::Text | OpIn::Binary if self.partial.is_some() => {
                 Some(protocol_error("a new message began before the fragmented one was finished"))
             }
-            OpIn::Text if frame.fin && frame.compressed => {
-                self.on_deflated(ctx, frame.payload, max_frame)
+            OpIn::Text if frame.fin => {
+                self.on_message(ctx, frame.payload, frame.compressed, max_frame)
             }
-            OpIn::Text if frame.fin => match std::str::from_utf8(frame.payload) {
-                Ok(_) => self.on_text(ctx, frame.payload),
-                Err(_) => Some(Violation::bad_utf8().into()),
-            },
             OpIn::Text => {
-                let start = frame.payload.to_vec();
-                let partial =
-                    if frame.compressed { Partial::Deflated(start) } else { Partial::Text(start) };
-                self.partial = Some(Box::new(partial));
+                let (buf, compressed) = (frame.payload.to_vec(), frame.compressed);
+                self.partial = Some(Box::new(Partial::Text { buf, compressed }));
                 None
             }
             OpIn::Binary if frame.fin => self.refuse_binary(ctx),
@@ -528,28 +524,15 @@ impl Session {
             }
             OpIn::Continuation => match self.partial.take().map(|p| *p) {
                 None => Some(protocol_error("continuation frame without a message to continue")),
-                Some(Partial::Text(mut buf)) => {
+                Some(Partial::Text { mut buf, compressed }) => {
                     buf.extend_from_slice(frame.payload);
                     if buf.len() > max_frame {
                         Some(Violation::too_big(max_frame).into())
                     } else if !frame.fin {
-                        self.partial = Some(Box::new(Partial::Text(buf)));
-                        None
-                    } else if std::str::from_utf8(&buf).is_err() {
-                        Some(Violation::bad_utf8().into())
-                    } else {
-                        self.on_text(ctx, &mut buf)
-                    }
-                }
-                Some(Partial::Deflated(mut buf)) => {
-                    buf.extend_from_slice(frame.payload);
-                    if buf.len() > max_frame {
-                        Some(Violation::too_big(max_frame).into())
-                    } else if !frame.fin {
-                        self.partial = Some(Box::new(Partial::Deflated(buf)));
+                        self.partial = Some(Box::new(Partial::Text { buf, compressed }));
                         None
                     } else {
-                        self.on_deflated(ctx, &buf, max_frame)
+                        self.on_message(ctx, &mut buf, compressed, max_frame)
                     }
                 }
                 Some(Partial::Binary(n)) => {
@@ -567,12 +550,29 @@ impl Session {
         }
     }
 
-    /// A complete compressed text message: inflated (at most `max` bytes), then as any.
-    fn on_deflated(&mut self, ctx: &WorkerCtx, payload: &[u8], max: usize) -> Option<End> {
-        match crate::deflate::inflate(payload, max) {
-            Ok(mut text) if std::str::from_utf8(&text).is_ok() => self.on_text(ctx, &mut text),
-            Ok(_) => Some(Violation::bad_utf8().into()),
-            Err(violation) => Some(violation.into()),
+    /// A complete text message, `compressed` (then inflated first, to at most `max` bytes) or
+    /// not: UTF-8 checked, then one request.
+    fn on_message(
+        &mut self,
+        ctx: &WorkerCtx,
+        payload: &mut [u8],
+        compressed: bool,
+        max: usize,
+    ) -> Option<End> {
+        let mut inflated;
+        let text = match compressed {
+            false => payload,
+            true => match crate::deflate::inflate(payload, max) {
+                Ok(text) => {
+                    inflated = text;
+                    &mut inflated[..]
+                }
+                Err(violation) => return Some(violation.into()),
+            },
+        };
+        match std::str::from_utf8(text) {
+            Ok(_) => self.on_text(ctx, text),
+            Err(_) => Some(Violation::bad_utf8().into()),
         }
     }
 
@@ -603,7 +603,7 @@ impl Session {
     /// Bytes held for a fragmented message being received.
     fn partial_bytes(&self) -> usize {
         match self.partial.as_deref() {
-            Some(Partial::Text(buf) | Partial::Deflated(buf)) => buf.capacity(),
+            Some(Partial::Text { buf, .. }) => buf.capacity(),
             Some(Partial::Binary(_)) | None => 0,
         }
     }

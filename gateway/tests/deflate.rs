@@ -120,6 +120,28 @@ async fn data_frames_are_deflated_once_and_inflate_to_the_plain_bytes() {
 async fn bad_compressed_input_closes_1007_and_offers_are_taken_only_when_asked() {
     let gw = deflating_gateway();
     let (_, mut s) = connect_offering(gw.local_addr(), "permessage-deflate").await;
+    // A compressed request in two fragments (RSV1 on the first only), masked with zeros: the
+    // pong comes.
+    let mut deflater = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut body = Vec::with_capacity(256);
+    let request = br#"{"op":"ping","id":"fragmented and compressed"}"#;
+    deflater.compress_vec(request, &mut body, flate2::FlushCompress::Sync).unwrap();
+    body.truncate(body.len() - 4); // the 00 00 ff ff tail
+    let (first, second) = body.split_at(body.len() / 2);
+    let mut frames = vec![0x41, 0x80 | first.len() as u8, 0, 0, 0, 0];
+    frames.extend_from_slice(first);
+    frames.extend_from_slice(&[0x80, 0x80 | second.len() as u8, 0, 0, 0, 0]);
+    frames.extend_from_slice(second);
+    s.write_all(&frames).await.unwrap();
+    let pong = loop {
+        let (b0, payload) = support::read_server_frame(&mut s).await;
+        let text = if b0 & 0x40 != 0 { inflate(&payload) } else { payload };
+        let v: Value = serde_json::from_slice(&text).unwrap_or_default();
+        if v["op"] == "pong" {
+            break v;
+        }
+    };
+    assert_eq!(pong["id"], "fragmented and compressed");
     // A masked text frame with RSV1 whose payload is not deflate data (mask of zeros).
     s.write_all(&[0xC1, 0x84, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
     let close = loop {
