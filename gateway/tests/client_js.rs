@@ -4,7 +4,7 @@
 //! again on the same port, and the client must reconnect by itself, learn that nothing resumes
 //! (the new gateway has a new epoch), start its books again from fresh snapshots and see every
 //! sequence and checksum right throughout. The package's own unit tests (books and checksums,
-//! sequence discipline; `node --test`) run here too.
+//! sequence discipline; `node --test`) run here too. Once more with `--binary`.
 //!
 //! Needs Node.js 20 and `npm ci` at the repository root (done here when node_modules is
 //! missing, as for wscat).
@@ -36,6 +36,24 @@ async fn js_client_reconnects_to_a_restarted_gateway_with_books_and_seqs_right()
     for uncaught in ["Uncaught", "TypeError", "ReferenceError", "    at "] {
         assert!(!stderr.contains(uncaught), "{uncaught:?} in stderr: {}", show(&out));
     }
+}
+
+/// The same with `--binary`: trades, quotes and book updates come as binary messages, which
+/// the client decodes into their JSON (the book checksums, computed from the decoded levels,
+/// must match).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_in_binary_goes_through_a_restart_with_books_and_seqs_right() {
+    ensure_ws();
+    let out = support::client_through_a_restart(|url| {
+        let mut cmd = Command::new("node");
+        cmd.arg("clients/js/bin/tickfan-client.js").args(["--url", url, "--binary"]);
+        cmd.args(["--duration", "7", "--quiet", "--verbose"]);
+        cmd
+    })
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("receiving binary data messages"), "{}", show(&out));
+    assert!(!stderr.contains("ignoring a binary frame"), "{}", show(&out));
 }
 
 #[tokio::test]

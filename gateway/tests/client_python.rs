@@ -34,6 +34,26 @@ async fn python_client_reconnects_to_a_restarted_gateway_with_books_and_seqs_rig
     assert!(!String::from_utf8_lossy(&out.stderr).contains("Traceback"), "{}", show(&out));
 }
 
+/// The same with `--binary`: trades, quotes and book updates come as binary messages, which
+/// the client decodes into their JSON (the book checksums, computed from the decoded levels,
+/// must match).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_in_binary_goes_through_a_restart_with_books_and_seqs_right() {
+    let Some(()) = python_with_websockets() else { return };
+    let out = support::client_through_a_restart(|url| {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "tickfan_client", "--url", url, "--binary"]);
+        cmd.args(["--duration", "7", "--quiet", "--verbose"]);
+        cmd.env("PYTHONPATH", client_dir()).env("PYTHONDONTWRITEBYTECODE", "1");
+        cmd
+    })
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("Traceback"), "{}", show(&out));
+    assert!(stderr.contains("receiving binary data messages"), "{}", show(&out));
+    assert!(!stderr.contains("ignoring a binary frame"), "{}", show(&out));
+}
+
 #[tokio::test]
 async fn python_unit_tests_pass() {
     let Some(()) = python_with_websockets() else { return };

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * Command line: `tickfan-client [--url URL] [--duration S] [--quiet] [--verbose] CHANNEL...`.
+ * Command line: `tickfan-client [--url URL] [--binary] [--duration S] [--quiet] [--verbose]
+ * CHANNEL...`.
  *
  * Prints each data message as one JSON line (unless `--quiet`) and, when it stops (after
  * `--duration` seconds, on Ctrl-C or SIGTERM), the counters as one JSON line prefixed with
@@ -13,12 +14,14 @@ import { parseArgs } from 'node:util';
 
 import { Client, SubscribeError } from '../src/index.js';
 
-const USAGE = `usage: tickfan-client [--url URL] [--duration SECONDS] [--quiet] [--verbose]
-                      CHANNEL...
+const USAGE = `usage: tickfan-client [--url URL] [--binary] [--duration SECONDS] [--quiet]
+                      [--verbose] CHANNEL...
 
 Subscribe to tickfan channels and print their messages as JSON lines.
 
   --url URL           the gateway's /ws URL (default ws://127.0.0.1:8080/ws)
+  --binary            receive trades, quotes and book updates as binary messages
+                      (printed as the same JSON)
   --duration SECONDS  stop after this many seconds
   --quiet             print only the summary, not each message
   -v, --verbose       log reconnects and such
@@ -36,6 +39,7 @@ function parse(argv) {
       allowPositionals: true,
       options: {
         url: { type: 'string', default: 'ws://127.0.0.1:8080/ws' },
+        binary: { type: 'boolean', default: false },
         duration: { type: 'string' },
         quiet: { type: 'boolean', default: false },
         verbose: { type: 'boolean', short: 'v', default: false },
@@ -105,7 +109,8 @@ async function main() {
     client = new Client(args.url, args.channels, {
       WebSocket: await webSocketClass(),
       logger,
-      // The frame as received: the same JSON, with `ts` exact (a Number would round it).
+      binary: args.binary,
+      // The frame as received (a binary one as the JSON it stands for), byte for byte.
       onMessage: args.quiet ? undefined : (msg, text) => printLine(text ?? JSON.stringify(msg)),
       onGap: (gap) => logger.info(`gap: ${JSON.stringify(gap)}`),
     });

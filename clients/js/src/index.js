@@ -1,5 +1,5 @@
 /**
- * tickfan-client: a client for the tickfan market-data gateway (wire protocol v1).
+ * tickfan-client: a client for the tickfan market-data gateway (wire protocol v2).
  *
  * ```js
  * import { Client } from 'tickfan-client';
@@ -12,5 +12,6 @@
  * @module tickfan-client
  */
 
+export { decimal, decodeBinary } from './binary.js';
 export { BookError, CHECKSUM_DEPTH, OrderBook, checksum, crc32 } from './book.js';
 export { COUNTER_NAMES, Client, Gap, PROTOCOL_VERSION, SubscribeError, withVersion } from './client.js';

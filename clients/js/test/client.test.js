@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 
-import { COUNTER_NAMES, Client, Gap, SubscribeError, withVersion } from '../src/index.js';
+import { COUNTER_NAMES, Client, Gap, SubscribeError, decimal, decodeBinary, withVersion } from '../src/index.js';
 
 /**
  * zlib's CRC-32 of `text`, from a gzip trailer (independent of the library's).
@@ -216,5 +216,59 @@ describe('protocol version', () => {
     assert.equal(r.messages[0].ts, 1764028800123456);
     assert.ok(Number.isSafeInteger(r.messages[0].ts) && Number.isSafeInteger(r.messages[0].et));
     assert.equal(JSON.stringify(r.messages[0]), text);
+  });
+});
+
+describe('binary messages', () => {
+  const instruments = [
+    { symbol: 'BTC-USD', price_decimals: 2, size_decimals: 4 },
+    { symbol: 'ETH-USD', price_decimals: 0, size_decimals: 3 },
+  ];
+  /** Little-endian fields: [bytes, value] pairs. */
+  const bytes = (...fields) => {
+    const out = [];
+    for (const [n, v] of fields) {
+      const b = Buffer.alloc(n);
+      if (n === 1) b.writeUInt8(v);
+      else if (n === 2) b.writeUInt16LE(v);
+      else if (n === 4) b.writeUInt32LE(v);
+      else b.writeBigInt64LE(BigInt(v));
+      out.push(b);
+    }
+    return Buffer.concat(out);
+  };
+
+  it('formats mantissas as the gateway does', () => {
+    assert.equal(decimal(6412350n, 2), '64123.50');
+    assert.equal(decimal(5n, 4), '0.0005');
+    assert.equal(decimal(-150n, 2), '-1.50');
+    assert.equal(decimal(42n, 0), '42');
+  });
+
+  it('decodes a trade with et, a quote and a book update into their JSON', () => {
+    const trade = bytes([1, 1], [1, 1], [4, 0], [8, 7], [8, 1764028800123456], [8, 1764028800123000],
+      [8, 991], [8, 6412350], [8, 150], [1, 1]);
+    assert.equal(
+      JSON.stringify(decodeBinary(trade, instruments)),
+      '{"ch":"trades.BTC-USD","seq":7,"ts":1764028800123456,"et":1764028800123000,"id":991,"px":"64123.50","qty":"0.0150","side":"sell"}',
+    );
+    const quote = bytes([1, 2], [1, 0], [4, 1], [8, 3], [8, 5], [8, 3201], [8, 1500], [8, 3202], [8, 2]);
+    assert.equal(
+      JSON.stringify(decodeBinary(quote, instruments)),
+      '{"ch":"quotes.ETH-USD","seq":3,"ts":5,"bid":"3201","bsz":"1.500","ask":"3202","asz":"0.002"}',
+    );
+    const book = bytes([1, 3], [1, 0], [4, 0], [8, 9], [8, 5], [4, 42], [2, 1], [2, 0], [8, 6412300], [8, 0]);
+    assert.equal(
+      JSON.stringify(decodeBinary(book, instruments)),
+      '{"ch":"book.BTC-USD","seq":9,"ts":5,"type":"update","bids":[["64123.00","0.0000"]],"asks":[],"crc":42}',
+    );
+    assert.equal(decodeBinary(book.subarray(0, book.length - 1), instruments), null, 'truncated');
+    assert.equal(decodeBinary(Buffer.concat([book, Buffer.from([0])]), instruments), null, 'longer');
+    assert.equal(decodeBinary(bytes([1, 1], [1, 0], [4, 5]), instruments), null, 'no symbol 5');
+  });
+
+  it('asks for format=binary', () => {
+    const c = new Client('ws://h:1/ws', ['trades.*'], { binary: true });
+    assert.equal(c.url, 'ws://h:1/ws?format=binary&v=2');
   });
 });

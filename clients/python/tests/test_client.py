@@ -4,7 +4,9 @@ import json
 import unittest
 import zlib
 
-from tickfan_client import Client, Gap, with_version
+import struct
+
+from tickfan_client import Client, Gap, decimal, decode_binary, with_version
 
 
 def crc(text: str) -> int:
@@ -132,6 +134,47 @@ class ProtocolVersion(unittest.TestCase):
         self.assertEqual(with_version("ws://h:1/ws?streams=trades.*"), "ws://h:1/ws?streams=trades.*&v=2")
         self.assertEqual(with_version("ws://h:1/ws?v=2&token=x"), "ws://h:1/ws?v=2&token=x")
         self.assertEqual(Client("ws://h:1/ws", ["trades.*"]).url, "ws://h:1/ws?v=2")
+
+
+class BinaryMessages(unittest.TestCase):
+    INSTRUMENTS = [
+        {"symbol": "BTC-USD", "price_decimals": 2, "size_decimals": 4},
+        {"symbol": "ETH-USD", "price_decimals": 0, "size_decimals": 3},
+    ]
+
+    def test_mantissas_are_formatted_as_the_gateway_does(self):
+        self.assertEqual(decimal(6412350, 2), "64123.50")
+        self.assertEqual(decimal(5, 4), "0.0005")
+        self.assertEqual(decimal(-150, 2), "-1.50")
+        self.assertEqual(decimal(42, 0), "42")
+
+    def test_a_trade_a_quote_and_a_book_update_decode_to_their_json(self):
+        trade = struct.pack("<BBIQQQQqqB", 1, 1, 0, 7, 1764028800123456, 1764028800123000,
+                            991, 6412350, 150, 1)
+        self.assertEqual(
+            json.dumps(decode_binary(trade, self.INSTRUMENTS), separators=(",", ":")),
+            '{"ch":"trades.BTC-USD","seq":7,"ts":1764028800123456,"et":1764028800123000,'
+            '"id":991,"px":"64123.50","qty":"0.0150","side":"sell"}',
+        )
+        quote = struct.pack("<BBIQQqqqq", 2, 0, 1, 3, 5, 3201, 1500, 3202, 2)
+        self.assertEqual(
+            decode_binary(quote, self.INSTRUMENTS),
+            {"ch": "quotes.ETH-USD", "seq": 3, "ts": 5, "bid": "3201", "bsz": "1.500",
+             "ask": "3202", "asz": "0.002"},
+        )
+        book = struct.pack("<BBIQQIHHqq", 3, 0, 0, 9, 5, 42, 1, 0, 6412300, 0)
+        self.assertEqual(
+            decode_binary(book, self.INSTRUMENTS),
+            {"ch": "book.BTC-USD", "seq": 9, "ts": 5, "type": "update",
+             "bids": [["64123.00", "0.0000"]], "asks": [], "crc": 42},
+        )
+        self.assertIsNone(decode_binary(book[:-1], self.INSTRUMENTS))
+        self.assertIsNone(decode_binary(book + b"\0", self.INSTRUMENTS))
+        self.assertIsNone(decode_binary(struct.pack("<BBIQQ", 1, 0, 5, 1, 1), self.INSTRUMENTS))
+
+    def test_binary_asks_for_format_binary(self):
+        c = Client("ws://h:1/ws", ["trades.*"], binary=True)
+        self.assertEqual(c.url, "ws://h:1/ws?format=binary&v=2")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
     await client.run()   # until `await client.close()`
 """
 
+from .binary import decimal
+from .binary import decode as decode_binary
 from .book import BookError, OrderBook, checksum
 from .client import COUNTER_NAMES, PROTOCOL_VERSION, Client, Gap, SubscribeError, with_version
 
@@ -18,6 +20,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SubscribeError",
     "checksum",
+    "decimal",
+    "decode_binary",
     "with_version",
 ]
 __version__ = "0.1.0"

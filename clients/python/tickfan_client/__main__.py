@@ -1,4 +1,5 @@
-"""Command line: ``python -m tickfan_client [--url URL] [--duration S] [--quiet] CHANNEL...``.
+"""Command line: ``python -m tickfan_client [--url URL] [--binary] [--duration S] [--quiet]
+CHANNEL...``.
 
 Prints each data message as one JSON line (unless ``--quiet``) and, when it stops (after
 ``--duration`` seconds, on Ctrl-C or SIGTERM), the counters as one JSON line prefixed with
@@ -25,6 +26,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--url", default="ws://127.0.0.1:8080/ws", help="the gateway's /ws URL")
     parser.add_argument(
+        "--binary",
+        action="store_true",
+        help="receive trades, quotes and book updates as binary messages (printed as JSON)",
+    )
+    parser.add_argument(
         "--duration", type=float, default=None, help="stop after this many seconds"
     )
     parser.add_argument(
@@ -50,7 +56,9 @@ async def _main(args: argparse.Namespace) -> int:
     def on_gap(gap: Gap) -> None:
         logging.getLogger("tickfan_client").info("gap: %s", gap)
 
-    client = Client(args.url, args.channels, on_message=on_message, on_gap=on_gap)
+    client = Client(
+        args.url, args.channels, on_message=on_message, on_gap=on_gap, binary=args.binary
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:

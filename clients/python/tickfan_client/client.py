@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import websockets
 
+from .binary import decode as decode_binary
 from .book import BookError, OrderBook
 
 log = logging.getLogger("tickfan_client")
@@ -117,9 +118,14 @@ class Client:
         on_message: MessageHandler | None = None,
         on_gap: GapHandler | None = None,
         on_book: BookHandler | None = None,
+        binary: bool = False,
     ) -> None:
         if not channels:
             raise ValueError("at least one channel is needed")
+        #: Trades, quotes and book updates come as binary messages (``?format=binary``).
+        self.binary = binary
+        if binary and not re.search(r"[?&]format=", url):
+            url = f"{url}{'&' if '?' in url else '?'}format=binary"
         self.url = with_version(url)
         self.channels = list(channels)
         self.on_message = on_message
@@ -133,6 +139,8 @@ class Client:
         self._next_id = 0
         self._subscribe_id: int | None = None  # id of the current connection's subscribe
         self._connections = 0  # connections whose subscription was confirmed
+        self._instruments: list[dict[str, Any]] = []  # the `symbols` reply's, for binary
+        self._saw_binary = False
         self._reconnect_now = False  # after a `shutdown` notice: no backoff
         self._leave = False  # leave this connection (for a snapshot a wildcard cannot give)
         self._closing = asyncio.Event()
@@ -209,14 +217,17 @@ class Client:
         """One connection: subscribe (resuming what we have), then read until it ends."""
         self._outbox.clear()
         self._leave = False
+        if self.binary:
+            # Binary messages name their symbol by its index in this reply (which comes first).
+            await ws.send(json.dumps({"op": "symbols", "id": "instruments"}))
         request = self._subscribe_request()
         self._subscribe_id = request["id"]
         await ws.send(json.dumps(request))
         async for raw in ws:
             if isinstance(raw, bytes):
-                log.warning("ignoring a binary frame of %d bytes", len(raw))
-                continue
-            self.handle_text(raw)
+                self.handle_binary(raw)
+            else:
+                self.handle_text(raw)
             while self._outbox:
                 await ws.send(json.dumps(self._outbox.pop(0)))
             if self._reconnect_now or self._leave:
@@ -267,6 +278,22 @@ class Client:
         except Exception:  # a bug or a message of an unexpected shape: log, keep going
             log.exception("could not handle %.200s", text)
 
+    def handle_binary(self, data: bytes) -> None:
+        """Handles one binary frame: decoded into the JSON message it stands for, then as that."""
+        msg = decode_binary(data, self._instruments) if self.binary else None
+        if msg is None:
+            log.warning("ignoring a binary frame that is not a data message (%d bytes)", len(data))
+            return
+        if not self._saw_binary:
+            self._saw_binary = True
+            log.info("receiving binary data messages")
+        try:
+            self.handle(msg)
+        except SubscribeError:
+            raise
+        except Exception:  # a bug or a message of an unexpected shape: log, keep going
+            log.exception("could not handle %.200s", msg)
+
     def handle(self, msg: dict[str, Any]) -> None:
         """Handles one parsed message: a reply or notice (``op``) or a data message (``ch``)."""
         op = msg.get("op")
@@ -284,7 +311,9 @@ class Client:
             log.info("feed is %s", self.feed_status)
         elif op == "error":
             self._on_error(msg)
-        # pong, unsubscribed, list, symbols and unknown ops need nothing.
+        elif op == "symbols" and isinstance(msg.get("instruments"), list):
+            self._instruments = msg["instruments"]
+        # pong, unsubscribed, list and unknown ops need nothing.
 
     def _on_subscribed(self, msg: dict[str, Any]) -> None:
         epoch = msg.get("epoch")
