@@ -89,7 +89,7 @@ pub fn inflate(payload: &[u8], max: usize) -> Result<Vec<u8>, Violation> {
     input.extend_from_slice(payload);
     input.extend_from_slice(&TAIL);
     let mut inflater = Decompress::new(false);
-    let mut out = Vec::with_capacity((payload.len() * 4).clamp(64, max.saturating_add(1)));
+    let mut out = Vec::with_capacity((payload.len() * 4).max(64).min(max.saturating_add(1)));
     let bad = || Violation {
         code: CloseCode::InvalidData,
         reason: "a compressed message does not inflate (permessage-deflate)".to_owned(),
@@ -164,5 +164,36 @@ mod tests {
         assert_eq!(inflate(body, 100_000).unwrap().len(), 100_000);
         assert_eq!(inflate(body, 99_999).unwrap_err().code, CloseCode::TooBig);
         assert_eq!(inflate(b"\xff\xff\xff\xff", 1000).unwrap_err().code, CloseCode::InvalidData);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Whatever a client sends as compressed, inflating ends in a message or a close code,
+        /// never more than `max` bytes, never a panic.
+        #[test]
+        fn any_input_inflates_or_is_refused(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            max in 0usize..5000,
+        ) {
+            match inflate(&data, max) {
+                Ok(text) => proptest::prop_assert!(text.len() <= max),
+                Err(v) => proptest::prop_assert!(
+                    matches!(v.code, CloseCode::InvalidData | CloseCode::TooBig)
+                ),
+            }
+        }
+
+        /// Every message deflated here inflates back to itself (when it shrinks at all).
+        #[test]
+        fn deflated_messages_inflate_back(text in "[ -~]{0,600}") {
+            if let Some(frame) = text_frame(text.as_bytes()) {
+                let body = match frame[1] {
+                    126 => &frame[4..],
+                    _ => &frame[2..],
+                };
+                proptest::prop_assert_eq!(inflate(body, 1000).unwrap(), text.as_bytes());
+            }
+        }
     }
 }
