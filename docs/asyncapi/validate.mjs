@@ -8,9 +8,10 @@
 //   ... | node docs/asyncapi/validate.mjs --stdin                 newline-separated server
 //                                                               messages validate, each against
 //                                                               its schema
-//   node docs/asyncapi/validate.mjs --serve                     answers each server message
-//                                                               line on stdin with one line:
-//                                                               `ok <kind>` or `INVALID <why>`
+//   node docs/asyncapi/validate.mjs --serve                     prints `ready`, then answers
+//                                                               each server message line on
+//                                                               stdin with one line: `ok <kind>`
+//                                                               or `INVALID <why>`
 //                                                               (the test suite's client checks
 //                                                               what it receives through it)
 //
@@ -376,6 +377,7 @@ async function checkStdin(spec) {
 
 /** One answer line per message line, for as long as stdin is open. */
 async function serve(spec) {
+  process.stdout.write('ready\n'); // the schemas are compiled: answers come at once from here
   const rl = createInterface({ input: process.stdin, crlfDelay: Infinity });
   for await (const line of rl) {
     let r;

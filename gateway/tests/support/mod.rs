@@ -120,6 +120,13 @@ pub struct Client {
     ws: bench::client::ClientSocket,
 }
 
+impl Drop for Client {
+    /// Messages kept while the spec validator started are checked now (`spec::flush`).
+    fn drop(&mut self) {
+        spec::flush();
+    }
+}
+
 impl Client {
     /// Connects to `ws://addr{path}` (path like `/ws` or `/ws?streams=…`).
     pub async fn connect(addr: SocketAddr, path: &str) -> Client {
