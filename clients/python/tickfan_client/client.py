@@ -271,12 +271,7 @@ class Client:
         if not isinstance(msg, dict):
             log.warning("ignoring a frame that is not a JSON object: %.200s", text)
             return
-        try:
-            self.handle(msg)
-        except SubscribeError:
-            raise
-        except Exception:  # a bug or a message of an unexpected shape: log, keep going
-            log.exception("could not handle %.200s", text)
+        self._handle_logged(msg, text)
 
     def handle_binary(self, data: bytes) -> None:
         """Handles one binary frame: decoded into the JSON message it stands for, then as that."""
@@ -287,12 +282,17 @@ class Client:
         if not self._saw_binary:
             self._saw_binary = True
             log.info("receiving binary data messages")
+        self._handle_logged(msg, msg)
+
+    def _handle_logged(self, msg: dict[str, Any], shown: Any) -> None:
+        """:meth:`handle`, logging (as ``shown``) what it cannot handle; only a refused
+        subscription is raised."""
         try:
             self.handle(msg)
         except SubscribeError:
             raise
         except Exception:  # a bug or a message of an unexpected shape: log, keep going
-            log.exception("could not handle %.200s", msg)
+            log.exception("could not handle %.200s", shown)
 
     def handle(self, msg: dict[str, Any]) -> None:
         """Handles one parsed message: a reply or notice (``op``) or a data message (``ch``)."""
