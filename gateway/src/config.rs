@@ -206,7 +206,7 @@ pub struct Config {
 
     /// Take permessage-deflate (RFC 7692) offers: a client that offers it gets data messages
     /// compressed, each deflated once for every such client (docs/protocol.md, "Compression").
-    /// Off by default: deflating costs the producer several µs per message of every channel a
+    /// Off by default: deflating costs the workers several µs per message of every channel a
     /// compressing client subscribes to (docs/performance.md, "Compression").
     #[arg(long, env = "TICKFAN_PERMESSAGE_DEFLATE")]
     pub permessage_deflate: bool,

@@ -3,9 +3,10 @@
 //! A client that offers the extension gets it with `server_no_context_takeover` and
 //! `client_no_context_takeover`: each message is deflated on its own, so the same compressed
 //! frame is valid for every connection that negotiated it, and neither side keeps a 32 KiB
-//! window per connection. The producer deflates a data message once, while some such client
-//! subscribes to its channel (`Market::deflate`), and every one of them gets the same bytes,
-//! as every plain client gets the plain ones. Frames without a compressed form (replies,
+//! window per connection. A data message is deflated once, while some such client
+//! subscribes to its channel (`Market::deflate` marks the frame as wanted compressed; the first
+//! worker that sends it deflates it, `Frame::deflated`), and every one of them gets the same
+//! bytes, as every plain client gets the plain ones. Frames without a compressed form (replies,
 //! notices, snapshots built per connection, a message that would not shrink) go out plain,
 //! which the extension allows (RSV1 clear).
 //!
@@ -53,7 +54,7 @@ fn acceptable(param: &str) -> bool {
 }
 
 thread_local! {
-    /// The producer's compressor (reset for every message) and its output buffer.
+    /// This thread's compressor (reset for every message) and its output buffer.
     static DEFLATER: RefCell<(Compress, Vec<u8>)> =
         RefCell::new((Compress::new(Compression::fast(), false), Vec::new()));
 }

@@ -1,7 +1,7 @@
 //! Pre-built server WebSocket frames (RFC 6455 §5.2), encoded once and shared by every
 //! subscriber as a reference-counted [`Bytes`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tickfan_proto::ChannelId;
@@ -44,24 +44,26 @@ pub struct Frame {
 pub struct Alternates {
     /// As a Server-Sent Event (`crate::sse`).
     pub sse: Option<Bytes>,
-    /// The text frame compressed (permessage-deflate, `crate::deflate`), when it is smaller.
-    pub deflated: Option<Bytes>,
+    /// The text frame compressed (permessage-deflate, `crate::deflate`), when it is smaller:
+    /// `Some` when a compressing client subscribed to the channel as the frame was made;
+    /// deflated by the first worker that sends it ([`Frame::deflated`]), once for all.
+    pub deflated: Option<OnceLock<Option<Bytes>>>,
     /// The compact binary frame (`tickfan_proto::binary`), for trades, quotes and book updates.
     pub binary: Option<Bytes>,
 }
 
 impl Alternates {
-    /// `None` when no form was made.
+    /// `None` when no form is wanted.
     pub fn of(forms: Alternates) -> Option<Arc<Alternates>> {
-        (forms.bytes() > 0).then(|| Arc::new(forms))
+        let wanted = forms.sse.is_some() || forms.deflated.is_some() || forms.binary.is_some();
+        wanted.then(|| Arc::new(forms))
     }
 
-    /// Bytes held by the forms.
-    pub fn bytes(&self) -> usize {
-        [&self.sse, &self.deflated, &self.binary]
-            .iter()
-            .map(|f| f.as_ref().map_or(0, Bytes::len))
-            .sum()
+    /// Bytes the forms hold or may come to hold, for a frame of `plain` bytes: a compressed
+    /// form not made yet counts as the plain frame, which it is smaller than.
+    pub fn bytes(&self, plain: usize) -> usize {
+        let made = |f: &Option<Bytes>| f.as_ref().map_or(0, Bytes::len);
+        made(&self.sse) + made(&self.binary) + self.deflated.as_ref().map_or(0, |_| plain)
     }
 }
 
@@ -71,14 +73,25 @@ impl Frame {
         self.alt.as_ref()?.sse.as_ref()
     }
 
-    /// The compressed frame, if the producer made it.
+    /// The compressed frame, if one was wanted when the frame was made and it is smaller:
+    /// deflated here by the first caller (a worker), then shared.
     pub fn deflated(&self) -> Option<&Bytes> {
-        self.alt.as_ref()?.deflated.as_ref()
+        let once = self.alt.as_ref()?.deflated.as_ref()?;
+        once.get_or_init(|| crate::deflate::text_frame(payload(&self.bytes))).as_ref()
     }
 
     /// The binary frame, if the producer made it.
     pub fn binary(&self) -> Option<&Bytes> {
         self.alt.as_ref()?.binary.as_ref()
+    }
+}
+
+/// The payload of a server frame built here (after its 2-, 4- or 10-byte header).
+pub fn payload(frame: &[u8]) -> &[u8] {
+    match frame[1] & 0x7f {
+        126 => &frame[4..],
+        127 => &frame[MAX_HEADER_LEN..],
+        _ => &frame[2..],
     }
 }
 

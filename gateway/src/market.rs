@@ -361,7 +361,8 @@ impl Market {
         let sse = self
             .sse_wanted(ch)
             .then(|| crate::sse::event(self.symbols.channel_name_str(ch), seq, json));
-        let deflated = self.deflate.any(ch).then(|| crate::deflate::text_frame(json)).flatten();
+        // Deflated later, by the first worker that sends it (`Frame::deflated`).
+        let deflated = self.deflate.any(ch).then(std::sync::OnceLock::new);
         let alt = frame::Alternates::of(frame::Alternates { sse, deflated, binary });
         Frame { ch, seq, ts, bytes, alt }
     }
@@ -456,7 +457,7 @@ impl Market {
             }
             st.history.push_back((pos, frame.clone()));
             drop(st); // eviction locks channels one at a time, this one included
-            let forms = frame.alt.as_ref().map_or(0, |alt| alt.bytes());
+            let forms = frame.alt.as_ref().map_or(0, |alt| alt.bytes(frame.bytes.len()));
             let size = (frame.bytes.len() + forms + FRAME_OVERHEAD) as u32;
             self.keep(KeptFrame { ch, seq, ts, size });
         }
@@ -695,6 +696,27 @@ mod tests {
         assert_eq!(frames[0].sse().unwrap().as_ptr(), sse.as_ptr());
         m.sse.add(ChannelSpec::Wildcard(Kind::Trades), -1);
         assert!(next_trade(&m).alt.is_none(), "no longer wanted");
+    }
+
+    #[test]
+    fn a_wanted_compressed_form_is_deflated_once_by_its_first_user_and_shared() {
+        let (m, mut feed) = market(1 << 30, 3600);
+        let mut json = Vec::new();
+        m.deflate.add(ChannelSpec::Wildcard(Kind::Book), 1);
+        let f = loop {
+            let f = m.publish(&feed.next_tick_virtual(), &mut json);
+            if f.ch.kind() == Kind::Book {
+                break f;
+            }
+        };
+        let copy = f.clone(); // as each worker's ring gets one
+        let on_other_thread = std::thread::spawn(move || copy.deflated().cloned()).join().unwrap();
+        let deflated = on_other_thread.expect("a book update shrinks");
+        assert_eq!(deflated[0], 0xC1, "FIN, RSV1, text");
+        // The same allocation for every copy: deflated once.
+        assert_eq!(f.deflated().unwrap().as_ptr(), deflated.as_ptr());
+        let inflated = crate::deflate::inflate(frame::payload(&deflated), 1 << 16).unwrap();
+        assert_eq!(inflated, frame::payload(&f.bytes));
     }
 
     #[test]
