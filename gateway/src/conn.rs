@@ -86,7 +86,7 @@ pub async fn run(
     let sock = Rc::new(sock);
     let _ = sock.tcp().set_nodelay(true);
     let key = ctx.shard.borrow_mut().open(sock.clone(), ctx.cfg.queue_bytes, form);
-    opened(&ctx, key, admitted.as_ref());
+    opened(&ctx, key, admitted.as_ref(), form);
 
     let grants = admitted.as_ref().map(|a| a.grants.clone());
     let mut reader = Reader::new(&ctx, key, grants, form);
@@ -128,7 +128,7 @@ pub fn run_sse(
     let sock = Rc::new(sock);
     let _ = sock.tcp().set_nodelay(true);
     let key = ctx.shard.borrow_mut().open_sse(sock.clone(), ctx.cfg.queue_bytes, stream.head);
-    opened(&ctx, key, admitted.as_ref());
+    opened(&ctx, key, admitted.as_ref(), Form::Sse);
     {
         let mut shard = ctx.shard.borrow_mut();
         let crate::ops::Channels { specs, stats } = stream.channels;
@@ -152,7 +152,7 @@ fn sse_input_end() -> End {
 
 /// Counts a connection just registered with the shard and schedules its timed events: the
 /// expiry of its credentials, the notice and close at `--max-connection-age`.
-fn opened(ctx: &WorkerCtx, key: ConnKey, admitted: Option<&crate::auth::Admitted>) {
+fn opened(ctx: &WorkerCtx, key: ConnKey, admitted: Option<&crate::auth::Admitted>, form: Form) {
     if let Some(admitted) = admitted {
         tracing::debug!(conn = key, who = %admitted.who, "authenticated");
         if let Some(exp) = admitted.expires {
@@ -172,6 +172,7 @@ fn opened(ctx: &WorkerCtx, key: ConnKey, admitted: Option<&crate::auth::Admitted
         }
     }
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.connections_by_format[form.index()].fetch_add(1, Ordering::Relaxed);
     Stats::add(&ctx.stats.connections_opened, 1);
 }
 
@@ -331,7 +332,9 @@ async fn finish(
             let _ = tokio::time::timeout(LINGER_TIMEOUT, linger(&fd)).await;
         }
     }
-    ctx.shard.borrow_mut().remove(key);
+    if let Some(form) = ctx.shard.borrow_mut().remove(key) {
+        ctx.stats.connections_by_format[form.index()].fetch_sub(1, Ordering::Relaxed);
+    }
     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 

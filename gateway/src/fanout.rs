@@ -289,15 +289,16 @@ impl Shard {
         }
     }
 
-    /// Unsubscribes and forgets a connection.
-    pub fn remove(&mut self, key: ConnKey) {
-        let Some(conn) = self.conns.try_remove(key) else { return };
+    /// Unsubscribes and forgets a connection; what it received, if it was here.
+    pub fn remove(&mut self, key: ConnKey) -> Option<Form> {
+        let conn = self.conns.try_remove(key)?;
         let form = conn.out.form();
         for spec in conn.subs.specs() {
             self.index.remove(spec, key);
             counted(&self.stats, &self.market, spec, -1, form);
         }
         self.dirty.retain(|&k| k != key);
+        Some(form)
     }
 
     /// Number of connections.

@@ -138,6 +138,9 @@ pub struct Stats {
     pub bytes_out: AtomicU64,
     /// WebSocket connections currently open.
     pub connections: AtomicI64,
+    /// The same (and Server-Sent Events streams), by what they receive (index in
+    /// [`Form::ALL`](crate::sse::Form::ALL)).
+    pub connections_by_format: [AtomicI64; 4],
     /// WebSocket connections accepted since start.
     pub connections_opened: AtomicU64,
     /// Frames dropped because a connection's queue was full (declared by `gap` notices).
@@ -483,6 +486,18 @@ impl Collector for StatsCollector {
             None,
             open.metric_type(),
         )?)?;
+        let kind = ConstGauge::new(0i64).metric_type();
+        let mut family = encoder.encode_descriptor(
+            "tickfan_connections_by_format",
+            "Connections open now by what they receive: json, deflate (permessage-deflate), \
+             binary (?format=binary) or sse (Server-Sent Events).",
+            None,
+            kind,
+        )?;
+        for form in crate::sse::Form::ALL {
+            let n = s.connections_by_format[form.index()].load(Ordering::Relaxed);
+            ConstGauge::new(n).encode(family.encode_family(&[("format", form.label())])?)?;
+        }
         if let Some(market) = s.market.get() {
             let kept = ConstGauge::new(i64::try_from(market.window_bytes()).unwrap_or(i64::MAX));
             kept.encode(encoder.encode_descriptor(
@@ -591,6 +606,7 @@ mod tests {
         let stats = Arc::new(Stats::default());
         Stats::add(&stats.frames_out, 42);
         stats.connections.store(3, Ordering::Relaxed);
+        stats.connections_by_format[crate::sse::Form::Binary.index()].store(2, Ordering::Relaxed);
         let (open, ct) = exposition(&stats, "application/openmetrics-text;version=1.0.0");
         assert_eq!(ct, OPENMETRICS);
         assert!(open.contains("# TYPE tickfan_frames_out counter\n"), "{open}");
@@ -601,6 +617,11 @@ mod tests {
         assert!(classic.contains("# TYPE tickfan_frames_out_total counter\n"), "{classic}");
         assert!(classic.contains("\ntickfan_frames_out_total 42\n"), "{classic}");
         assert!(classic.contains("\ntickfan_connections 3\n"), "{classic}");
+        let binary = "\ntickfan_connections_by_format{format=\"binary\"} 2\n";
+        assert!(classic.contains(binary), "{classic}");
+        for (i, form) in crate::sse::Form::ALL.into_iter().enumerate() {
+            assert_eq!(form.index(), i);
+        }
     }
 
     #[test]

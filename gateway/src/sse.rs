@@ -46,9 +46,26 @@ pub enum Form {
 }
 
 impl Form {
-    /// A WebSocket (plain or compressed), which answers pings.
+    pub const ALL: [Form; 4] = [Form::WebSocket, Form::Deflate, Form::Binary, Form::Sse];
+
+    /// A WebSocket (plain, compressed or binary), which answers pings.
     pub fn is_websocket(self) -> bool {
         self != Form::Sse
+    }
+
+    /// The `format` label of `tickfan_connections_by_format`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Form::WebSocket => "json",
+            Form::Deflate => "deflate",
+            Form::Binary => "binary",
+            Form::Sse => "sse",
+        }
+    }
+
+    /// Index in [`Form::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 

@@ -58,6 +58,10 @@ async fn binary_clients_get_the_same_messages_in_fewer_bytes_encoded_once() {
     let (_, mut a) = connect_raw(addr, &path, "").await;
     let (_, mut b) = connect_raw(addr, &path, "").await;
     let mut json = Client::connect(addr, &format!("/ws?streams={STREAMS}")).await;
+    // Counted by what they receive.
+    let by_format = |f: &str| format!("tickfan_connections_by_format{{format=\"{f}\"}}");
+    support::metric_reaches(addr, &by_format("binary"), 2.0).await;
+    support::metric_reaches(addr, &by_format("json"), 1.0).await;
     let (got_a, got_b) =
         tokio::join!(read_binary(&mut a, 2000, &symbols), read_binary(&mut b, 2000, &symbols));
 

@@ -76,6 +76,8 @@ async fn data_frames_are_deflated_once_and_inflate_to_the_plain_bytes() {
     assert!(head.to_ascii_lowercase().contains(accepted), "{head}");
     let (_, mut b) = connect_offering(addr, "permessage-deflate").await;
     let mut plain = Client::connect(addr, &format!("/ws?streams={STREAMS}")).await;
+    let deflating = "tickfan_connections_by_format{format=\"deflate\"}";
+    support::metric_reaches(addr, deflating, 2.0).await;
 
     let (got_a, got_b) = tokio::join!(data_frames(&mut a, 1500), data_frames(&mut b, 1500));
     let mut plain_text = HashMap::new();
