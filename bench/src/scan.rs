@@ -95,21 +95,15 @@ impl BinaryNames {
     }
 }
 
-/// Scans one binary data message (`/ws?format=binary`, `tickfan_proto::binary`): its channel
-/// (named from `names`), `seq` and `ts` (µs) at their fixed offsets.
+/// Scans one binary data message (`/ws?format=binary`): its channel (named from `names`),
+/// `seq` and `ts` (µs), from its head (`tickfan_proto::binary::head`), the body left alone.
 pub fn scan_binary<'a>(msg: &[u8], names: &'a BinaryNames) -> Scanned<'a> {
-    let (Some(&kind), Some(sym), Some(seq), Some(ts)) =
-        (msg.first(), msg.get(2..6), msg.get(6..14), msg.get(14..22))
-    else {
-        return Scanned::Other;
-    };
-    let sym = u32::from_le_bytes(sym.try_into().expect("4 bytes")) as usize;
-    let Some(ch) = names.0.get(usize::from(kind).wrapping_sub(1)).and_then(|n| n.get(sym)) else {
-        return Scanned::Other;
-    };
-    let seq = u64::from_le_bytes(seq.try_into().expect("8 bytes"));
-    let ts = u64::from_le_bytes(ts.try_into().expect("8 bytes"));
-    Scanned::Data { ch, seq, ts }
+    let Ok(head) = tickfan_proto::binary::head(msg) else { return Scanned::Other };
+    let by_kind = names.0.get(usize::from(head.kind).wrapping_sub(1));
+    match by_kind.and_then(|n| n.get(head.sym as usize)) {
+        Some(ch) => Scanned::Data { ch, seq: head.seq, ts: head.ts_us },
+        None => Scanned::Other,
+    }
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ fn offer_behind(c: &mut Criterion) {
 /// client subscribes to its channel), and what it saves per kind.
 fn deflate(c: &mut Criterion) {
     let frames = frames(4096);
-    let payloads: Vec<&[u8]> = frames.iter().map(|f| &f.bytes[header_len(&f.bytes)..]).collect();
+    let payloads: Vec<&[u8]> = frames.iter().map(|f| gateway::frame::payload(&f.bytes)).collect();
     print_sizes(
         "deflated frame",
         frames.iter().zip(&payloads).map(|(f, p)| {
@@ -189,7 +189,7 @@ fn binary(c: &mut Criterion) {
         ticks.iter().map(|t| enc.encode(t)).collect::<Vec<_>>()
     };
     let json: Vec<Vec<u8>> =
-        frames.iter().map(|f| f.bytes[header_len(&f.bytes)..].to_vec()).collect();
+        frames.iter().map(|f| gateway::frame::payload(&f.bytes).to_vec()).collect();
     let bin: Vec<Vec<u8>> = ticks
         .iter()
         .map(|t| {
@@ -249,15 +249,6 @@ fn print_sizes<'a>(form: &str, rows: impl IntoIterator<Item = (&'a str, usize, u
             other as f64 / n as f64,
             100.0 * other as f64 / plain as f64
         );
-    }
-}
-
-/// Length of a server frame's header.
-fn header_len(frame: &[u8]) -> usize {
-    match frame[1] & 0x7f {
-        126 => 4,
-        127 => 10,
-        _ => 2,
     }
 }
 

@@ -189,10 +189,7 @@ mod tests {
         #[test]
         fn deflated_messages_inflate_back(text in "[ -~]{0,600}") {
             if let Some(frame) = text_frame(text.as_bytes()) {
-                let body = match frame[1] {
-                    126 => &frame[4..],
-                    _ => &frame[2..],
-                };
+                let body = crate::frame::payload(&frame);
                 proptest::prop_assert_eq!(inflate(body, 1000).unwrap(), text.as_bytes());
             }
         }

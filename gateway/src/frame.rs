@@ -88,11 +88,12 @@ impl Frame {
 
 /// The payload of a server frame built here (after its 2-, 4- or 10-byte header).
 pub fn payload(frame: &[u8]) -> &[u8] {
-    match frame[1] & 0x7f {
-        126 => &frame[4..],
-        127 => &frame[MAX_HEADER_LEN..],
-        _ => &frame[2..],
-    }
+    let start = match frame[1] & 0x7f {
+        126 => 4,
+        127 => MAX_HEADER_LEN,
+        _ => 2,
+    };
+    &frame[start.min(frame.len())..]
 }
 
 /// Appends the header of a final, unmasked server frame carrying `payload_len` bytes.

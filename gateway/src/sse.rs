@@ -104,19 +104,10 @@ fn put_data(out: &mut BytesMut, json: &[u8]) {
 pub fn of_frame(frame: &Frame, names: &tickfan_proto::SymbolTable) -> Bytes {
     match frame.sse() {
         Some(sse) => sse.clone(),
-        None => event(names.channel_name_str(frame.ch), frame.seq, ws_payload(&frame.bytes).1),
+        None => {
+            event(names.channel_name_str(frame.ch), frame.seq, crate::frame::payload(&frame.bytes))
+        }
     }
-}
-
-/// The opcode and payload of a server frame built by `frame::build`.
-fn ws_payload(ws: &[u8]) -> (u8, &[u8]) {
-    let (opcode, len) = (ws[0] & 0x0f, ws[1] & 0x7f);
-    let start = match len {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    (opcode, &ws[start.min(ws.len())..])
 }
 
 /// A reply, notice or control frame the shard built as a WebSocket frame, as an event for an
@@ -124,7 +115,7 @@ fn ws_payload(ws: &[u8]) -> (u8, &[u8]) {
 /// `{"op":"close","code":…,"reason":…}` (then the server ends the response); a ping, a
 /// comment line that keeps proxies from timing the stream out. Pongs have no SSE form.
 pub fn from_ws(ws: &[u8]) -> Option<Bytes> {
-    let (opcode, payload) = ws_payload(ws);
+    let (opcode, payload) = (ws[0] & 0x0f, crate::frame::payload(ws));
     let mut out = BytesMut::with_capacity(payload.len() + 16);
     match opcode {
         0x1 => put_data(&mut out, payload),

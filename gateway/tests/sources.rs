@@ -41,15 +41,6 @@ fn trade_line(symbols: &SymbolTable, seq: u64, ts: u64) -> Vec<u8> {
     line
 }
 
-/// The payload of a server (unmasked) WebSocket frame.
-fn payload(frame: &[u8]) -> &[u8] {
-    match frame[1] & 0x7f {
-        126 => &frame[4..],
-        127 => &frame[10..],
-        _ => &frame[2..],
-    }
-}
-
 /// The next data message (skipping replies, statuses and book snapshots), raw.
 async fn next_data(c: &mut Client) -> (Value, Vec<u8>) {
     loop {
@@ -86,7 +77,7 @@ async fn ticks_on_stdin_give_the_same_bytes_as_the_embedded_feed() {
         let tick = feed.next_tick_virtual();
         write_tick_json(&mut lines, &tick, symbols.get(tick.sym));
         lines.push(b'\n');
-        expected.push(payload(&market.publish(&tick, &mut json).bytes).to_vec());
+        expected.push(gateway::frame::payload(&market.publish(&tick, &mut json).bytes).to_vec());
     }
     stdin.write_all(&lines).await.unwrap();
     stdin.flush().await.unwrap();

@@ -104,17 +104,32 @@ pub enum DecodeError {
     Unknown,
 }
 
-/// Decodes one binary message (a whole binary frame's payload).
-pub fn decode(msg: &[u8]) -> Result<Decoded, DecodeError> {
+/// The fields every binary message starts with, as written (`ts` in microseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub kind: u8,
+    pub flags: u8,
+    pub sym: u32,
+    pub seq: u64,
+    pub ts_us: u64,
+}
+
+/// Reads the fixed head of a binary message (what a reader needs to route it and check its
+/// seq, without decoding the body).
+pub fn head(msg: &[u8]) -> Result<Head, DecodeError> {
     let mut r = Reader(msg);
-    let kind = r.u8()?;
-    let flags = r.u8()?;
+    let (kind, flags) = (r.u8()?, r.u8()?);
     if !matches!(kind, TRADE | QUOTE | BOOK_UPDATE) || flags & !FLAG_ET != 0 {
         return Err(DecodeError::Unknown);
     }
-    let sym = r.u32()?;
-    let seq = r.u64()?;
-    let ts = r.u64()?.saturating_mul(1000);
+    Ok(Head { kind, flags, sym: r.u32()?, seq: r.u64()?, ts_us: r.u64()? })
+}
+
+/// Decodes one binary message (a whole binary frame's payload).
+pub fn decode(msg: &[u8]) -> Result<Decoded, DecodeError> {
+    let Head { kind, flags, sym, seq, ts_us } = head(msg)?;
+    let mut r = Reader(&msg[HEAD_LEN..]);
+    let ts = ts_us.saturating_mul(1000);
     let et = if flags & FLAG_ET != 0 { r.u64()?.saturating_mul(1000) } else { 0 };
     let (body, crc) = match kind {
         TRADE => {

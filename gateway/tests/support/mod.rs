@@ -670,6 +670,14 @@ pub async fn client_through_a_restart(
     out
 }
 
+/// A client CLI run with `--binary --verbose` received binary data messages and decoded
+/// every one (its log says so, and never that it ignored one).
+pub fn assert_binary_received(out: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("receiving binary data messages"), "{}", show(out));
+    assert!(!stderr.contains("ignoring a binary frame"), "{}", show(out));
+}
+
 /// `Some(())` when `python3` can import `websockets`; `None` (SKIPPED) when it cannot and
 /// TICKFAN_REQUIRE_TOOLS is unset; a panic when it cannot and the variable is set.
 pub fn python_with_websockets() -> Option<()> {
