@@ -224,6 +224,10 @@ struct FloorArgs {
     /// Pin neither thread.
     #[arg(long, conflicts_with_all = ["writer_cpu", "reader_cpu"])]
     no_pin: bool,
+    /// How the writes reach the kernel: one writev system call each, or a round of writes (one
+    /// per socket) submitted through io_uring with one io_uring_enter; both: each point twice.
+    #[arg(long, value_delimiter = ',', default_value = "writev")]
+    submit: Vec<bench::floor::Submit>,
     /// Write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -416,6 +420,7 @@ fn floor(args: FloorArgs) -> anyhow::Result<ExitCode> {
         duration: Duration::from_secs_f64(args.duration),
         writer_cpu: if args.no_pin { None } else { args.writer_cpu.or(writer_cpu) },
         reader_cpu: if args.no_pin { None } else { args.reader_cpu.or(reader_cpu) },
+        submit: args.submit,
     };
     let result = bench::floor::measure(&cfg)?;
     print!("{}", result.markdown());

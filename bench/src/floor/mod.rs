@@ -16,6 +16,7 @@
 //! bench floor                                   # N = 100,1000,10000; k = 1,2,4,8,16,64; 1 s each
 //! bench floor --conns 1000 --batch 1,16 --duration 2 --json floor.json
 //! bench floor --writer-cpu 2 --reader-cpu 3     # default: the first two CPUs this process may use
+//! bench floor --submit writev,io-uring          # each point also with io_uring (uring.rs)
 //! ```
 //!
 //! Each connection takes two file descriptors in this process: the soft `RLIMIT_NOFILE` is
@@ -46,6 +47,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+
+mod uring;
 use tickfan_proto::encode::write_tick_message;
 use tickfan_proto::{Side, Symbol, Tick, TickBody, Trade};
 
@@ -62,6 +65,29 @@ pub struct FloorConfig {
     pub writer_cpu: Option<usize>,
     /// CPU to pin the reader thread to (`None`: not pinned).
     pub reader_cpu: Option<usize>,
+    /// How the writes reach the kernel; each (N, k) is measured once per way.
+    pub submit: Vec<Submit>,
+}
+
+/// How the floor's writer hands its writes to the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Submit {
+    /// One `writev` system call per write, as tickfan and every baseline do.
+    #[default]
+    Writev,
+    /// One `IORING_OP_WRITEV` per write, a whole round of them (one per socket) submitted with
+    /// one `io_uring_enter`.
+    IoUring,
+}
+
+impl Submit {
+    pub fn label(self) -> &'static str {
+        match self {
+            Submit::Writev => "writev",
+            Submit::IoUring => "io_uring",
+        }
+    }
 }
 
 impl Default for FloorConfig {
@@ -74,6 +100,7 @@ impl Default for FloorConfig {
             duration: Duration::from_secs(1),
             writer_cpu,
             reader_cpu,
+            submit: vec![Submit::Writev],
         }
     }
 }
@@ -104,8 +131,15 @@ pub struct FloorPoint {
     pub conns: usize,
     /// Frames per `writev` (k).
     pub k: usize,
-    /// `writev` calls in the measured window.
+    /// How the writes were submitted (older results: `writev`).
+    #[serde(default)]
+    pub submit: Submit,
+    /// Writes (of k frames to one socket) in the measured window.
     pub writes: u64,
+    /// System calls that made them: one per write with `writev`, one per round (or per ring's
+    /// worth of sockets) with io_uring; short writes' completions not included.
+    #[serde(default)]
+    pub syscalls: u64,
     /// Frames in the measured window: `writes × k`.
     pub frames: u64,
     /// Writes of the untimed warm-up pass (one per connection).
@@ -117,7 +151,8 @@ pub struct FloorPoint {
     /// `writev` calls that wrote less than k frames and had to be completed.
     pub short_writes: u64,
     pub wall_s: f64,
-    /// The writer thread's CPU time over the measured window.
+    /// The writer thread's CPU time over the measured window (with io_uring, plus that of the
+    /// process's `iou-` kernel threads).
     pub cpu_s: f64,
     pub cpu_us_per_write: f64,
     pub cpu_ns_per_frame: f64,
@@ -153,8 +188,8 @@ const FDS_SPARE: u64 = 64;
 /// Measures every (N, k) of `cfg`; an N the file-descriptor limit cannot hold is skipped
 /// (and said so on stderr).
 pub fn measure(cfg: &FloorConfig) -> anyhow::Result<FloorResult> {
-    if cfg.conns.is_empty() || cfg.batches.is_empty() {
-        bail!("no connection counts or no batch sizes to measure");
+    if cfg.conns.is_empty() || cfg.batches.is_empty() || cfg.submit.is_empty() {
+        bail!("no connection counts, batch sizes or ways to submit to measure");
     }
     if cfg.conns.contains(&0) || cfg.batches.contains(&0) {
         bail!("connection counts and batch sizes must be at least 1");
@@ -193,15 +228,18 @@ pub fn measure(cfg: &FloorConfig) -> anyhow::Result<FloorResult> {
         let reader = Reader::spawn(readers, cfg.reader_cpu)?;
         let mut written_before = 0;
         for &k in &cfg.batches {
-            let point = write_point(&writers, &frames[..k], cfg, &reader, written_before);
-            let point = match point {
-                Ok(p) => p,
-                // Stop the reader before reporting, or its thread outlives the error; if it
-                // failed, its error is likely the cause.
-                Err(e) => return Err(reader.stop().err().unwrap_or(e)),
-            };
-            written_before += point.bytes_written;
-            result.points.push(point);
+            for &submit in &cfg.submit {
+                let point =
+                    write_point(&writers, &frames[..k], cfg, submit, &reader, written_before);
+                let point = match point {
+                    Ok(p) => p,
+                    // Stop the reader before reporting, or its thread outlives the error; if
+                    // it failed, its error is likely the cause.
+                    Err(e) => return Err(reader.stop().err().unwrap_or(e)),
+                };
+                written_before += point.bytes_written;
+                result.points.push(point);
+            }
         }
         reader.stop()?;
     }
@@ -209,15 +247,15 @@ pub fn measure(cfg: &FloorConfig) -> anyhow::Result<FloorResult> {
 }
 
 impl FloorResult {
-    /// CPU µs one `writev` of `k` frames costs at the floor with `conns` connections (the
-    /// measured N nearest to it), interpolated linearly between the measured k; beyond the
+    /// CPU µs one `writev` system call of `k` frames costs at the floor with `conns`
+    /// connections (the measured N nearest to it), interpolated linearly between the measured k; beyond the
     /// largest k measured, that point's cost per frame times k. `None` without a point.
     pub fn us_per_write(&self, conns: usize, k: f64) -> Option<f64> {
         let n = self.points.iter().map(|p| p.conns).min_by_key(|&n| n.abs_diff(conns))?;
         let mut pts: Vec<(f64, f64)> = self
             .points
             .iter()
-            .filter(|p| p.conns == n)
+            .filter(|p| p.conns == n && p.submit == Submit::Writev)
             .map(|p| (p.k as f64, p.cpu_us_per_write))
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -250,21 +288,24 @@ impl FloorResult {
             cpu(self.reader_cpu)
         );
         md.push_str(
-            "| conns | k | writes/s | frames/s | CPU µs/write | CPU ns/frame | frames per CPU-s \
-             | writer CPU share | writer waits | preempted |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| conns | k | submitted by | writes/s | frames/s | CPU µs/write | CPU ns/frame \
+             | frames per CPU-s | writes per syscall | writer CPU share | writer waits \
+             | preempted |\n\
+             |---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for p in &self.points {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} % | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} % | {} | {} |",
                 p.conns,
                 p.k,
+                p.submit.label(),
                 p.writes_per_s,
                 p.frames_per_s,
                 p.cpu_us_per_write,
                 p.cpu_ns_per_frame,
                 p.frames_per_cpu_s,
+                p.writes as f64 / p.syscalls.max(1) as f64,
                 p.writer_cpu_share * 100.0,
                 p.writer_waits,
                 p.writer_preemptions
@@ -346,12 +387,13 @@ fn open_pairs(conns: usize) -> io::Result<(Vec<TcpStream>, Vec<TcpStream>)> {
     Ok((writers, readers))
 }
 
-/// Measures one k on the connections of `writers`: a warm-up pass, then writes for
-/// `cfg.duration`, then waits until the reader has received every byte.
+/// Measures one k on the connections of `writers`, submitted as `submit` says: a warm-up
+/// pass, then writes for `cfg.duration`, then waits until the reader has received every byte.
 fn write_point(
     writers: &[TcpStream],
     frames: &[Vec<u8>],
     cfg: &FloorConfig,
+    submit: Submit,
     reader: &Reader,
     written_before: u64,
 ) -> anyhow::Result<FloorPoint> {
@@ -364,28 +406,42 @@ fn write_point(
             if let Some(cpu) = cfg.writer_cpu {
                 pin_current_thread(cpu).context("pinning the writer")?;
             }
-            let mut short_writes = 0;
-            for w in writers {
-                short_writes += writev_all(w, &iov, per_write)?;
-            }
+            let mut ring = match submit {
+                Submit::Writev => None,
+                Submit::IoUring => Some(uring::ring().context("setting up io_uring")?),
+            };
+            // (system calls, short writes) of one round over every socket.
+            let mut round = || -> io::Result<(u64, u64)> {
+                match &mut ring {
+                    None => {
+                        let mut short = 0;
+                        for w in writers {
+                            short += writev_all(w, &iov, per_write)?;
+                        }
+                        Ok((writers.len() as u64, short))
+                    }
+                    Some((ring, _)) => uring::write_round(ring, writers, &iov, per_write),
+                }
+            };
+            let (_, mut short_writes) = round()?;
             let start = Instant::now();
-            let cpu_start = thread_cpu_time()?;
+            let cpu_start = thread_cpu_time()? + helpers_cpu(submit)?;
             let switches_start = thread_context_switches()?;
             let deadline = start + cfg.duration;
-            let mut writes = 0u64;
+            let (mut writes, mut syscalls) = (0u64, 0u64);
             loop {
-                for w in writers {
-                    short_writes += writev_all(w, &iov, per_write)?;
-                }
+                let (calls, short) = round()?;
+                (syscalls, short_writes) = (syscalls + calls, short_writes + short);
                 writes += writers.len() as u64;
                 if Instant::now() >= deadline {
                     break;
                 }
             }
-            let cpu = thread_cpu_time()? - cpu_start;
+            let cpu = thread_cpu_time()? + helpers_cpu(submit)? - cpu_start;
             let switches = thread_context_switches()?;
             Ok(WriterStats {
                 writes,
+                syscalls,
                 short_writes,
                 wall: start.elapsed(),
                 cpu,
@@ -400,14 +456,20 @@ fn write_point(
     let bytes_written = (w.writes + warmup_writes) * per_write;
     let bytes_read = reader.wait_for(read_before, written_before + bytes_written)?;
     if bytes_read != bytes_written {
-        bail!("(N={}, k={k}): wrote {bytes_written} bytes, read {bytes_read}", writers.len());
+        bail!(
+            "(N={}, k={k}, {}): wrote {bytes_written} bytes, read {bytes_read}",
+            writers.len(),
+            submit.label()
+        );
     }
     let (wall_s, cpu_s) = (w.wall.as_secs_f64(), w.cpu.as_secs_f64());
     let frames = w.writes * k as u64;
     Ok(FloorPoint {
         conns: writers.len(),
         k,
+        submit,
         writes: w.writes,
+        syscalls: w.syscalls,
         frames,
         warmup_writes,
         bytes_written,
@@ -426,8 +488,17 @@ fn write_point(
     })
 }
 
+/// CPU time of the helper threads `submit` may move work to (io_uring's), else zero.
+fn helpers_cpu(submit: Submit) -> io::Result<Duration> {
+    match submit {
+        Submit::Writev => Ok(Duration::ZERO),
+        Submit::IoUring => uring::helper_threads_cpu(),
+    }
+}
+
 struct WriterStats {
     writes: u64,
+    syscalls: u64,
     short_writes: u64,
     wall: Duration,
     cpu: Duration,
@@ -442,9 +513,15 @@ fn writev_all(mut w: &TcpStream, iov: &[IoSlice<'_>], total: u64) -> io::Result<
     if n as u64 == total {
         return Ok(0);
     }
+    finish_write(w, iov, n)?;
+    Ok(1)
+}
+
+/// Writes what is left of `iov` after its first `done` bytes to the blocking socket `w`.
+fn finish_write(mut w: &TcpStream, iov: &[IoSlice<'_>], done: usize) -> io::Result<()> {
     let mut rest: Vec<IoSlice<'_>> = iov.to_vec();
     let mut rest = &mut rest[..];
-    IoSlice::advance_slices(&mut rest, n);
+    IoSlice::advance_slices(&mut rest, done);
     while !rest.is_empty() {
         match w.write_vectored(rest) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -453,7 +530,7 @@ fn writev_all(mut w: &TcpStream, iov: &[IoSlice<'_>], total: u64) -> io::Result<
             Err(e) => return Err(e),
         }
     }
-    Ok(1)
+    Ok(())
 }
 
 /// The reader thread: drains every receiving end through epoll and counts the bytes.
@@ -693,7 +770,9 @@ mod tests {
         let point = |conns, k, us| FloorPoint {
             conns,
             k,
+            submit: Submit::Writev,
             writes: 0,
+            syscalls: 0,
             frames: 0,
             warmup_writes: 0,
             bytes_written: 0,
@@ -737,12 +816,14 @@ mod tests {
             duration: Duration::from_millis(100),
             writer_cpu: None,
             reader_cpu: None,
+            submit: vec![Submit::Writev],
         };
         let r = measure(&cfg).unwrap();
         assert!(r.skipped.is_empty(), "{:?}", r.skipped);
         assert_eq!(r.points.iter().map(|p| (p.conns, p.k)).collect::<Vec<_>>(), [(4, 1), (4, 4)]);
         for p in &r.points {
             assert!(p.writes > 0 && p.writes % 4 == 0, "{p:?}");
+            assert_eq!(p.syscalls, p.writes, "one writev per write");
             assert_eq!(p.frames, p.writes * p.k as u64);
             assert_eq!(p.warmup_writes, 4);
             let per_write = r.frame_bytes as u64 * p.k as u64;
@@ -755,6 +836,39 @@ mod tests {
         let json: FloorResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(json.points.len(), 2);
         assert_eq!((json.points[1].writes, json.frame_bytes), (r.points[1].writes, r.frame_bytes));
+    }
+
+    #[test]
+    fn a_tiny_io_uring_floor_counts_consistently_and_submits_rounds() {
+        if let Err(e) = uring::ring() {
+            // Containers often forbid io_uring (seccomp, kernel.io_uring_disabled).
+            eprintln!("skipped: this process may not use io_uring: {e}");
+            return;
+        }
+        let cfg = FloorConfig {
+            conns: vec![8],
+            batches: vec![1, 3],
+            duration: Duration::from_millis(100),
+            writer_cpu: None,
+            reader_cpu: None,
+            submit: vec![Submit::IoUring, Submit::Writev],
+        };
+        let r = measure(&cfg).unwrap();
+        let ways: Vec<_> = r.points.iter().map(|p| (p.k, p.submit)).collect();
+        assert_eq!(
+            ways,
+            [(1, Submit::IoUring), (1, Submit::Writev), (3, Submit::IoUring), (3, Submit::Writev)]
+        );
+        for p in r.points.iter().filter(|p| p.submit == Submit::IoUring) {
+            let per_write = r.frame_bytes as u64 * p.k as u64;
+            assert_eq!(p.bytes_read, (p.writes + p.warmup_writes) * per_write, "{p:?}");
+            // One enter per round of 8 writes, more only if completions came in pieces.
+            assert!(p.syscalls >= p.writes / 8 && p.syscalls < p.writes, "{p:?}");
+        }
+        // The floor a server is held against stays the writev one.
+        let writev = r.points.iter().find(|p| p.k == 1 && p.submit == Submit::Writev).unwrap();
+        assert_eq!(r.us_per_write(8, 1.0), Some(writev.cpu_us_per_write));
+        assert!(r.markdown().contains("| 8 | 3 | io_uring |"), "{}", r.markdown());
     }
 
     #[test]
