@@ -169,11 +169,11 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_EVENT_TIME")]
     pub event_time: bool,
 
-    /// Longest time, in microseconds, a busy worker holds the frames of its fat streams
-    /// (connections whose last write carried several frames) to write more in one syscall:
-    /// each write costs several µs of kernel CPU whatever it carries. Thin streams are written
-    /// at once. The hold grows from 0 (worker busy under half the time: every batch is written
-    /// at once) to this (worker busy ~90 % of the time or more). 0 disables holding
+    /// Longest time, in microseconds, a busy worker holds a connection's queued frames when it
+    /// has several, to write more in one syscall: each write costs several µs of kernel CPU
+    /// whatever it carries. A connection with a single frame queued is held up to 4 times as
+    /// long. The hold grows from 0 (worker busy under half the time: every batch is written at
+    /// once) to this (worker busy ~90 % of the time or more). 0 disables holding
     /// (docs/performance.md).
     #[arg(long, env = "TICKFAN_FLUSH_WINDOW_US", default_value_t = 1000)]
     pub flush_window_us: u64,

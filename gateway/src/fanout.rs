@@ -41,9 +41,6 @@ pub struct Conn {
     sock: Rc<dyn TryWrite>,
     /// Queued something this batch and is in the shard's dirty list.
     dirty: bool,
-    /// Its last write carried several frames: a fat stream, which a busy worker holds for a
-    /// moment to write more frames per syscall (see [`Shard::flush_dirty_holding`]).
-    fat: bool,
     /// Its socket would block: only the readiness driver flushes it, once writable again.
     blocked: bool,
     /// A write failed: the connection is finished, nothing more is queued or written.
@@ -62,6 +59,34 @@ pub struct Conn {
     serial: u32,
 }
 
+/// Which queued connections a busy worker leaves for a later write
+/// ([`Shard::flush_dirty_holding`]): those with several frames queued (`fat`), those with one
+/// (`thin`), both or neither.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holding {
+    pub fat: bool,
+    pub thin: bool,
+}
+
+impl Holding {
+    /// Write everyone now.
+    pub const NONE: Holding = Holding { fat: false, thin: false };
+    /// Write no one now.
+    pub const ALL: Holding = Holding { fat: true, thin: true };
+
+    fn holds(self, fat: bool) -> bool {
+        if fat {
+            self.fat
+        } else {
+            self.thin
+        }
+    }
+
+    pub fn any(self) -> bool {
+        self.fat || self.thin
+    }
+}
+
 impl Conn {
     fn new(sock: Rc<dyn TryWrite>, out: Outbound, serial: u32) -> Conn {
         Conn {
@@ -74,7 +99,6 @@ impl Conn {
             closed_for: None,
             sock,
             dirty: false,
-            fat: false,
             blocked: false,
             dead: false,
             stop: false,
@@ -605,36 +629,29 @@ impl Shard {
     /// Flushes every connection that queued something since the last call, then publishes
     /// the batch's counters.
     pub fn flush_dirty(&mut self) {
-        self.flush_dirty_holding(false);
+        self.flush_dirty_holding(Holding::NONE);
     }
 
-    /// [`flush_dirty`](Self::flush_dirty), except that with `hold` the connections that took
-    /// several frames per write lately (fat streams) are left queued, for the worker to flush
-    /// with their next frames, after its hold (`worker::Hold`); everyone else is written now.
-    /// A thin stream gains nothing from waiting (its next frame is likely far off) and is never
-    /// held. Whether any connection was held.
-    pub fn flush_dirty_holding(&mut self, hold: bool) -> bool {
-        for key in std::mem::take(&mut self.slow) {
-            let Some(conn) = self.conns.get_mut(key) else { continue };
-            if conn.out.is_closing() {
-                continue;
-            }
-            // Its backlog is of no use to it any more: the close goes right after the frame
-            // being written, and the memory is freed now.
-            let reason =
-                format!("slow consumer: more than {} bytes queued", conn.out.queued_bytes());
-            conn.out.close_now(frame::close(CloseCode::Policy, &reason));
-            conn.closed_for.get_or_insert(CloseReason::SlowConsumer);
-            conn.stop(key, &mut self.woken);
-            if !conn.blocked {
-                self.flush(key);
-            }
-            Stats::add(&self.stats.slow_consumer_actions[2], 1);
+    /// [`flush_dirty`](Self::flush_dirty), except that the connections `hold` names are left
+    /// queued, for the worker to flush with their next frames after its hold (`worker::Hold`):
+    /// those with several frames queued (`fat`: writing them now already saves syscalls) and
+    /// those with one (`thin`: a write for one frame is the dearest, so they wait longest).
+    /// Everyone else is written now. Which kinds were left queued (with [`Holding::ALL`]:
+    /// `ALL` if anything is queued, without looking).
+    pub fn flush_dirty_holding(&mut self, hold: Holding) -> Holding {
+        if hold == Holding::ALL {
+            // Nothing to write: no need to visit the queued connections.
+            self.publish_tally();
+            return if self.dirty.is_empty() { Holding::NONE } else { Holding::ALL };
         }
         let mut dirty = std::mem::take(&mut self.dirty);
+        let mut held = Holding::NONE;
         dirty.retain(|&key| {
             let Some(conn) = self.conns.get_mut(key) else { return false };
-            if hold && conn.fat && !conn.blocked && !conn.out.is_closing() {
+            let fat = conn.out.frames() >= 2;
+            let kind = if fat { &mut held.fat } else { &mut held.thin };
+            if hold.holds(fat) && !conn.blocked && !conn.out.is_closing() {
+                *kind = true;
                 return true;
             }
             conn.dirty = false;
@@ -644,8 +661,13 @@ impl Shard {
             false
         });
         // Flushing marks nothing dirty: what is left is what was held (and the allocation).
-        let held = !dirty.is_empty();
         self.dirty = dirty;
+        self.publish_tally();
+        held
+    }
+
+    /// Publishes the counters of what was written since the last call.
+    fn publish_tally(&mut self) {
         let t = std::mem::take(&mut self.tally);
         Stats::add(&self.stats.frames_out, t.frames_out);
         Stats::add(&self.stats.bytes_out, t.bytes_out);
@@ -654,7 +676,6 @@ impl Shard {
         Stats::add(&self.stats.slow_consumer_actions[1], t.drops[1]);
         Stats::add(&self.stats.gaps_sent, t.gaps);
         Stats::add(&self.stats.snapshots_sent, t.snapshots);
-        held
     }
 
     /// Writes what the socket takes now. On `WouldBlock` the connection is marked blocked (the
@@ -664,9 +685,6 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else { return FlushState::Dead };
         if conn.dead {
             return FlushState::Dead;
-        }
-        if !conn.out.is_empty() {
-            conn.fat = conn.out.frames() >= 2;
         }
         loop {
             match conn.out.write_to(&*conn.sock) {
@@ -992,36 +1010,52 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_worker_holds_fat_streams_and_writes_thin_ones_at_once() {
+    fn a_busy_worker_holds_connections_with_one_frame_longer_than_those_with_several() {
         let Setup { mut shard, frames, fat, thin, thin_ch } = setup();
         let mut thin_frames = frames.iter().filter(|f| f.ch == thin_ch);
-        let others: Vec<&Frame> =
+        let trades: Vec<&Frame> =
             frames.iter().filter(|f| f.ch.kind() == Kind::Trades).take(12).collect();
-        // A batch of three frames for the fat stream: written at once (not fat yet), three in
-        // one write; the thin stream's frame too.
-        for f in &others[..3] {
+        let several_only = Holding { fat: true, thin: false };
+        let one_only = Holding { fat: false, thin: true };
+        // Not busy: everything is written at once, whatever it carries.
+        for f in &trades[..3] {
             shard.deliver(f);
         }
         shard.deliver(thin_frames.next().unwrap());
-        assert!(!shard.flush_dirty_holding(true), "nothing was fat before this write");
-        assert_eq!(*fat.writes.borrow(), vec![3]);
-        assert_eq!(*thin.writes.borrow(), vec![1]);
-        // Now fat: while the worker holds, its frames wait; the thin stream's go at once.
-        for f in &others[3..5] {
+        assert_eq!(shard.flush_dirty_holding(Holding::NONE), Holding::NONE);
+        assert_eq!((fat.writes.borrow().clone(), thin.writes.borrow().clone()), (vec![3], vec![1]));
+        // Busy: everyone waits, and says so without a connection being looked at.
+        shard.deliver(trades[3]);
+        shard.deliver(thin_frames.next().unwrap());
+        assert_eq!(shard.flush_dirty_holding(Holding::ALL), Holding::ALL);
+        shard.deliver(trades[4]);
+        assert_eq!(shard.flush_dirty_holding(Holding::ALL), Holding::ALL);
+        assert_eq!((fat.writes.borrow().len(), thin.writes.borrow().len()), (1, 1));
+        // The short hold ends: the connection with two frames queued is written (one write),
+        // the one with a single frame keeps waiting.
+        assert_eq!(shard.flush_dirty_holding(one_only), one_only);
+        assert_eq!(
+            (fat.writes.borrow().clone(), thin.writes.borrow().clone()),
+            (vec![3, 2], vec![1])
+        );
+        // A second frame comes for it: at the next short deadline it goes, two in one write.
+        shard.deliver(thin_frames.next().unwrap());
+        assert_eq!(shard.flush_dirty_holding(Holding::ALL), Holding::ALL);
+        assert_eq!(shard.flush_dirty_holding(one_only), Holding::NONE);
+        assert_eq!(*thin.writes.borrow(), vec![1, 2]);
+        // Holding only the several-frame ones writes a lone frame at once.
+        shard.deliver(thin_frames.next().unwrap());
+        for f in &trades[5..7] {
             shard.deliver(f);
-            shard.deliver(thin_frames.next().unwrap());
-            assert!(shard.flush_dirty_holding(true), "the fat stream is held");
         }
-        assert_eq!(*fat.writes.borrow(), vec![3]);
-        assert_eq!(*thin.writes.borrow(), vec![1, 1, 1]);
-        // The hold ends: one write for both held frames.
-        assert!(!shard.flush_dirty_holding(false));
-        assert_eq!(*fat.writes.borrow(), vec![3, 2]);
-        // A fat stream that thinned out (one frame in its last write) is not held any more.
-        shard.deliver(others[5]);
-        assert!(!shard.flush_dirty_holding(false));
-        shard.deliver(others[6]);
-        assert!(!shard.flush_dirty_holding(true));
-        assert_eq!(*fat.writes.borrow(), vec![3, 2, 1, 1]);
+        assert_eq!(shard.flush_dirty_holding(several_only), several_only);
+        assert_eq!(
+            (fat.writes.borrow().clone(), thin.writes.borrow().clone()),
+            (vec![3, 2], vec![1, 2, 1])
+        );
+        // The long hold ends: everyone.
+        assert_eq!(shard.flush_dirty_holding(Holding::NONE), Holding::NONE);
+        assert_eq!(*fat.writes.borrow(), vec![3, 2, 2]);
+        assert!(shard.dirty.is_empty());
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backpressure::Budget;
 use crate::config::Config;
-use crate::fanout::Shard;
+use crate::fanout::{Holding, Shard};
 use crate::limits::SocketPermit;
 use crate::market::Market;
 use crate::metrics::Stats;
@@ -337,23 +337,25 @@ async fn publish_stats(ctx: Rc<WorkerCtx>, id: usize, cancel: CancellationToken)
 }
 
 /// Drains the ring into the shard in batches and flushes the connections they touched: at once
-/// while the worker has time to spare; when it is busy (see [`Hold`]), the fat streams among
-/// them (several frames per write lately) after a hold of up to `--flush-window-us`, so that a
-/// busy worker writes more frames per syscall where that pays, and thin streams at once.
+/// while the worker has time to spare; when it is busy (see [`Hold`]), after a hold: up to
+/// `--flush-window-us` for connections with several frames queued, and [`THIN_HOLD`] times
+/// that for those with one, so that a busy worker writes more frames per syscall.
 /// Latency is recorded when a batch's frames are all written.
 async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: CancellationToken) {
     // Producer timestamps of the frames delivered since the last flush, then their latencies
     // in µs once flushed.
     let mut batch_ts: Vec<u64> = Vec::with_capacity(DRAIN_BATCH);
     let mut hold = Hold::new(Duration::from_micros(ctx.cfg.flush_window_us));
-    // When the frames held now must be written at the latest.
+    // When the frames held now must be written at the latest: those of connections with
+    // several queued (the short hold), and everyone's (the long one).
+    let mut fat_deadline: Option<Instant> = None;
     let mut deadline: Option<Instant> = None;
     loop {
         let stopping = tokio::select! {
             biased;
             _ = cancel.cancelled() => true,
             _ = ring.woken() => false,
-            _ = sleep_until_some(deadline) => false,
+            _ = sleep_until_some(fat_deadline.into_iter().chain(deadline).min()) => false,
         };
         loop {
             let started = Instant::now();
@@ -368,14 +370,15 @@ async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: Cancell
                     panic!("injected panic in worker {id}'s fan-out (--inject-panic fanout)");
                 }
                 let window = hold.current();
-                if stopping || window.is_zero() || deadline.is_some_and(|d| started >= d) {
-                    shard.flush_dirty();
-                    deadline = None;
-                } else if shard.flush_dirty_holding(true) {
-                    deadline.get_or_insert(started + window);
+                let due = |at: Option<Instant>| at.is_some_and(|d| started >= d);
+                let holding = if stopping || window.is_zero() || due(deadline) {
+                    Holding::NONE
                 } else {
-                    deadline = None;
-                }
+                    Holding { fat: !due(fat_deadline), thin: true }
+                };
+                let held = shard.flush_dirty_holding(holding);
+                fat_deadline = held.fat.then(|| fat_deadline.unwrap_or(started + window));
+                deadline = held.any().then(|| deadline.unwrap_or(started + window * THIN_HOLD));
             }
             if deadline.is_none() && !batch_ts.is_empty() {
                 let now = unix_now_ns();
@@ -398,6 +401,11 @@ async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: Cancell
     }
 }
 
+/// How many times longer a busy worker holds a connection with one frame queued than one with
+/// several: a write for one frame costs nearly what one for ten does, and a thin stream's next
+/// frame is further off (`docs/performance.md`, "Writes per message").
+pub const THIN_HOLD: u32 = 4;
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
@@ -410,8 +418,9 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 ///
 /// A write costs several µs of kernel CPU whether it carries one frame or ten
 /// (`docs/performance.md`), so a worker that keeps up writes every batch at once (lowest
-/// latency), and one that runs out of time holds the frames of its fat streams for up to `max`,
-/// writing more of them per syscall exactly when CPU is short (thin streams are not held: see
+/// latency), and one that runs out of time holds the frames of connections with several queued
+/// for up to `max`, and those with one for [`THIN_HOLD`] times that, writing more of them per
+/// syscall exactly when CPU is short (see
 /// `Shard::flush_dirty_holding`). Busy is the share of wall time spent delivering and
 /// writing, averaged over ~100 ms windows: under 50 % no hold, then linearly up to `max` at
 /// 90 %.
