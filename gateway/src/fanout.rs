@@ -639,6 +639,23 @@ impl Shard {
     /// Everyone else is written now. Which kinds were left queued (with [`Holding::ALL`]:
     /// `ALL` if anything is queued, without looking).
     pub fn flush_dirty_holding(&mut self, hold: Holding) -> Holding {
+        for key in std::mem::take(&mut self.slow) {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.out.is_closing() {
+                continue;
+            }
+            // Its backlog is of no use to it any more: the close goes right after the frame
+            // being written, and the memory is freed now.
+            let reason =
+                format!("slow consumer: more than {} bytes queued", conn.out.queued_bytes());
+            conn.out.close_now(frame::close(CloseCode::Policy, &reason));
+            conn.closed_for.get_or_insert(CloseReason::SlowConsumer);
+            conn.stop(key, &mut self.woken);
+            if !conn.blocked {
+                self.flush(key);
+            }
+            Stats::add(&self.stats.slow_consumer_actions[2], 1);
+        }
         if hold == Holding::ALL {
             // Nothing to write: no need to visit the queued connections.
             self.publish_tally();
