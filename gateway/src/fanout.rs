@@ -1026,6 +1026,36 @@ mod tests {
         Setup { shard, frames, fat, thin, thin_ch }
     }
 
+    /// A socket whose peer reads nothing: every write would block.
+    struct Stuck;
+
+    impl TryWrite for Stuck {
+        fn try_write_vectored(&self, _: &[IoSlice<'_>]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    #[test]
+    fn a_connection_over_its_queue_under_disconnect_is_closed_even_while_everything_is_held() {
+        let Setup { shard, frames, .. } = setup();
+        let policies = crate::config::parse_policies("trades=disconnect").unwrap();
+        let stats = shard.stats.clone();
+        let mut shard =
+            Shard::new(shard.market.clone(), stats.clone(), policies, Budget::new(1 << 30));
+        let key = shard.open(Rc::new(Stuck), 4096, Form::WebSocket);
+        let none = |_: &Subscribed| Vec::new();
+        shard.subscribe(key, &[ChannelSpec::Wildcard(Kind::Trades)], &[], None, none);
+        shard.flush_dirty();
+        for f in frames.iter().filter(|f| f.ch.kind() == Kind::Trades).take(200) {
+            shard.deliver(f);
+        }
+        // The worker is busy and holds everyone: the slow consumer is still closed now.
+        assert_eq!(shard.flush_dirty_holding(Holding::ALL), Holding::ALL);
+        let closed = &stats.slow_consumer_actions[2];
+        assert_eq!(closed.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(shard.conns[key].out.is_closing());
+    }
+
     #[test]
     fn a_busy_worker_holds_connections_with_one_frame_longer_than_those_with_several() {
         let Setup { mut shard, frames, fat, thin, thin_ch } = setup();
