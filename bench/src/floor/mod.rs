@@ -47,10 +47,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-
-mod uring;
 use tickfan_proto::encode::write_tick_message;
 use tickfan_proto::{Side, Symbol, Tick, TickBody, Trade};
+
+mod uring;
 
 /// What to measure.
 #[derive(Clone, Debug, PartialEq)]
@@ -248,8 +248,9 @@ pub fn measure(cfg: &FloorConfig) -> anyhow::Result<FloorResult> {
 
 impl FloorResult {
     /// CPU µs one `writev` system call of `k` frames costs at the floor with `conns`
-    /// connections (the measured N nearest to it), interpolated linearly between the measured k; beyond the
-    /// largest k measured, that point's cost per frame times k. `None` without a point.
+    /// connections (the measured N nearest to it), interpolated linearly between the measured
+    /// k; beyond the largest k measured, that point's cost per frame times k. `None` without a
+    /// point.
     pub fn us_per_write(&self, conns: usize, k: f64) -> Option<f64> {
         let n = self.points.iter().map(|p| p.conns).min_by_key(|&n| n.abs_diff(conns))?;
         let mut pts: Vec<(f64, f64)> = self
@@ -420,7 +421,7 @@ fn write_point(
                         }
                         Ok((writers.len() as u64, short))
                     }
-                    Some((ring, _)) => uring::write_round(ring, writers, &iov, per_write),
+                    Some(ring) => uring::write_round(ring, writers, &iov, per_write),
                 }
             };
             let (_, mut short_writes) = round()?;

@@ -20,14 +20,12 @@ use io_uring::{opcode, types, IoUring};
 /// Entries of the submission queue: a round of more sockets is submitted in chunks this big.
 const RING_ENTRIES: u32 = 4096;
 
-/// A ring for the writer thread that calls this, and whether the single-issuer, deferred task
-/// work setup was taken (kernels before 6.1 refuse it; then a default ring).
-pub(super) fn ring() -> io::Result<(IoUring, bool)> {
+/// A ring for the writer thread that calls this: single-issuer with deferred task work, or a
+/// default ring on kernels that refuse that setup (before 6.1).
+pub(super) fn ring() -> io::Result<IoUring> {
     match IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(RING_ENTRIES) {
-        Ok(ring) => Ok((ring, true)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            Ok((IoUring::builder().build(RING_ENTRIES)?, false))
-        }
+        Ok(ring) => Ok(ring),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder().build(RING_ENTRIES),
         Err(e) => Err(io::Error::new(e.kind(), format!("io_uring_setup: {e}"))),
     }
 }
@@ -66,9 +64,9 @@ pub(super) fn write_round(
         while left > 0 {
             ring.submit_and_wait(1)?;
             enters += 1;
-            let done: Vec<(u64, i32)> =
-                ring.completion().map(|c| (c.user_data(), c.result())).collect();
-            for (idx, res) in done {
+            // Reaped in place: nothing allocated per submission inside the measured loop.
+            for cqe in ring.completion() {
+                let (idx, res) = (cqe.user_data(), cqe.result());
                 left -= 1;
                 if res < 0 {
                     return Err(io::Error::from_raw_os_error(-res));
