@@ -169,13 +169,12 @@ pub struct Config {
     #[arg(long, env = "TICKFAN_EVENT_TIME")]
     pub event_time: bool,
 
-    /// Longest time, in microseconds, a busy worker holds a connection's queued frames when it
-    /// has several, to write more in one syscall: each write costs several µs of kernel CPU
-    /// whatever it carries. A connection with a single frame queued is held up to 4 times as
-    /// long. The hold grows from 0 (worker busy under half the time: every batch is written at
-    /// once) to this (worker busy ~90 % of the time or more). 0 disables holding
+    /// Longest time, in microseconds, a busy worker holds its connections' queued frames, to
+    /// write more in one syscall: each write costs several µs of kernel CPU whatever it
+    /// carries. The hold grows from 0 (worker busy under a quarter of the time: every batch is
+    /// written at once) to this (worker busy 75 % of the time or more). 0 disables holding
     /// (docs/performance.md).
-    #[arg(long, env = "TICKFAN_FLUSH_WINDOW_US", default_value_t = 1000)]
+    #[arg(long, env = "TICKFAN_FLUSH_WINDOW_US", default_value_t = 5000)]
     pub flush_window_us: u64,
 
     /// Fan-out workers (threads owning a shard of connections). 0 = one per core.

@@ -59,34 +59,6 @@ pub struct Conn {
     serial: u32,
 }
 
-/// Which queued connections a busy worker leaves for a later write
-/// ([`Shard::flush_dirty_holding`]): those with several frames queued (`fat`), those with one
-/// (`thin`), both or neither.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Holding {
-    pub fat: bool,
-    pub thin: bool,
-}
-
-impl Holding {
-    /// Write everyone now.
-    pub const NONE: Holding = Holding { fat: false, thin: false };
-    /// Write no one now.
-    pub const ALL: Holding = Holding { fat: true, thin: true };
-
-    fn holds(self, fat: bool) -> bool {
-        if fat {
-            self.fat
-        } else {
-            self.thin
-        }
-    }
-
-    pub fn any(self) -> bool {
-        self.fat || self.thin
-    }
-}
-
 impl Conn {
     fn new(sock: Rc<dyn TryWrite>, out: Outbound, serial: u32) -> Conn {
         Conn {
@@ -629,16 +601,14 @@ impl Shard {
     /// Flushes every connection that queued something since the last call, then publishes
     /// the batch's counters.
     pub fn flush_dirty(&mut self) {
-        self.flush_dirty_holding(Holding::NONE);
+        self.flush_dirty_holding(false);
     }
 
-    /// [`flush_dirty`](Self::flush_dirty), except that the connections `hold` names are left
-    /// queued, for the worker to flush with their next frames after its hold (`worker::Hold`):
-    /// those with several frames queued (`fat`: writing them now already saves syscalls) and
-    /// those with one (`thin`: a write for one frame is the dearest, so they wait longest).
-    /// Everyone else is written now. Which kinds were left queued (with [`Holding::ALL`]:
-    /// `ALL` if anything is queued, without looking).
-    pub fn flush_dirty_holding(&mut self, hold: Holding) -> Holding {
+    /// [`flush_dirty`](Self::flush_dirty), except that with `hold` nothing is written: the
+    /// queued connections wait, without being visited, for the worker to flush them with their
+    /// next frames after its hold (`worker::Hold`). Slow consumers under `disconnect` are
+    /// closed either way. Returns whether anything is left queued.
+    pub fn flush_dirty_holding(&mut self, hold: bool) -> bool {
         for key in std::mem::take(&mut self.slow) {
             let Some(conn) = self.conns.get_mut(key) else { continue };
             if conn.out.is_closing() {
@@ -656,31 +626,20 @@ impl Shard {
             }
             Stats::add(&self.stats.slow_consumer_actions[2], 1);
         }
-        if hold == Holding::ALL {
-            // Nothing to write: no need to visit the queued connections.
-            self.publish_tally();
-            return if self.dirty.is_empty() { Holding::NONE } else { Holding::ALL };
+        if !hold {
+            let mut dirty = std::mem::take(&mut self.dirty);
+            for key in dirty.drain(..) {
+                let Some(conn) = self.conns.get_mut(key) else { continue };
+                conn.dirty = false;
+                if !conn.blocked {
+                    self.flush(key);
+                }
+            }
+            // Flushing marks nothing dirty: keep the allocation.
+            self.dirty = dirty;
         }
-        let mut dirty = std::mem::take(&mut self.dirty);
-        let mut held = Holding::NONE;
-        dirty.retain(|&key| {
-            let Some(conn) = self.conns.get_mut(key) else { return false };
-            let fat = conn.out.frames() >= 2;
-            let kind = if fat { &mut held.fat } else { &mut held.thin };
-            if hold.holds(fat) && !conn.blocked && !conn.out.is_closing() {
-                *kind = true;
-                return true;
-            }
-            conn.dirty = false;
-            if !conn.blocked {
-                self.flush(key);
-            }
-            false
-        });
-        // Flushing marks nothing dirty: what is left is what was held (and the allocation).
-        self.dirty = dirty;
         self.publish_tally();
-        held
+        !self.dirty.is_empty()
     }
 
     /// Publishes the counters of what was written since the last call.
@@ -1050,59 +1009,39 @@ mod tests {
             shard.deliver(f);
         }
         // The worker is busy and holds everyone: the slow consumer is still closed now.
-        assert_eq!(shard.flush_dirty_holding(Holding::ALL), Holding::ALL);
+        assert!(shard.flush_dirty_holding(true));
         let closed = &stats.slow_consumer_actions[2];
         assert_eq!(closed.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert!(shard.conns[key].out.is_closing());
     }
 
     #[test]
-    fn a_busy_worker_holds_connections_with_one_frame_longer_than_those_with_several() {
+    fn a_busy_worker_holds_every_connection_until_its_hold_ends() {
         let Setup { mut shard, frames, fat, thin, thin_ch } = setup();
         let mut thin_frames = frames.iter().filter(|f| f.ch == thin_ch);
         let trades: Vec<&Frame> =
             frames.iter().filter(|f| f.ch.kind() == Kind::Trades).take(12).collect();
-        let several_only = Holding { fat: true, thin: false };
-        let one_only = Holding { fat: false, thin: true };
+        let writes = || (fat.writes.borrow().clone(), thin.writes.borrow().clone());
         // Not busy: everything is written at once, whatever it carries.
         for f in &trades[..3] {
             shard.deliver(f);
         }
         shard.deliver(thin_frames.next().unwrap());
-        assert_eq!(shard.flush_dirty_holding(Holding::NONE), Holding::NONE);
-        assert_eq!((fat.writes.borrow().clone(), thin.writes.borrow().clone()), (vec![3], vec![1]));
-        // Busy: everyone waits, and says so without a connection being looked at.
+        assert!(!shard.flush_dirty_holding(false));
+        assert_eq!(writes(), (vec![3], vec![1]));
+        // Busy: everyone waits, fat stream and lone frame alike, batch after batch.
         shard.deliver(trades[3]);
         shard.deliver(thin_frames.next().unwrap());
-        assert_eq!(shard.flush_dirty_holding(Holding::ALL), Holding::ALL);
+        assert!(shard.flush_dirty_holding(true));
         shard.deliver(trades[4]);
-        assert_eq!(shard.flush_dirty_holding(Holding::ALL), Holding::ALL);
-        assert_eq!((fat.writes.borrow().len(), thin.writes.borrow().len()), (1, 1));
-        // The short hold ends: the connection with two frames queued is written (one write),
-        // the one with a single frame keeps waiting.
-        assert_eq!(shard.flush_dirty_holding(one_only), one_only);
-        assert_eq!(
-            (fat.writes.borrow().clone(), thin.writes.borrow().clone()),
-            (vec![3, 2], vec![1])
-        );
-        // A second frame comes for it: at the next short deadline it goes, two in one write.
         shard.deliver(thin_frames.next().unwrap());
-        assert_eq!(shard.flush_dirty_holding(Holding::ALL), Holding::ALL);
-        assert_eq!(shard.flush_dirty_holding(one_only), Holding::NONE);
-        assert_eq!(*thin.writes.borrow(), vec![1, 2]);
-        // Holding only the several-frame ones writes a lone frame at once.
-        shard.deliver(thin_frames.next().unwrap());
-        for f in &trades[5..7] {
-            shard.deliver(f);
-        }
-        assert_eq!(shard.flush_dirty_holding(several_only), several_only);
-        assert_eq!(
-            (fat.writes.borrow().clone(), thin.writes.borrow().clone()),
-            (vec![3, 2], vec![1, 2, 1])
-        );
-        // The long hold ends: everyone.
-        assert_eq!(shard.flush_dirty_holding(Holding::NONE), Holding::NONE);
-        assert_eq!(*fat.writes.borrow(), vec![3, 2, 2]);
+        assert!(shard.flush_dirty_holding(true));
+        assert_eq!(writes(), (vec![3], vec![1]));
+        // The hold ends: one write each for all they queued meanwhile.
+        assert!(!shard.flush_dirty_holding(false));
+        assert_eq!(writes(), (vec![3, 2], vec![1, 2]));
         assert!(shard.dirty.is_empty());
+        // Nothing queued: holding holds nothing.
+        assert!(!shard.flush_dirty_holding(true));
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backpressure::Budget;
 use crate::config::Config;
-use crate::fanout::{Holding, Shard};
+use crate::fanout::Shard;
 use crate::limits::SocketPermit;
 use crate::market::Market;
 use crate::metrics::Stats;
@@ -337,25 +337,23 @@ async fn publish_stats(ctx: Rc<WorkerCtx>, id: usize, cancel: CancellationToken)
 }
 
 /// Drains the ring into the shard in batches and flushes the connections they touched: at once
-/// while the worker has time to spare; when it is busy (see [`Hold`]), after a hold: up to
-/// `--flush-window-us` for connections with several frames queued, and [`THIN_HOLD`] times
-/// that for those with one, so that a busy worker writes more frames per syscall.
+/// while the worker has time to spare; when it is busy (see [`Hold`]), after a hold of up to
+/// `--flush-window-us`, all connections under one deadline, so that a busy worker writes more
+/// frames per syscall.
 /// Latency is recorded when a batch's frames are all written.
 async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: CancellationToken) {
     // Producer timestamps of the frames delivered since the last flush, then their latencies
     // in µs once flushed.
     let mut batch_ts: Vec<u64> = Vec::with_capacity(DRAIN_BATCH);
     let mut hold = Hold::new(Duration::from_micros(ctx.cfg.flush_window_us));
-    // When the frames held now must be written at the latest: those of connections with
-    // several queued (the short hold), and everyone's (the long one).
-    let mut fat_deadline: Option<Instant> = None;
+    // When the frames held now must be written at the latest.
     let mut deadline: Option<Instant> = None;
     loop {
         let stopping = tokio::select! {
             biased;
             _ = cancel.cancelled() => true,
             _ = ring.woken() => false,
-            _ = sleep_until_some(fat_deadline.into_iter().chain(deadline).min()) => false,
+            _ = sleep_until_some(deadline) => false,
         };
         loop {
             let started = Instant::now();
@@ -370,15 +368,10 @@ async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: Cancell
                     panic!("injected panic in worker {id}'s fan-out (--inject-panic fanout)");
                 }
                 let window = hold.current();
-                let due = |at: Option<Instant>| at.is_some_and(|d| started >= d);
-                let holding = if stopping || window.is_zero() || due(deadline) {
-                    Holding::NONE
-                } else {
-                    Holding { fat: !due(fat_deadline), thin: true }
-                };
+                let due = deadline.is_some_and(|d| started >= d);
+                let holding = !(stopping || window.is_zero() || due);
                 let held = shard.flush_dirty_holding(holding);
-                fat_deadline = held.fat.then(|| fat_deadline.unwrap_or(started + window));
-                deadline = held.any().then(|| deadline.unwrap_or(started + window * THIN_HOLD));
+                deadline = held.then(|| deadline.unwrap_or(started + window));
             }
             if deadline.is_none() && !batch_ts.is_empty() {
                 let now = unix_now_ns();
@@ -401,11 +394,6 @@ async fn fan_out(ctx: Rc<WorkerCtx>, id: usize, ring: Arc<Ring>, cancel: Cancell
     }
 }
 
-/// How many times longer a busy worker holds a connection with one frame queued than one with
-/// several: a write for one frame costs nearly what one for ten does, and a thin stream's next
-/// frame is further off (`docs/performance.md`, "Writes per message").
-pub const THIN_HOLD: u32 = 4;
-
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
@@ -418,12 +406,12 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 ///
 /// A write costs several µs of kernel CPU whether it carries one frame or ten
 /// (`docs/performance.md`), so a worker that keeps up writes every batch at once (lowest
-/// latency), and one that runs out of time holds the frames of connections with several queued
-/// for up to `max`, and those with one for [`THIN_HOLD`] times that, writing more of them per
-/// syscall exactly when CPU is short (see
+/// latency), and one that runs out of time holds every connection's frames for up to `max`,
+/// writing more of them per syscall exactly when CPU is short (see
 /// `Shard::flush_dirty_holding`). Busy is the share of wall time spent delivering and
-/// writing, averaged over ~100 ms windows: under 50 % no hold, then linearly up to `max` at
-/// 90 %.
+/// writing, averaged over ~100 ms windows: under [`HOLD_FROM`] (25 %) no hold, then linearly
+/// up to `max` at [`HOLD_FULL`] (75 %). The hold itself lowers the busy share, so a loaded
+/// worker settles a little above a quarter busy, holding what keeps it there.
 #[derive(Debug)]
 pub struct Hold {
     max: Duration,
@@ -433,6 +421,11 @@ pub struct Hold {
     /// Smoothed busy share, 0.0 to 1.0.
     busy: f64,
 }
+
+/// Busy share under which a worker holds nothing ([`Hold`]).
+pub const HOLD_FROM: f64 = 0.25;
+/// Busy share from which a worker holds for the whole `--flush-window-us`.
+pub const HOLD_FULL: f64 = 0.75;
 
 /// Length of one measuring window of [`Hold`].
 const HOLD_WINDOW: Duration = Duration::from_millis(100);
@@ -461,7 +454,7 @@ impl Hold {
 
     /// The hold to apply now.
     pub fn current(&self) -> Duration {
-        let scale = ((self.busy - 0.5) / 0.4).clamp(0.0, 1.0);
+        let scale = ((self.busy - HOLD_FROM) / (HOLD_FULL - HOLD_FROM)).clamp(0.0, 1.0);
         self.max.mul_f64(scale)
     }
 }
@@ -485,9 +478,9 @@ mod tests {
             hold.worked_at(HOLD_WINDOW, t0 + HOLD_WINDOW * i);
         }
         assert!(hold.current() >= max.mul_f64(0.99), "{:?}", hold.current());
-        // 70 % busy for a while: about half of it.
+        // Half busy for a while: about half of it.
         for i in 21..=40 {
-            hold.worked_at(Duration::from_millis(70), t0 + HOLD_WINDOW * i);
+            hold.worked_at(Duration::from_millis(50), t0 + HOLD_WINDOW * i);
         }
         let half = hold.current().as_secs_f64() / max.as_secs_f64();
         assert!((0.45..0.55).contains(&half), "{half}");
