@@ -224,8 +224,9 @@ struct FloorArgs {
     /// Pin neither thread.
     #[arg(long, conflicts_with_all = ["writer_cpu", "reader_cpu"])]
     no_pin: bool,
-    /// How the writes reach the kernel: one writev system call each, or a round of writes (one
-    /// per socket) submitted through io_uring with one io_uring_enter; both: each point twice.
+    /// How the writes reach the kernel: one writev system call each, one sendmsg each, or a
+    /// round of writes (one per socket) submitted through io_uring with one io_uring_enter;
+    /// several: each point once per way.
     #[arg(long, value_delimiter = ',', default_value = "writev")]
     submit: Vec<bench::floor::Submit>,
     /// Write the result as JSON to this file.

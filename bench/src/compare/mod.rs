@@ -186,7 +186,7 @@ fn measure_floor(cfg: &CompareConfig) -> Option<FloorResult> {
         duration: std::time::Duration::from_secs(1),
         writer_cpu: first_cpu(&cfg.server_cpus),
         reader_cpu: first_cpu(&cfg.client_cpus),
-        submit: vec![floor::Submit::Writev],
+        submit: vec![floor::Submit::Writev, floor::Submit::Sendmsg],
     };
     eprintln!("bench compare: measuring the loopback floor at {conns} connections");
     match floor::measure(&fc) {

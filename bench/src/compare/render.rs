@@ -360,16 +360,24 @@ impl Comparison {
         let points: Vec<String> = floor
             .points
             .iter()
-            .map(|p| format!("k = {}: {:.2} µs per write", p.k, p.cpu_us_per_write))
+            .map(|p| {
+                format!(
+                    "k = {} by {}: {:.2} µs per write",
+                    p.k,
+                    p.submit.label(),
+                    p.cpu_us_per_write
+                )
+            })
             .collect();
         let n = floor.points.first().map_or(0, |p| p.conns);
         format!(
             "\nLoopback floor (`bench floor`, measured before the steps, writer on the server's \
-             CPU, reader on the client's): one `writev` of k {}-byte frames to each of {n} \
-             sockets in turn costs {}. \"Beyond the floor\" is the share of a server's CPU \
+             CPU, reader on the client's): one write system call of k {}-byte frames to each of \
+             {n} sockets in turn costs {}. \"Beyond the floor\" is the share of a server's CPU \
              left after taking away what its writes, with as many frames each as it put in \
-             them on average, would cost at that floor: its own work (event loop, encoding, \
-             bookkeeping) and what makes its writes dearer than a tight loop's.\n",
+             them on average, would cost at that floor (the cheaper call's, for each k): its \
+             own work (event loop, encoding, bookkeeping) and what makes its writes dearer than \
+             a tight loop's.\n",
             floor.frame_bytes,
             points.join(", ")
         )

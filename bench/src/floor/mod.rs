@@ -17,6 +17,7 @@
 //! bench floor --conns 1000 --batch 1,16 --duration 2 --json floor.json
 //! bench floor --writer-cpu 2 --reader-cpu 3     # default: the first two CPUs this process may use
 //! bench floor --submit writev,io-uring          # each point also with io_uring (uring.rs)
+//! bench floor --submit writev,sendmsg           # each point also with one sendmsg per write
 //! ```
 //!
 //! Each connection takes two file descriptors in this process: the soft `RLIMIT_NOFILE` is
@@ -73,12 +74,15 @@ pub struct FloorConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Submit {
-    /// One `writev` system call per write, as tickfan and every baseline do.
+    /// One `writev` system call per write.
     #[default]
     Writev,
     /// One `IORING_OP_WRITEV` per write, a whole round of them (one per socket) submitted with
     /// one `io_uring_enter`.
     IoUring,
+    /// One `sendmsg` system call per write: the socket layer's call, without `writev`'s file
+    /// layer (tickfan's writes since 2026-12-03).
+    Sendmsg,
 }
 
 impl Submit {
@@ -86,6 +90,7 @@ impl Submit {
         match self {
             Submit::Writev => "writev",
             Submit::IoUring => "io_uring",
+            Submit::Sendmsg => "sendmsg",
         }
     }
 }
@@ -247,18 +252,20 @@ pub fn measure(cfg: &FloorConfig) -> anyhow::Result<FloorResult> {
 }
 
 impl FloorResult {
-    /// CPU µs one `writev` system call of `k` frames costs at the floor with `conns`
-    /// connections (the measured N nearest to it), interpolated linearly between the measured
-    /// k; beyond the largest k measured, that point's cost per frame times k. `None` without a
-    /// point.
+    /// CPU µs one write system call of `k` frames costs at the floor with `conns` connections
+    /// (the measured N nearest to it): the cheaper of `writev` and `sendmsg` where both were
+    /// measured (not io_uring, whose work partly moves to kernel threads), interpolated
+    /// linearly between the measured k; beyond the largest k measured, that point's cost per
+    /// frame times k. `None` without a point.
     pub fn us_per_write(&self, conns: usize, k: f64) -> Option<f64> {
         let n = self.points.iter().map(|p| p.conns).min_by_key(|&n| n.abs_diff(conns))?;
-        let mut pts: Vec<(f64, f64)> = self
-            .points
-            .iter()
-            .filter(|p| p.conns == n && p.submit == Submit::Writev)
-            .map(|p| (p.k as f64, p.cpu_us_per_write))
-            .collect();
+        let mut pts: Vec<(f64, f64)> = Vec::new();
+        for p in self.points.iter().filter(|p| p.conns == n && p.submit != Submit::IoUring) {
+            match pts.iter_mut().find(|(k, _)| *k == p.k as f64) {
+                Some((_, cost)) => *cost = cost.min(p.cpu_us_per_write),
+                None => pts.push((p.k as f64, p.cpu_us_per_write)),
+            }
+        }
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let &(k0, c0) = pts.first()?;
         let &(kn, cn) = pts.last()?;
@@ -408,16 +415,17 @@ fn write_point(
                 pin_current_thread(cpu).context("pinning the writer")?;
             }
             let mut ring = match submit {
-                Submit::Writev => None,
+                Submit::Writev | Submit::Sendmsg => None,
                 Submit::IoUring => Some(uring::ring().context("setting up io_uring")?),
             };
+            let write_all = if submit == Submit::Sendmsg { sendmsg_all } else { writev_all };
             // (system calls, short writes) of one round over every socket.
             let mut round = || -> io::Result<(u64, u64)> {
                 match &mut ring {
                     None => {
                         let mut short = 0;
                         for w in writers {
-                            short += writev_all(w, &iov, per_write)?;
+                            short += write_all(w, &iov, per_write)?;
                         }
                         Ok((writers.len() as u64, short))
                     }
@@ -492,7 +500,7 @@ fn write_point(
 /// CPU time of the helper threads `submit` may move work to (io_uring's), else zero.
 fn helpers_cpu(submit: Submit) -> io::Result<Duration> {
     match submit {
-        Submit::Writev => Ok(Duration::ZERO),
+        Submit::Writev | Submit::Sendmsg => Ok(Duration::ZERO),
         Submit::IoUring => uring::helper_threads_cpu(),
     }
 }
@@ -511,6 +519,26 @@ struct WriterStats {
 /// writes the rest. Returns 1 if the write was short, else 0.
 fn writev_all(mut w: &TcpStream, iov: &[IoSlice<'_>], total: u64) -> io::Result<u64> {
     let n = w.write_vectored(iov)?;
+    if n as u64 == total {
+        return Ok(0);
+    }
+    finish_write(w, iov, n)?;
+    Ok(1)
+}
+
+/// One `sendmsg` of `iov` (`total` bytes) to the blocking socket `w`; if the kernel took
+/// less, writes the rest. Returns 1 if the write was short, else 0.
+fn sendmsg_all(w: &TcpStream, iov: &[IoSlice<'_>], total: u64) -> io::Result<u64> {
+    // SAFETY: an all-zero msghdr is a valid one (no address, no control data); `msg_iov`
+    // points at `iov`, whose `IoSlice`s are `iovec`s on Unix (std guarantees the layout), alive
+    // for the call, which only reads them.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        libc::sendmsg(w.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
     if n as u64 == total {
         return Ok(0);
     }
@@ -817,14 +845,16 @@ mod tests {
             duration: Duration::from_millis(100),
             writer_cpu: None,
             reader_cpu: None,
-            submit: vec![Submit::Writev],
+            submit: vec![Submit::Writev, Submit::Sendmsg],
         };
         let r = measure(&cfg).unwrap();
         assert!(r.skipped.is_empty(), "{:?}", r.skipped);
-        assert_eq!(r.points.iter().map(|p| (p.conns, p.k)).collect::<Vec<_>>(), [(4, 1), (4, 4)]);
+        let (w, s) = (Submit::Writev, Submit::Sendmsg);
+        let points: Vec<_> = r.points.iter().map(|p| (p.conns, p.k, p.submit)).collect();
+        assert_eq!(points, [(4, 1, w), (4, 1, s), (4, 4, w), (4, 4, s)]);
         for p in &r.points {
             assert!(p.writes > 0 && p.writes % 4 == 0, "{p:?}");
-            assert_eq!(p.syscalls, p.writes, "one writev per write");
+            assert_eq!(p.syscalls, p.writes, "one system call per write");
             assert_eq!(p.frames, p.writes * p.k as u64);
             assert_eq!(p.warmup_writes, 4);
             let per_write = r.frame_bytes as u64 * p.k as u64;
@@ -835,7 +865,7 @@ mod tests {
         let md = r.markdown();
         assert!(md.contains("| 4 | 4 |"), "{md}");
         let json: FloorResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
-        assert_eq!(json.points.len(), 2);
+        assert_eq!(json.points.len(), 4);
         assert_eq!((json.points[1].writes, json.frame_bytes), (r.points[1].writes, r.frame_bytes));
     }
 
@@ -866,7 +896,7 @@ mod tests {
             // One enter per round of 8 writes, more only if completions came in pieces.
             assert!(p.syscalls >= p.writes / 8 && p.syscalls < p.writes, "{p:?}");
         }
-        // The floor a server is held against stays the writev one.
+        // The floor a server is held against is a system call's, never io_uring's.
         let writev = r.points.iter().find(|p| p.k == 1 && p.submit == Submit::Writev).unwrap();
         assert_eq!(r.us_per_write(8, 1.0), Some(writev.cpu_us_per_write));
         assert!(r.markdown().contains("| 8 | 3 | io_uring |"), "{}", r.markdown());
