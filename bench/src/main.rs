@@ -320,6 +320,7 @@ fn run_plots(report: &Report, dir: &std::path::Path) -> anyhow::Result<Vec<PathB
     let rate = [Series {
         name: "delivered msgs/s".into(),
         points: (1..).zip(&report.msgs_per_sec_series).map(|(t, &v)| (f64::from(t), v)).collect(),
+        colour: None,
     }];
     files.extend(plot::write(
         &dir.join("throughput"),

@@ -27,6 +27,9 @@ const SIZE: (u32, u32) = (960, 560);
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Its colour, as an index into the palette, so that a line keeps its colour from plot to
+    /// plot whichever others are drawn with it; `None`: by its place among the series.
+    pub colour: Option<usize>,
 }
 
 /// A line chart.
@@ -50,7 +53,7 @@ impl Series {
     /// The latency distribution of a run: milliseconds against percentiles (as [`nines`]).
     pub fn latency_curve(name: impl Into<String>, report: &crate::Report) -> Series {
         let points = report.latency_percentiles_us.iter().map(|&(q, us)| (nines(q), ms(us)));
-        Series { name: name.into(), points: points.collect() }
+        Series { name: name.into(), points: points.collect(), colour: None }
     }
 }
 
@@ -175,7 +178,7 @@ where
                 .draw()
                 .map_err(err)?;
             for (i, s) in chart.series.iter().enumerate() {
-                let color = Palette99::pick(i).to_rgba();
+                let color = Palette99::pick(s.colour.unwrap_or(i)).to_rgba();
                 let style = color.stroke_width(2);
                 ctx.draw_series(LineSeries::new(s.points.iter().copied(), style))
                     .map_err(err)?
@@ -276,7 +279,8 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("bench-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let series = [Series { name: "a".into(), points: vec![(0.0, 10.0), (2.0, 1000.0)] }];
+        let series =
+            [Series { name: "a".into(), points: vec![(0.0, 10.0), (2.0, 1000.0)], colour: None }];
         let chart = Chart {
             title: "t",
             x_desc: "x",

@@ -515,6 +515,7 @@ fn write_plots(cmp: &Comparison) -> anyhow::Result<Vec<PathBuf>> {
             .map(|&sv| Series {
                 name: sv.label().to_owned(),
                 points: medians_by_rate(cmp.steps_of(sv), f),
+                colour: Some(sv.colour()),
             })
             .collect()
     };
@@ -527,6 +528,7 @@ fn write_plots(cmp: &Comparison) -> anyhow::Result<Vec<PathBuf>> {
             .iter()
             .map(|&r| (r, r * cmp.stream_share * cmp.config.conns as f64))
             .collect(),
+        colour: Some(Server::REFERENCE_COLOUR),
     });
     let mut p99 = per_server(&|s| Some(s.report.as_ref()?.latency_us.p99 as f64 / 1000.0));
     let rates = &cmp.config.rates;
@@ -537,6 +539,7 @@ fn write_plots(cmp: &Comparison) -> anyhow::Result<Vec<PathBuf>> {
             .flatten()
             .map(|&r| (r, cmp.config.p99_bound_ms))
             .collect(),
+        colour: Some(Server::REFERENCE_COLOUR + 1),
     });
     let reference = cmp.reference_rate();
     // Per server, the repeat whose p99 at the reference rate is the median one.
@@ -549,7 +552,7 @@ fn write_plots(cmp: &Comparison) -> anyhow::Result<Vec<PathBuf>> {
                 cmp.all_at(sv, reference).filter_map(|st| st.report.as_ref()).collect();
             at.sort_by_key(|r| r.latency_us.p99);
             let r = at.get(at.len() / 2)?;
-            Some(Series::latency_curve(sv.label(), r))
+            Some(Series { colour: Some(sv.colour()), ..Series::latency_curve(sv.label(), r) })
         })
         .collect();
     let title = format!("End-to-end latency at {} ticks/s", plot::human(reference));

@@ -48,6 +48,22 @@ impl Server {
         }
     }
 
+    /// Its colour in every plot (an index into the plots' palette): the same whichever
+    /// servers a run compares.
+    pub fn colour(self) -> usize {
+        match self {
+            Server::Tickfan => 0,
+            Server::Uws => 1,
+            Server::Ws => 2,
+            Server::NaiveStrong => 3,
+            Server::Socketio => 4,
+            Server::Naive => 5,
+        }
+    }
+
+    /// The first palette index after the servers': reference lines (expected, bounds).
+    pub const REFERENCE_COLOUR: usize = 6;
+
     /// The protocol the bench client speaks to it.
     pub fn protocol(self) -> Protocol {
         match self {
