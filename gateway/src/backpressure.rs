@@ -37,7 +37,7 @@ use crate::frame::{self, Frame, Opcode};
 use crate::market::Market;
 use crate::sse::Form;
 
-/// Frames gathered into one `writev` at most (Linux's IOV_MAX is 1024; 64 already amortises
+/// Frames gathered into one write (`sendmsg`) at most (Linux's IOV_MAX is 1024; 64 already amortises
 /// the syscall over many messages).
 const MAX_IOV: usize = 64;
 

@@ -4,7 +4,7 @@
 //! Cost model (docs/architecture.md): a batch of frames popped from the ring is appended to every
 //! subscriber's queue (a reference-count increment and a deque push each: no lock, no
 //! allocation, no task wake-up per message per subscriber); then every connection that got
-//! something is flushed once, many frames per `writev`. A connection whose socket would block
+//! something is flushed once, many frames per `sendmsg`. A connection whose socket would block
 //! waits for the worker's readiness driver (`readiness`) to see it writable; one the shard ends
 //! is put on its woken list for the driver to stop reading it.
 

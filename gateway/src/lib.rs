@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! source ──Tick──► frame (encode once) ──Frame──► ring (one per worker, lock-free)
-//!        ──► fanout (per-worker shard: channels index, backpressure queues, writev)
+//!        ──► fanout (per-worker shard: channels index, backpressure queues, sendmsg)
 //!        ──► sockets
 //! listener ──accepted TCP──► worker ──► http (/ws upgrade via fastwebsockets, /healthz)
 //!                                   └──► conn (client frames, protocol requests)
