@@ -37,8 +37,8 @@ use crate::frame::{self, Frame, Opcode};
 use crate::market::Market;
 use crate::sse::Form;
 
-/// Frames gathered into one write (`sendmsg`) at most (Linux's IOV_MAX is 1024; 64 already amortises
-/// the syscall over many messages).
+/// Frames gathered into one write (`sendmsg`) at most (Linux's IOV_MAX is 1024; 64 already
+/// amortises the syscall over many messages).
 const MAX_IOV: usize = 64;
 
 /// A queue's first chunk of memory for gap notices (a notice is about a hundred bytes); each
@@ -71,10 +71,13 @@ impl std::fmt::Debug for dyn TryWrite {
     }
 }
 
-/// A non-blocking socket (the gateway's are: see `readiness`).
+/// A non-blocking socket (the gateway's are: see `readiness`), written with `sendmsg`, not
+/// `writev`: the same TCP send without the file layer's work for a write (docs/performance.md,
+/// "sendmsg rather than writev"). A peer gone is EPIPE, not a signal: Rust programs start
+/// with SIGPIPE ignored.
 impl TryWrite for std::net::TcpStream {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        io::Write::write_vectored(&mut &*self, bufs)
+        socket2::SockRef::from(self).send_vectored(bufs)
     }
 }
 

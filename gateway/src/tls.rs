@@ -212,10 +212,7 @@ fn write_records(tls: &mut ServerConnection, tcp: &TcpStream) -> io::Result<()> 
 impl TryWrite for Sock {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let s = match self {
-            // `sendmsg`, not `writev`: the same TCP send without the file layer's work for a
-            // write (docs/performance.md, "sendmsg rather than writev"). A peer gone is EPIPE,
-            // not a signal: Rust programs start with SIGPIPE ignored.
-            Sock::Plain(tcp) => return socket2::SockRef::from(tcp).send_vectored(bufs),
+            Sock::Plain(tcp) => return tcp.try_write_vectored(bufs),
             Sock::Tls(s) => s,
         };
         let mut tls = s.tls.borrow_mut();

@@ -6,10 +6,10 @@
 //! writer thread does nothing but hand them to the kernel. For each N of `--conns` it opens N
 //! loopback TCP connections; a reader thread drains their receiving ends through epoll so that
 //! no send buffer ever fills; then for each k of `--batch` the writer, in a tight loop, writes
-//! k frames to each socket in turn with one `writev` of k iovecs, for `--duration` seconds.
-//! The writer's own CPU time (`CLOCK_THREAD_CPUTIME_ID`) over the number of writes gives CPU
-//! µs per write and ns per frame: what one `writev` costs, and how much batching k frames into
-//! one syscall saves. On loopback the kernel's receive-side TCP work mostly runs in the
+//! k frames to each socket in turn with one `writev` (or `sendmsg`, `--submit`) of k iovecs,
+//! for `--duration` seconds. The writer's own CPU time (`CLOCK_THREAD_CPUTIME_ID`) over the
+//! number of writes gives CPU µs per write and ns per frame: what one write costs, and how
+//! much batching k frames into one syscall saves. On loopback the kernel's receive-side TCP work mostly runs in the
 //! sender's context, so it is counted, as it is for a real server on loopback.
 //!
 //! ```text
@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+use socket2::SockRef;
 use tickfan_proto::encode::write_tick_message;
 use tickfan_proto::{Side, Symbol, Tick, TickBody, Trade};
 
@@ -287,8 +288,8 @@ impl FloorResult {
         let cpu = |c: Option<usize>| c.map_or("not pinned".to_owned(), |c| format!("CPU {c}"));
         let _ = writeln!(
             md,
-            "Loopback floor: {}-byte WebSocket frames ({}-byte JSON trade), one writev of k \
-             frames per socket in turn, {} s per point; writer {}, reader {}.\n",
+            "Loopback floor: {}-byte WebSocket frames ({}-byte JSON trade), one write of k \
+             frames per socket in turn (by the call the third column names), {} s per point; writer {}, reader {}.\n",
             self.frame_bytes,
             self.payload_bytes,
             self.duration_s,
@@ -418,14 +419,13 @@ fn write_point(
                 Submit::Writev | Submit::Sendmsg => None,
                 Submit::IoUring => Some(uring::ring().context("setting up io_uring")?),
             };
-            let write_all = if submit == Submit::Sendmsg { sendmsg_all } else { writev_all };
             // (system calls, short writes) of one round over every socket.
             let mut round = || -> io::Result<(u64, u64)> {
                 match &mut ring {
                     None => {
                         let mut short = 0;
                         for w in writers {
-                            short += write_all(w, &iov, per_write)?;
+                            short += write_all(submit, w, &iov, per_write)?;
                         }
                         Ok((writers.len() as u64, short))
                     }
@@ -515,30 +515,19 @@ struct WriterStats {
     preemptions: u64,
 }
 
-/// One `writev` of `iov` (`total` bytes) to the blocking socket `w`; if the kernel took less,
-/// writes the rest. Returns 1 if the write was short, else 0.
-fn writev_all(mut w: &TcpStream, iov: &[IoSlice<'_>], total: u64) -> io::Result<u64> {
-    let n = w.write_vectored(iov)?;
-    if n as u64 == total {
-        return Ok(0);
-    }
-    finish_write(w, iov, n)?;
-    Ok(1)
-}
-
-/// One `sendmsg` of `iov` (`total` bytes) to the blocking socket `w`; if the kernel took
-/// less, writes the rest. Returns 1 if the write was short, else 0.
-fn sendmsg_all(w: &TcpStream, iov: &[IoSlice<'_>], total: u64) -> io::Result<u64> {
-    // SAFETY: an all-zero msghdr is a valid one (no address, no control data); `msg_iov`
-    // points at `iov`, whose `IoSlice`s are `iovec`s on Unix (std guarantees the layout), alive
-    // for the call, which only reads them.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = iov.len() as _;
-        libc::sendmsg(w.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+/// One write system call of `iov` (`total` bytes) to the blocking socket `w`, `sendmsg` or
+/// else `writev` as `submit` says; if the kernel took less, writes the rest. Returns 1 if the
+/// write was short, else 0.
+fn write_all(
+    submit: Submit,
+    mut w: &TcpStream,
+    iov: &[IoSlice<'_>],
+    total: u64,
+) -> io::Result<u64> {
+    let n = match submit {
+        Submit::Sendmsg => SockRef::from(w).send_vectored_with_flags(iov, libc::MSG_NOSIGNAL)?,
+        Submit::Writev | Submit::IoUring => w.write_vectored(iov)?,
     };
-    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
     if n as u64 == total {
         return Ok(0);
     }
