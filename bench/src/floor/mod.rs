@@ -9,8 +9,9 @@
 //! k frames to each socket in turn with one `writev` (or `sendmsg`, `--submit`) of k iovecs,
 //! for `--duration` seconds. The writer's own CPU time (`CLOCK_THREAD_CPUTIME_ID`) over the
 //! number of writes gives CPU µs per write and ns per frame: what one write costs, and how
-//! much batching k frames into one syscall saves. On loopback the kernel's receive-side TCP work mostly runs in the
-//! sender's context, so it is counted, as it is for a real server on loopback.
+//! much batching k frames into one syscall saves. On loopback the kernel's receive-side TCP
+//! work mostly runs in the sender's context, so it is counted, as it is for a real server on
+//! loopback.
 //!
 //! ```text
 //! bench floor                                   # N = 100,1000,10000; k = 1,2,4,8,16,64; 1 s each
