@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per build, scenario and rate, each repeat's figures from a `side-by-side.sh` output directory
 whose labels are BUILD-SCENARIO-RATE-rN (e.g. old-thin1k-8000-r1): msgs per server CPU-second,
-server cores, p50 and p99 end to end, writes per delivered message, gaps.
+server and client cores, p50 and p99 end to end, writes per delivered message, gaps.
 usage: bench/scripts/ab-summary.py DIR"""
 import collections
 import glob
@@ -17,6 +17,7 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     writes = r["server_writes"] / r["msgs"] if r.get("server_writes") and r["msgs"] else float("nan")
     runs[(scenario, int(rate), build)].append(
         f"{r['msgs_per_server_cpu_sec'] / 1000:.0f}k msgs/CPU-s, {r['server_cpu_cores']:.2f} cores, "
+        f"client {r['client_cpu_cores']:.2f} cores, "
         f"p50 {pct[0.5]:.1f} ms, p99 {pct[0.99]:.1f} ms, {writes:.2f} writes/msg, "
         f"{r['declared_gaps'] + r['undeclared_gaps']} gaps")
 for (scenario, rate, build), cells in sorted(runs.items()):

@@ -35,6 +35,7 @@ use crate::report::{
 };
 use crate::scan::{scan, Scanned};
 use crate::seq::SeqTracker;
+use crate::wire::{self, RawWs};
 
 /// A connected client WebSocket.
 pub type ClientSocket = WebSocket<TokioIo<Upgraded>>;
@@ -308,9 +309,9 @@ async fn open(
     protocol: Protocol,
     streams: &str,
     source: Option<IpAddr>,
-) -> anyhow::Result<ClientSocket> {
+) -> anyhow::Result<RawWs> {
     let handshake = async {
-        let mut ws = connect_from(addr, path, None, source).await?;
+        let mut ws = RawWs::from_handshake(connect_from(addr, path, None, source).await?)?;
         if protocol == Protocol::Socketio {
             socketio_handshake(&mut ws, streams).await?;
         }
@@ -323,14 +324,14 @@ async fn open(
 
 /// engine.io v4 open (`0{"sid":…}`), socket.io v5 connect to the main namespace (`40` →
 /// `40{"sid":…}`), then `42["subscribe",[streams…]]`.
-pub async fn socketio_handshake(ws: &mut ClientSocket, streams: &str) -> anyhow::Result<()> {
-    let open = read_text(ws).await?;
+pub async fn socketio_handshake(ws: &mut RawWs, streams: &str) -> anyhow::Result<()> {
+    let open = ws.read_text().await?;
     if !open.starts_with(b"0{") {
         bail!("expected an engine.io open packet, got {:?}", String::from_utf8_lossy(&open));
     }
-    send_text(ws, b"40").await?;
+    ws.send(wire::TEXT, b"40").await?;
     loop {
-        let reply = read_text(ws).await?;
+        let reply = ws.read_text().await?;
         if reply.starts_with(b"40") {
             break;
         }
@@ -338,12 +339,12 @@ pub async fn socketio_handshake(ws: &mut ClientSocket, streams: &str) -> anyhow:
             bail!("socket.io refused the connection: {}", String::from_utf8_lossy(&reply));
         }
         if reply.as_slice() == b"2" {
-            send_text(ws, b"3").await?;
+            ws.send(wire::TEXT, b"3").await?;
         }
     }
     let channels: Vec<&str> = streams.split(',').filter(|s| !s.is_empty()).collect();
     let event = format!("42{}", serde_json::json!(["subscribe", channels]));
-    send_text(ws, event.as_bytes()).await
+    Ok(ws.send(wire::TEXT, event.as_bytes()).await?)
 }
 
 /// The gateway's symbols, asked once on a connection of its own (`{"op":"symbols"}`), as the
@@ -701,8 +702,10 @@ pub fn wire_size(payload: usize) -> u64 {
 }
 
 /// Reads one connection until `end`. Returns `false` if the connection ended before that.
+/// Every message of one read is taken as received when the read returned: one clock reading
+/// per read, not per message.
 async fn drive(
-    mut ws: ClientSocket,
+    mut ws: RawWs,
     protocol: Protocol,
     shard: usize,
     shared: Arc<Shared>,
@@ -712,61 +715,88 @@ async fn drive(
     let mut samples: Vec<u64> = Vec::with_capacity(SAMPLE_BATCH);
     let mut t = ConnTotals::default();
     let mut unpublished = 0u64;
-    // One timer for the whole run: a fresh `sleep_until` per frame would register and cancel
-    // a timer entry per message.
+    // Pongs (and socket.io's `3`) owed for what one read brought, sent after it.
+    let mut replies: Vec<(u8, Vec<u8>)> = Vec::new();
+    // One timer for the whole run: a fresh `sleep_until` per read would register and cancel
+    // a timer entry each time.
     let deadline = tokio::time::sleep_until(end);
     tokio::pin!(deadline);
-    let survived = loop {
-        let frame = tokio::select! {
+    let survived = 'conn: loop {
+        let read = tokio::select! {
             biased;
             _ = &mut deadline => break true,
-            frame = ws.read_frame() => match frame {
-                Ok(f) => f,
-                Err(_) => break false,
-            },
+            read = ws.fill() => read,
         };
-        match frame.opcode {
-            OpCode::Text => {}
-            OpCode::Binary if shared.binary_names.is_some() => {}
-            OpCode::Close => break false,
-            _ => continue,
+        if !matches!(read, Ok(n) if n > 0) {
+            break false;
         }
+        let received_ns = unix_now_ns();
         let measuring = shared.measuring.load(Ordering::Relaxed);
-        if measuring {
-            t.wire_bytes += wire_size(frame.payload.len());
-        }
-        let msg = match (protocol, &shared.binary_names) {
-            (_, Some(names)) if frame.opcode == OpCode::Binary => {
-                crate::scan::scan_binary(&frame.payload, names)
-            }
-            (Protocol::Tickfan, _) => scan(&frame.payload),
-            (Protocol::Socketio, _) => match frame.payload.strip_prefix(b"42[\"tick\",") {
-                Some(event) => scan(event),
-                None if &frame.payload[..] == b"2" => {
-                    let pong = ws.write_frame(Frame::text(Payload::Borrowed(b"3"))).await;
-                    if pong.is_err() {
-                        break false;
-                    }
+        let mut closed = false;
+        loop {
+            let msg = match ws.next_message() {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(_) => break 'conn false,
+            };
+            match msg.opcode {
+                wire::TEXT => {}
+                wire::BINARY if shared.binary_names.is_some() => {}
+                wire::PING => {
+                    replies.push((wire::PONG, msg.payload.to_vec()));
                     continue;
                 }
-                None => Scanned::Other,
-            },
-        };
-        seqs.observe(msg);
-        if let Scanned::Data { ts, .. } = msg {
-            unpublished += 1;
+                wire::CLOSE => {
+                    closed = true;
+                    break;
+                }
+                _ => continue,
+            }
+            let payload = msg.payload;
             if measuring {
-                t.msgs += 1;
-                t.payload_bytes += frame.payload.len() as u64;
-                // tickfan sends microseconds; baselines forward the feed's nanoseconds.
-                let ts = tickfan_proto::ns_from_wire(ts);
-                samples.push(unix_now_ns().saturating_sub(ts) / 1000);
+                t.wire_bytes += wire_size(payload.len());
             }
-            if unpublished == SAMPLE_BATCH as u64 {
-                shared.live_msgs.fetch_add(unpublished, Ordering::Relaxed);
-                unpublished = 0;
-                record(&shared, shard, &mut samples);
+            let scanned = match (protocol, &shared.binary_names) {
+                (_, Some(names)) if msg.opcode == wire::BINARY => {
+                    crate::scan::scan_binary(payload, names)
+                }
+                (Protocol::Tickfan, _) => scan(payload),
+                (Protocol::Socketio, _) => match payload.strip_prefix(b"42[\"tick\",") {
+                    Some(event) => scan(event),
+                    None if payload == b"2" => {
+                        replies.push((wire::TEXT, b"3".to_vec()));
+                        continue;
+                    }
+                    None => Scanned::Other,
+                },
+            };
+            seqs.observe(scanned);
+            if let Scanned::Data { ts, .. } = scanned {
+                unpublished += 1;
+                if measuring {
+                    t.msgs += 1;
+                    t.payload_bytes += payload.len() as u64;
+                    // tickfan sends microseconds; baselines forward the feed's nanoseconds.
+                    let ts = tickfan_proto::ns_from_wire(ts);
+                    samples.push(received_ns.saturating_sub(ts) / 1000);
+                }
+                if unpublished == SAMPLE_BATCH as u64 {
+                    shared.live_msgs.fetch_add(unpublished, Ordering::Relaxed);
+                    unpublished = 0;
+                    record(&shared, shard, &mut samples);
+                }
             }
+        }
+        for (opcode, payload) in replies.drain(..) {
+            if ws.send(opcode, &payload).await.is_err() {
+                break 'conn false;
+            }
+        }
+        if closed {
+            // The close handshake's answer (RFC 6455 §5.5.1), best effort: the run is over
+            // for this connection either way.
+            let _ = ws.send(wire::CLOSE, &[]).await;
+            break false;
         }
     };
     record(&shared, shard, &mut samples);

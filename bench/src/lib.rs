@@ -13,6 +13,7 @@ pub mod report;
 pub mod scan;
 pub mod scrape;
 pub mod seq;
+pub mod wire;
 pub mod writes;
 
 pub use client::{run, RunConfig};

@@ -10,8 +10,10 @@ use crate::scan::Scanned;
 /// Checks the messages of one connection. The first message of a channel sets its baseline.
 #[derive(Debug, Default)]
 pub struct SeqTracker {
-    /// Next expected seq per channel name.
-    next: HashMap<Box<[u8]>, u64, BuildHasherDefault<Fnv1a>>,
+    /// Next expected seq per channel name, in a list while the connection has few channels
+    /// (comparing a handful of short names beats hashing one), in `many` beyond [`FEW`].
+    few: Vec<(Box<[u8]>, u64)>,
+    many: HashMap<Box<[u8]>, u64, BuildHasherDefault<Fnv1a>>,
     /// Data messages seen.
     pub messages: u64,
     /// Gap notices seen.
@@ -24,6 +26,9 @@ pub struct SeqTracker {
     pub undeclared_missing: u64,
 }
 
+/// Channels a connection's list holds before they move to a map.
+const FEW: usize = 16;
+
 impl SeqTracker {
     /// Feeds one message; replies other than gap notices are ignored. Allocates only the
     /// first time a channel is seen.
@@ -31,28 +36,47 @@ impl SeqTracker {
         match msg {
             Scanned::Data { ch, seq, .. } => {
                 self.messages += 1;
-                match self.next.get_mut(ch) {
+                match self.expected(ch) {
                     Some(expected) => {
-                        if seq != *expected {
-                            self.undeclared_gaps += 1;
-                            self.undeclared_missing += seq.saturating_sub(*expected);
-                        }
+                        let jump = (seq != *expected).then(|| seq.saturating_sub(*expected));
                         *expected = seq + 1;
+                        if let Some(missing) = jump {
+                            self.undeclared_gaps += 1;
+                            self.undeclared_missing += missing;
+                        }
                     }
-                    None => {
-                        self.next.insert(ch.into(), seq + 1);
-                    }
+                    None => self.set(ch, seq + 1),
                 }
             }
             Scanned::Gap { ch, to, .. } => {
                 self.declared_gaps += 1;
-                self.next.insert(ch.into(), to + 1);
+                self.set(ch, to + 1);
             }
             Scanned::Snapshot { ch, seq } => {
                 self.snapshots += 1;
-                self.next.insert(ch.into(), seq + 1);
+                self.set(ch, seq + 1);
             }
             Scanned::Other => {}
+        }
+    }
+
+    /// The next seq expected on `ch`, once it was seen.
+    fn expected(&mut self, ch: &[u8]) -> Option<&mut u64> {
+        if self.many.is_empty() {
+            self.few.iter_mut().find(|(name, _)| **name == *ch).map(|(_, next)| next)
+        } else {
+            self.many.get_mut(ch)
+        }
+    }
+
+    fn set(&mut self, ch: &[u8], next: u64) {
+        if let Some(expected) = self.expected(ch) {
+            *expected = next;
+        } else if self.many.is_empty() && self.few.len() < FEW {
+            self.few.push((ch.into(), next));
+        } else {
+            self.many.extend(self.few.drain(..));
+            self.many.insert(ch.into(), next);
         }
     }
 }
@@ -101,6 +125,22 @@ mod tests {
         assert_eq!((t.messages, t.declared_gaps, t.undeclared_gaps), (6, 1, 1));
         assert_eq!(t.undeclared_missing, 1);
         t.observe(data(b"quotes.BTC-USD", 2)); // a duplicate is a jump too
+        assert_eq!((t.undeclared_gaps, t.undeclared_missing), (2, 1));
+    }
+
+    #[test]
+    fn keeps_every_channel_apart_beyond_the_short_list() {
+        let names: Vec<String> = (0..3 * FEW).map(|i| format!("trades.S{i}")).collect();
+        let mut t = SeqTracker::default();
+        for seq in 1..=3 {
+            for name in &names {
+                t.observe(data(name.as_bytes(), seq));
+            }
+        }
+        assert_eq!((t.messages, t.undeclared_gaps), (9 * FEW as u64, 0));
+        // One channel from the list's time, one from the map's: each still checked.
+        t.observe(data(names[0].as_bytes(), 5));
+        t.observe(data(names[2 * FEW].as_bytes(), 3));
         assert_eq!((t.undeclared_gaps, t.undeclared_missing), (2, 1));
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bench::client::{connect, socketio_handshake, Protocol};
 use bench::compare::{self, CompareConfig, Server};
 use bench::scan::{scan, Scanned};
+use bench::wire::RawWs;
 use bench::RunConfig;
 use fastwebsockets::{Frame, OpCode, Payload};
 
@@ -98,18 +99,17 @@ fn engine_io_client_reads_ticks_from_the_real_socket_io_server() {
     let running = compare::start(&cfg, Server::Socketio, 2000.0, &log).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut ws =
+        let ws =
             connect(running.addr, "/socket.io/?EIO=4&transport=websocket", None).await.unwrap();
+        let mut ws = RawWs::from_handshake(ws).unwrap();
         socketio_handshake(&mut ws, "trades.BTC-USD").await.unwrap();
         let mut seqs = Vec::new();
         while seqs.len() < 5 {
-            let frame =
-                tokio::time::timeout(Duration::from_secs(10), ws.read_frame()).await.unwrap();
-            let frame = frame.unwrap();
-            assert_eq!(frame.opcode, OpCode::Text);
-            let event = frame.payload.strip_prefix(br#"42["tick","#).unwrap_or_else(|| {
-                panic!("not a tick event: {}", String::from_utf8_lossy(&frame.payload))
-            });
+            let text = tokio::time::timeout(Duration::from_secs(10), ws.read_text()).await.unwrap();
+            let text = text.unwrap();
+            let event = text
+                .strip_prefix(br#"42["tick","#)
+                .unwrap_or_else(|| panic!("not a tick event: {}", String::from_utf8_lossy(&text)));
             match scan(event) {
                 Scanned::Data { ch, seq, ts } => {
                     assert_eq!(ch, b"trades.BTC-USD");
