@@ -536,8 +536,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         ));
     }
     let server_rss = rss_total(pids);
-    // The connections stop reading at `end`: the count stops with them.
+    // The connections stop reading at `end`: the count stops with them, and so do the window
+    // and the CPU readings. (Taken later, after perf and the metrics scrape, they would count
+    // time in which nothing is counted, and the servers' work on unread sockets.)
     tokio::time::sleep_until(end).await;
+    let measured = measured_from.elapsed();
+    let client_cpu = cpu_seconds(None).zip(client_cpu0).map(|(b, a)| b - a);
+    let cpu1 = cpu.sample();
     let writes = match writes {
         None => None,
         Some(Err(why)) => Some(Err(why)),
@@ -567,12 +572,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         }
     }
     bar.finish_and_clear();
-    let measured = measured_from.elapsed();
     if failed == cfg.conns {
         bail!("no connection succeeded: {}", first_error.unwrap_or_default());
     }
-    let client_cpu = cpu_seconds(None).zip(client_cpu0).map(|(b, a)| b - a);
-    let cpu1 = cpu.sample();
     let server_cpu = cpu1.server.zip(cpu0.server).map(|(b, a)| b - a);
     let feed_cpu = cpu1.feed.zip(cpu0.feed).map(|(b, a)| b - a);
 
