@@ -125,24 +125,31 @@ impl RawWs {
         self.stream.write_all(&frame).await
     }
 
-    /// Reads until a text message comes (answering pings), for handshakes on top of
+    /// The next message other than a ping or pong, reading the socket as needed and answering
+    /// pings: for handshakes and tests, not for the measuring loop (`client::drive`).
+    pub async fn read_message(&mut self) -> anyhow::Result<(u8, Vec<u8>)> {
+        loop {
+            if let Some(msg) = self.next_message()? {
+                let (opcode, payload) = (msg.opcode, msg.payload.to_vec());
+                match opcode {
+                    PING => self.send(PONG, &payload).await?,
+                    PONG => {}
+                    _ => return Ok((opcode, payload)),
+                }
+            } else if self.fill().await.context("reading a message")? == 0 {
+                bail!("the server closed the connection");
+            }
+        }
+    }
+
+    /// Reads until a text message comes (binary ones skipped), for handshakes on top of
     /// WebSocket (socket.io's).
     pub async fn read_text(&mut self) -> anyhow::Result<Vec<u8>> {
         loop {
-            let mut ping = None;
-            while let Some(msg) = self.next_message()? {
-                match msg.opcode {
-                    TEXT => return Ok(msg.payload.to_vec()),
-                    CLOSE => bail!("the server closed the connection during the handshake"),
-                    PING => ping = Some(msg.payload.to_vec()),
-                    _ => {}
-                }
-                if let Some(p) = ping.take() {
-                    self.send(PONG, &p).await?;
-                }
-            }
-            if self.fill().await.context("reading a handshake message")? == 0 {
-                bail!("the server closed the connection during the handshake");
+            match self.read_message().await.context("during the handshake")? {
+                (TEXT, text) => return Ok(text),
+                (CLOSE, _) => bail!("the server closed the connection during the handshake"),
+                _ => {}
             }
         }
     }

@@ -105,8 +105,11 @@ fn engine_io_client_reads_ticks_from_the_real_socket_io_server() {
         socketio_handshake(&mut ws, "trades.BTC-USD").await.unwrap();
         let mut seqs = Vec::new();
         while seqs.len() < 5 {
-            let text = tokio::time::timeout(Duration::from_secs(10), ws.read_text()).await.unwrap();
-            let text = text.unwrap();
+            let (opcode, text) = tokio::time::timeout(Duration::from_secs(10), ws.read_message())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(opcode, bench::wire::TEXT);
             let event = text
                 .strip_prefix(br#"42["tick","#)
                 .unwrap_or_else(|| panic!("not a tick event: {}", String::from_utf8_lossy(&text)));
