@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Per server and rate, the range over repeats of server cores, msgs per server CPU-second, p99
 and writes per delivered message, from `bench compare` output directories; and tickfan's
-msgs per server CPU-second over the other server's, per repeat (same repeat, same rate).
+msgs per server CPU-second over the other server's, per repeat (same repeat, same rate), saying
+when a step behind a ratio did not hold.
 usage: bench/scripts/head-to-head-summary.py DIR... (each a compare --out or a scenario dir)"""
 import collections
 import glob
@@ -28,7 +29,7 @@ for top in sys.argv[1:]:
             wpm = writes / r["msgs"] if writes and r["msgs"] else None
             cells[(s["server"], s["rate"])].append(
                 (r["server_cpu_cores"], r["msgs_per_server_cpu_sec"], p99, wpm, s["holds"]))
-            per_cpu[(s["server"], s["rate"], s["repeat"])] = r["msgs_per_server_cpu_sec"]
+            per_cpu[(s["server"], s["rate"], s["repeat"])] = (r["msgs_per_server_cpu_sec"], s["holds"])
         print(f"\n{path}\n")
         print("| server | ticks/s | server cores | msgs per server CPU-s | p99 ms | writes per msg | held |")
         print("|---|--:|--:|--:|--:|--:|--:|")
@@ -40,9 +41,13 @@ for top in sys.argv[1:]:
                   f"| {rng(p99s, '{:.1f}') if p99s else 'n/a'} | {rng(wpms, '{:.2f}') if wpms else 'n/a'} "
                   f"| {sum(x[4] for x in v)}/{len(v)} |")
         ratios = collections.defaultdict(list)
-        for (server, rate, rep), v in per_cpu.items():
-            if server != "tickfan" and ("tickfan", rate, rep) in per_cpu and v:
-                ratios[(server, rate)].append(per_cpu[("tickfan", rate, rep)] / v)
+        for (server, rate, rep), (v, held) in per_cpu.items():
+            mine = per_cpu.get(("tickfan", rate, rep))
+            if server != "tickfan" and mine and v:
+                ratios[(server, rate)].append((mine[0] / v, held and mine[1]))
         for (server, rate), v in sorted(ratios.items(), key=lambda kv: kv[0][1]):
-            print(f"\ntickfan / {server} at {rate:g} ticks/s, msgs per server CPU-s, per repeat: {rng(v, '{:.2f}')}×", end="")
+            both = sum(h for _, h in v)
+            note = "" if both == len(v) else f" (both held in {both} of {len(v)}: the others describe an overloaded server)"
+            print(f"\ntickfan / {server} at {rate:g} ticks/s, msgs per server CPU-s, per repeat: "
+                  f"{rng([x for x, _ in v], '{:.2f}')}×{note}", end="")
         print()

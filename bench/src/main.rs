@@ -127,7 +127,7 @@ struct CompareArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "tickfan,uws,socketio,ws,naive"
+        default_value = "tickfan,uws,ws,socketio,naive-strong,naive"
     )]
     servers: Vec<Server>,
     /// Scenarios to run, each into its own directory under --out (repeatable; default: all):
