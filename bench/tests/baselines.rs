@@ -373,7 +373,12 @@ fn compare_runs_every_server_and_writes_its_report() {
     let cmp = compare::load(&out.join("fat/compare.json")).unwrap();
     assert_eq!(cmp.config.scenario, Some(compare::Scenario::Fat));
     assert_eq!((cmp.config.conns, cmp.config.streams.as_str()), (4, "trades.*,quotes.*"));
-    assert_eq!(cmp.steps.len(), 5, "{stdout}");
+    // With no --servers, every one: tickfan and all five baselines, once each.
+    assert_eq!(cmp.steps.len(), 6, "{stdout}");
+    let mut servers: Vec<String> = cmp.steps.iter().map(|s| format!("{:?}", s.server)).collect();
+    servers.sort();
+    servers.dedup();
+    assert_eq!(servers.len(), 6, "{servers:?}");
     for step in &cmp.steps {
         let r = step.report.as_ref().unwrap_or_else(|| panic!("{step:?}"));
         assert!(r.msgs > 0 && r.undeclared_gaps == 0, "{:?}: {}", step.server, r.markdown());
@@ -390,6 +395,7 @@ fn compare_runs_every_server_and_writes_its_report() {
     assert!(stdout.contains("server writes per delivered message"), "{stdout}");
     let md = std::fs::read_to_string(out.join("fat/compare.md")).unwrap();
     assert!(md.contains("| socket.io |") && md.contains("| uWS.js |"), "{md}");
+    assert!(md.contains("| strong Rust |") && md.contains("| naive Rust |"), "{md}");
     assert!(md.contains("Every step") && md.contains("Scenario fat"), "{md}");
     let top = std::fs::read_to_string(out.join("compare.md")).unwrap();
     assert!(top.contains("## fat:") && top.contains("(fat/compare.md)"), "{top}");
