@@ -51,13 +51,7 @@ pub fn start(pids: &[u32], exclude: &[(u32, u32)]) -> Result<WriteCounter, Strin
     } else {
         let mut tids = Vec::new();
         for &pid in pids {
-            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-                .map_err(|e| format!("cannot list the threads of {pid}: {e}"))?;
-            tids.extend(
-                tasks
-                    .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok())
-                    .filter(|tid| !exclude.contains(&(pid, *tid))),
-            );
+            tids.extend(threads(pid)?.into_iter().filter(|tid| !exclude.contains(&(pid, *tid))));
         }
         ("-t", list(&tids))
     };
@@ -120,6 +114,13 @@ pub fn start(pids: &[u32], exclude: &[(u32, u32)]) -> Result<WriteCounter, Strin
     // Ready once it answers.
     counter.command("disable")?;
     Ok(counter)
+}
+
+/// The thread ids of process `pid` now (`/proc/PID/task`).
+fn threads(pid: u32) -> Result<Vec<u32>, String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("cannot list the threads of {pid}: {e}"))?;
+    Ok(tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect())
 }
 
 impl WriteCounter {
@@ -244,12 +245,8 @@ mod tests {
             }
         });
         let tid = finished.recv().unwrap();
-        let others: Vec<(u32, u32)> = std::fs::read_dir(format!("/proc/{me}/task"))
-            .unwrap()
-            .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&t| t != tid)
-            .map(|t| (me, t))
-            .collect();
+        let others: Vec<(u32, u32)> =
+            threads(me).unwrap().into_iter().filter(|&t| t != tid).map(|t| (me, t)).collect();
         let write = |n: usize| {
             go.send(n).unwrap();
             finished.recv().unwrap();
