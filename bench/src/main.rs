@@ -39,7 +39,9 @@ enum Cmd {
     /// CPU µs per write, CPU ns per frame, writes/s and frames per CPU-second: the floor to
     /// hold the gateway's CPU per message against. Each connection takes two file descriptors;
     /// an N that RLIMIT_NOFILE cannot hold (after raising the soft limit to the hard one) is
-    /// skipped. Example: `bench floor --conns 1000 --batch 1,16 --json floor.json`.
+    /// skipped. Example: `bench floor --conns 1000 --batch 1,16 --json floor.json`. With
+    /// `--pace 0,14000` each point is also measured at 14,000 writes a second, which wake a
+    /// sleeping reader as a thin stream's writes do.
     Floor(FloorArgs),
 }
 
@@ -229,6 +231,13 @@ struct FloorArgs {
     /// several: each point once per way.
     #[arg(long, value_delimiter = ',', default_value = "writev")]
     submit: Vec<bench::floor::Submit>,
+    /// Writes per second to pace the writer at, 0 for as fast as it goes; several: each point
+    /// once per pace. Paced, the writer writes in bursts every millisecond and sleeps between
+    /// them, so its reader sleeps too and is woken as a server's clients are when messages come
+    /// now and then (a tight loop keeps the reader busy and rarely wakes it). Not with
+    /// io_uring.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pace: Vec<f64>,
     /// Write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -423,6 +432,7 @@ fn floor(args: FloorArgs) -> anyhow::Result<ExitCode> {
         writer_cpu: if args.no_pin { None } else { args.writer_cpu.or(writer_cpu) },
         reader_cpu: if args.no_pin { None } else { args.reader_cpu.or(reader_cpu) },
         submit: args.submit,
+        paces: args.pace,
     };
     let result = bench::floor::measure(&cfg)?;
     print!("{}", result.markdown());

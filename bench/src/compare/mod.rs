@@ -187,6 +187,7 @@ fn measure_floor(cfg: &CompareConfig) -> Option<FloorResult> {
         writer_cpu: first_cpu(&cfg.server_cpus),
         reader_cpu: first_cpu(&cfg.client_cpus),
         submit: vec![floor::Submit::Writev, floor::Submit::Sendmsg],
+        paces: vec![0.0],
     };
     eprintln!("bench compare: measuring the loopback floor at {conns} connections");
     match floor::measure(&fc) {

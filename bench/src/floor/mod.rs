@@ -19,7 +19,16 @@
 //! bench floor --writer-cpu 2 --reader-cpu 3     # default: the first two CPUs this process may use
 //! bench floor --submit writev,io-uring          # each point also with io_uring (uring.rs)
 //! bench floor --submit writev,sendmsg           # each point also with one sendmsg per write
+//! bench floor --conns 9900 --batch 1 --pace 0,20000   # also paced at 20,000 writes/s
 //! ```
+//!
+//! In the tight loop the reader is nearly always busy, so a write seldom has to wake it: that
+//! is the cheapest a write gets. A server whose clients each get a message now and then wakes
+//! a sleeping reader with most writes, and on loopback the waking is the writer's CPU too.
+//! `--pace` measures that floor: the writer writes the writes due every millisecond
+//! ([`PACE_TICK`]) at the given rate, one socket after another, and sleeps in between; only
+//! the CPU of its bursts counts, so the floor is what the writes cost, waking the reader
+//! included, and not the writer's own sleeping.
 //!
 //! Each connection takes two file descriptors in this process: the soft `RLIMIT_NOFILE` is
 //! raised to the hard one first (and the hard one, if privileged, to what the largest N
@@ -70,7 +79,15 @@ pub struct FloorConfig {
     pub reader_cpu: Option<usize>,
     /// How the writes reach the kernel; each (N, k) is measured once per way.
     pub submit: Vec<Submit>,
+    /// Writes per second to pace the writer at, 0 for a tight loop; each (N, k, way) is
+    /// measured once per pace. Paced, the writer writes in bursts every [`PACE_TICK`] and
+    /// sleeps between them, so the reader sleeps too and each burst has to wake it, as a
+    /// server's writes wake its clients when messages come now and then.
+    pub paces: Vec<f64>,
 }
+
+/// How often a paced writer wakes to write the writes then due.
+pub const PACE_TICK: Duration = Duration::from_millis(1);
 
 /// How the floor's writer hands its writes to the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -108,6 +125,7 @@ impl Default for FloorConfig {
             writer_cpu,
             reader_cpu,
             submit: vec![Submit::Writev],
+            paces: vec![0.0],
         }
     }
 }
@@ -141,6 +159,9 @@ pub struct FloorPoint {
     /// How the writes were submitted (older results: `writev`).
     #[serde(default)]
     pub submit: Submit,
+    /// Writes per second the writer was paced at; 0 (and older results): a tight loop.
+    #[serde(default)]
+    pub pace: f64,
     /// Writes (of k frames to one socket) in the measured window.
     pub writes: u64,
     /// System calls that made them: one per write with `writev`, one per round (or per ring's
@@ -159,8 +180,13 @@ pub struct FloorPoint {
     pub short_writes: u64,
     pub wall_s: f64,
     /// The writer thread's CPU time over the measured window (with io_uring, plus that of the
-    /// process's `iou-` kernel threads).
+    /// process's `iou-` kernel threads; paced, only that of its bursts of writes, not of
+    /// going to sleep and waking between them).
     pub cpu_s: f64,
+    /// Paced, the writer's CPU time going to sleep and waking between its bursts (not in
+    /// `cpu_s`): what a writer that waits for work pays for each wake-up; 0 in a tight loop.
+    #[serde(default)]
+    pub pause_cpu_s: f64,
     pub cpu_us_per_write: f64,
     pub cpu_ns_per_frame: f64,
     pub writes_per_s: f64,
@@ -197,6 +223,12 @@ const FDS_SPARE: u64 = 64;
 pub fn measure(cfg: &FloorConfig) -> anyhow::Result<FloorResult> {
     if cfg.conns.is_empty() || cfg.batches.is_empty() || cfg.submit.is_empty() {
         bail!("no connection counts, batch sizes or ways to submit to measure");
+    }
+    if cfg.paces.is_empty() || cfg.paces.iter().any(|p| !(p.is_finite() && *p >= 0.0)) {
+        bail!("paces must be writes per second, at least 0 (0: a tight loop)");
+    }
+    if cfg.submit.contains(&Submit::IoUring) && cfg.paces.iter().any(|&p| p > 0.0) {
+        bail!("only system-call writes (writev, sendmsg) can be paced, not io_uring rounds");
     }
     if cfg.conns.contains(&0) || cfg.batches.contains(&0) {
         bail!("connection counts and batch sizes must be at least 1");
@@ -236,16 +268,19 @@ pub fn measure(cfg: &FloorConfig) -> anyhow::Result<FloorResult> {
         let mut written_before = 0;
         for &k in &cfg.batches {
             for &submit in &cfg.submit {
-                let point =
-                    write_point(&writers, &frames[..k], cfg, submit, &reader, written_before);
-                let point = match point {
-                    Ok(p) => p,
-                    // Stop the reader before reporting, or its thread outlives the error; if
-                    // it failed, its error is likely the cause.
-                    Err(e) => return Err(reader.stop().err().unwrap_or(e)),
-                };
-                written_before += point.bytes_written;
-                result.points.push(point);
+                for &pace in &cfg.paces {
+                    let how = How { submit, pace };
+                    let point =
+                        write_point(&writers, &frames[..k], cfg, how, &reader, written_before);
+                    let point = match point {
+                        Ok(p) => p,
+                        // Stop the reader before reporting, or its thread outlives the error;
+                        // if it failed, its error is likely the cause.
+                        Err(e) => return Err(reader.stop().err().unwrap_or(e)),
+                    };
+                    written_before += point.bytes_written;
+                    result.points.push(point);
+                }
             }
         }
         reader.stop()?;
@@ -256,13 +291,15 @@ pub fn measure(cfg: &FloorConfig) -> anyhow::Result<FloorResult> {
 impl FloorResult {
     /// CPU µs one write system call of `k` frames costs at the floor with `conns` connections
     /// (the measured N nearest to it): the cheaper of `writev` and `sendmsg` where both were
-    /// measured (not io_uring, whose work partly moves to kernel threads), interpolated
-    /// linearly between the measured k; beyond the largest k measured, that point's cost per
-    /// frame times k. `None` without a point.
+    /// measured in a tight loop (not paced, and not io_uring, whose work partly moves to
+    /// kernel threads), interpolated linearly between the measured k; beyond the largest k
+    /// measured, that point's cost per frame times k. `None` without a point.
     pub fn us_per_write(&self, conns: usize, k: f64) -> Option<f64> {
-        let n = self.points.iter().map(|p| p.conns).min_by_key(|&n| n.abs_diff(conns))?;
+        let tight = |p: &&FloorPoint| p.pace == 0.0 && p.submit != Submit::IoUring;
+        let n =
+            self.points.iter().filter(tight).map(|p| p.conns).min_by_key(|&n| n.abs_diff(conns))?;
         let mut pts: Vec<(f64, f64)> = Vec::new();
-        for p in self.points.iter().filter(|p| p.conns == n && p.submit != Submit::IoUring) {
+        for p in self.points.iter().filter(tight).filter(|p| p.conns == n) {
             match pts.iter_mut().find(|(k, _)| *k == p.k as f64) {
                 Some((_, cost)) => *cost = cost.min(p.cpu_us_per_write),
                 None => pts.push((p.k as f64, p.cpu_us_per_write)),
@@ -290,26 +327,31 @@ impl FloorResult {
         let _ = writeln!(
             md,
             "Loopback floor: {}-byte WebSocket frames ({}-byte JSON trade), one write of k \
-             frames per socket in turn (by the call the third column names), {} s per point; writer {}, reader {}.\n",
+             frames per socket in turn (by the call the third column names; as fast as it \
+             goes, or paced at the fourth column's writes per second in bursts every {} ms, \
+             the CPU of its pauses between them apart in the last column), {} s per point; \
+             writer {}, reader {}.\n",
             self.frame_bytes,
             self.payload_bytes,
+            PACE_TICK.as_millis(),
             self.duration_s,
             cpu(self.writer_cpu),
             cpu(self.reader_cpu)
         );
         md.push_str(
-            "| conns | k | submitted by | writes/s | frames/s | CPU µs/write | CPU ns/frame \
-             | frames per CPU-s | writes per syscall | writer CPU share | writer waits \
-             | preempted |\n\
-             |---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| conns | k | submitted by | paced at | writes/s | frames/s | CPU µs/write \
+             | CPU ns/frame | frames per CPU-s | writes per syscall | writer CPU share \
+             | writer waits | preempted | pausing, CPU µs/write |\n\
+             |---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for p in &self.points {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} % | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} % | {} | {} | {:.2} |",
                 p.conns,
                 p.k,
                 p.submit.label(),
+                if p.pace > 0.0 { format!("{:.0}", p.pace) } else { "tight".to_owned() },
                 p.writes_per_s,
                 p.frames_per_s,
                 p.cpu_us_per_write,
@@ -318,7 +360,8 @@ impl FloorResult {
                 p.writes as f64 / p.syscalls.max(1) as f64,
                 p.writer_cpu_share * 100.0,
                 p.writer_waits,
-                p.writer_preemptions
+                p.writer_preemptions,
+                p.pause_cpu_s * 1e6 / p.writes.max(1) as f64
             );
         }
         for s in &self.skipped {
@@ -397,16 +440,24 @@ fn open_pairs(conns: usize) -> io::Result<(Vec<TcpStream>, Vec<TcpStream>)> {
     Ok((writers, readers))
 }
 
-/// Measures one k on the connections of `writers`, submitted as `submit` says: a warm-up
-/// pass, then writes for `cfg.duration`, then waits until the reader has received every byte.
+/// How one point's writes are made: by which call, and at what pace (0: a tight loop).
+#[derive(Clone, Copy)]
+struct How {
+    submit: Submit,
+    pace: f64,
+}
+
+/// Measures one k on the connections of `writers`, written as `how` says: a warm-up pass,
+/// then writes for `cfg.duration`, then waits until the reader has received every byte.
 fn write_point(
     writers: &[TcpStream],
     frames: &[Vec<u8>],
     cfg: &FloorConfig,
-    submit: Submit,
+    how: How,
     reader: &Reader,
     written_before: u64,
 ) -> anyhow::Result<FloorPoint> {
+    let How { submit, pace } = how;
     let k = frames.len();
     let iov: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
     let per_write: u64 = frames.iter().map(|f| f.len() as u64).sum();
@@ -439,15 +490,39 @@ fn write_point(
             let switches_start = thread_context_switches()?;
             let deadline = start + cfg.duration;
             let (mut writes, mut syscalls) = (0u64, 0u64);
-            loop {
-                let (calls, short) = round()?;
-                (syscalls, short_writes) = (syscalls + calls, short_writes + short);
-                writes += writers.len() as u64;
-                if Instant::now() >= deadline {
-                    break;
+            // Paced, only the bursts' CPU counts: what the writes cost, not the sleeping.
+            let mut sleeping = Duration::ZERO;
+            if pace > 0.0 {
+                // The writes due by now, one socket after another, then sleep to the next tick.
+                let mut next = 0;
+                let mut ticks = 0u32;
+                while Instant::now() < deadline {
+                    let due = (start.elapsed().min(cfg.duration).as_secs_f64() * pace) as u64;
+                    while writes < due {
+                        short_writes += write_all(submit, &writers[next], &iov, per_write)?;
+                        next = (next + 1) % writers.len();
+                        (writes, syscalls) = (writes + 1, syscalls + 1);
+                    }
+                    let elapsed_ticks = start.elapsed().as_nanos() / PACE_TICK.as_nanos();
+                    ticks = ticks.max(elapsed_ticks as u32) + 1;
+                    let wake = start + PACE_TICK * ticks;
+                    if let Some(d) = wake.checked_duration_since(Instant::now()) {
+                        let before = thread_cpu_time()?;
+                        std::thread::sleep(d);
+                        sleeping += thread_cpu_time()? - before;
+                    }
+                }
+            } else {
+                loop {
+                    let (calls, short) = round()?;
+                    (syscalls, short_writes) = (syscalls + calls, short_writes + short);
+                    writes += writers.len() as u64;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
                 }
             }
-            let cpu = thread_cpu_time()? + helpers_cpu(submit)? - cpu_start;
+            let cpu = thread_cpu_time()? + helpers_cpu(submit)? - cpu_start - sleeping;
             let switches = thread_context_switches()?;
             Ok(WriterStats {
                 writes,
@@ -455,6 +530,7 @@ fn write_point(
                 short_writes,
                 wall: start.elapsed(),
                 cpu,
+                pause_cpu: sleeping,
                 waits: switches.0 - switches_start.0,
                 preemptions: switches.1 - switches_start.1,
             })
@@ -478,6 +554,7 @@ fn write_point(
         conns: writers.len(),
         k,
         submit,
+        pace,
         writes: w.writes,
         syscalls: w.syscalls,
         frames,
@@ -487,6 +564,7 @@ fn write_point(
         short_writes: w.short_writes,
         wall_s,
         cpu_s,
+        pause_cpu_s: w.pause_cpu.as_secs_f64(),
         cpu_us_per_write: cpu_s * 1e6 / w.writes as f64,
         cpu_ns_per_frame: cpu_s * 1e9 / frames as f64,
         writes_per_s: w.writes as f64 / wall_s,
@@ -512,6 +590,7 @@ struct WriterStats {
     short_writes: u64,
     wall: Duration,
     cpu: Duration,
+    pause_cpu: Duration,
     waits: u64,
     preemptions: u64,
 }
@@ -790,6 +869,7 @@ mod tests {
             conns,
             k,
             submit: Submit::Writev,
+            pace: 0.0,
             writes: 0,
             syscalls: 0,
             frames: 0,
@@ -799,6 +879,7 @@ mod tests {
             short_writes: 0,
             wall_s: 1.0,
             cpu_s: 1.0,
+            pause_cpu_s: 0.0,
             cpu_us_per_write: us,
             cpu_ns_per_frame: 0.0,
             writes_per_s: 0.0,
@@ -836,6 +917,7 @@ mod tests {
             writer_cpu: None,
             reader_cpu: None,
             submit: vec![Submit::Writev, Submit::Sendmsg],
+            paces: vec![0.0],
         };
         let r = measure(&cfg).unwrap();
         assert!(r.skipped.is_empty(), "{:?}", r.skipped);
@@ -873,6 +955,7 @@ mod tests {
             writer_cpu: None,
             reader_cpu: None,
             submit: vec![Submit::IoUring, Submit::Writev],
+            paces: vec![0.0],
         };
         let r = measure(&cfg).unwrap();
         let ways: Vec<_> = r.points.iter().map(|p| (p.k, p.submit)).collect();
@@ -890,6 +973,53 @@ mod tests {
         let writev = r.points.iter().find(|p| p.k == 1 && p.submit == Submit::Writev).unwrap();
         assert_eq!(r.us_per_write(8, 1.0), Some(writev.cpu_us_per_write));
         assert!(r.markdown().contains("| 8 | 3 | io_uring |"), "{}", r.markdown());
+    }
+
+    #[test]
+    fn a_paced_floor_writes_at_its_pace_and_is_not_the_tight_floor() {
+        let cfg = FloorConfig {
+            conns: vec![4],
+            batches: vec![1],
+            duration: Duration::from_millis(300),
+            writer_cpu: None,
+            reader_cpu: None,
+            submit: vec![Submit::Sendmsg],
+            paces: vec![0.0, 2000.0],
+        };
+        let r = measure(&cfg).unwrap();
+        let paces: Vec<_> = r.points.iter().map(|p| p.pace).collect();
+        assert_eq!(paces, [0.0, 2000.0]);
+        let (tight, paced) = (&r.points[0], &r.points[1]);
+        // 2,000 writes/s for 0.3 s: 600 writes at most; fewer if the last ticks woke late
+        // (a busy test machine), never more.
+        assert!((300..=600).contains(&paced.writes), "{paced:?}");
+        assert_eq!(paced.bytes_read, paced.bytes_written, "{paced:?}");
+        assert!(paced.writer_waits >= 100, "a paced writer sleeps between ticks: {paced:?}");
+        assert!(paced.pause_cpu_s > 0.0 && tight.pause_cpu_s == 0.0, "{paced:?} {tight:?}");
+        assert!(tight.writes > paced.writes, "{tight:?}");
+        // A server is held against the tight loop's cost, never a paced one.
+        assert_eq!(r.us_per_write(4, 1.0), Some(tight.cpu_us_per_write));
+        assert!(r.markdown().contains("| 4 | 1 | sendmsg | 2000 |"), "{}", r.markdown());
+        assert!(r.markdown().contains("| 4 | 1 | sendmsg | tight |"), "{}", r.markdown());
+    }
+
+    #[test]
+    fn rejects_paces_that_are_not_rates_and_paced_io_uring() {
+        let paced = |submit, pace| FloorConfig {
+            conns: vec![2],
+            batches: vec![1],
+            submit: vec![submit],
+            paces: vec![pace],
+            ..FloorConfig::default()
+        };
+        for bad in [paced(Submit::Writev, -1.0), paced(Submit::Writev, f64::NAN)] {
+            let e = measure(&bad).unwrap_err().to_string();
+            assert!(e.contains("paces must be writes per second"), "{e}");
+        }
+        let e = measure(&paced(Submit::IoUring, 100.0)).unwrap_err().to_string();
+        assert!(e.contains("not io_uring"), "{e}");
+        let e = measure(&FloorConfig { paces: vec![], ..paced(Submit::Writev, 0.0) });
+        assert!(e.is_err());
     }
 
     #[test]
