@@ -392,6 +392,17 @@ fn compare_runs_every_server_and_writes_its_report() {
     }
     assert!(stdout.contains("wire bytes per tick"), "{stdout}");
     assert!(stdout.contains("server writes per delivered message"), "{stdout}");
+    // The floor, tight and paced, and both rows held against it.
+    let floor = cmp.floor.as_ref().expect("the loopback floor");
+    let paces: Vec<f64> = floor.points.iter().filter(|p| p.pace > 0.0).map(|p| p.pace).collect();
+    assert_eq!(paces, bench::floor::COMPARE_PACES, "{stdout}");
+    assert!(floor.points.iter().any(|p| p.pace == 0.0 && p.k == 16), "{stdout}");
+    assert!(stdout.contains("beyond its writes at the paced floor"), "{stdout}");
+    let tickfan = cmp.steps.iter().find(|s| s.server == Server::Tickfan).unwrap();
+    if tickfan.report.as_ref().is_some_and(|r| r.server_writes.is_some()) {
+        let (tight, paced) = (cmp.beyond_floor(tickfan), cmp.beyond_paced_floor(tickfan));
+        assert!(paced.unwrap() <= tight.unwrap(), "a paced write costs no less: {stdout}");
+    }
     let md = std::fs::read_to_string(out.join("fat/compare.md")).unwrap();
     assert!(md.contains("| socket.io |") && md.contains("| uWS.js |"), "{md}");
     assert!(md.contains("| strong Rust |") && md.contains("| naive Rust |"), "{md}");

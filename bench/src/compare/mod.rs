@@ -174,7 +174,9 @@ pub fn compare(cfg: CompareConfig) -> anyhow::Result<Comparison> {
 
 /// The loopback floor at the comparison's number of connections (as many as the open-files
 /// limit allows: the floor holds both ends), writer on the server's first CPU and reader on the
-/// client's, k = 1 to 16 frames per write. `None`, said on stderr, if it cannot be measured.
+/// client's: k = 1 to 16 frames per write in a tight loop, then one frame per `sendmsg` paced
+/// at [`floor::COMPARE_PACES`]. `None`, said on stderr, if it cannot be measured; without the
+/// paced points (said too) if only they cannot.
 fn measure_floor(cfg: &CompareConfig) -> Option<FloorResult> {
     let first_cpu = |cpus: &Option<String>| -> Option<usize> {
         cpus.as_deref()?.split([',', '-']).next()?.trim().parse().ok()
@@ -190,13 +192,24 @@ fn measure_floor(cfg: &CompareConfig) -> Option<FloorResult> {
         paces: vec![0.0],
     };
     eprintln!("bench compare: measuring the loopback floor at {conns} connections");
-    match floor::measure(&fc) {
-        Ok(f) => Some(f),
+    let mut tight = match floor::measure(&fc) {
+        Ok(f) => f,
         Err(e) => {
             eprintln!("bench compare: loopback floor not measured: {e:#}");
-            None
+            return None;
         }
+    };
+    let paced = FloorConfig {
+        batches: vec![1],
+        submit: vec![floor::Submit::Sendmsg],
+        paces: floor::COMPARE_PACES.to_vec(),
+        ..fc
+    };
+    match floor::measure(&paced) {
+        Ok(f) => tight.points.extend(f.points),
+        Err(e) => eprintln!("bench compare: paced loopback floor not measured: {e:#}"),
     }
+    Some(tight)
 }
 
 /// Checks that everything `cfg` needs is there before anything runs.

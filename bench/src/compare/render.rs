@@ -239,6 +239,12 @@ impl Comparison {
                 |v| format!("{v:.0}"),
             ),
             (
+                at_reference("server CPU beyond its writes at the paced floor (%)"),
+                None,
+                Box::new(|sv| self.at_reference(sv, |st| self.beyond_paced_floor(st))),
+                |v| format!("{v:.0}"),
+            ),
+            (
                 at_reference("wire bytes per tick"),
                 Some(false),
                 Box::new(move |sv| self.at_reference(sv, report(|r| Some(r.wire_bytes_per_msg)))),
@@ -360,6 +366,7 @@ impl Comparison {
         let points: Vec<String> = floor
             .points
             .iter()
+            .filter(|p| p.pace == 0.0)
             .map(|p| {
                 format!(
                     "k = {} by {}: {:.2} µs per write",
@@ -370,7 +377,7 @@ impl Comparison {
             })
             .collect();
         let n = floor.points.first().map_or(0, |p| p.conns);
-        format!(
+        let mut note = format!(
             "\nLoopback floor (`bench floor`, measured before the steps, writer on the server's \
              CPU, reader on the client's): one write system call of k {}-byte frames to each of \
              {n} sockets in turn costs {}. \"Beyond the floor\" is the share of a server's CPU \
@@ -380,7 +387,27 @@ impl Comparison {
              a tight loop's.\n",
             floor.frame_bytes,
             points.join(", ")
-        )
+        );
+        let paced: Vec<String> = floor
+            .points
+            .iter()
+            .filter(|p| p.pace > 0.0)
+            .map(|p| format!("{:.0}k writes/s: {:.2} µs", p.writes_per_s / 1e3, p.cpu_us_per_write))
+            .collect();
+        if !paced.is_empty() {
+            let _ = write!(
+                note,
+                "\nIn the tight loop the reader is always busy and a write seldom has to wake it; \
+                 a thin stream's client is asleep when its message comes, and on loopback waking \
+                 it is the writer's CPU. Paced, one frame per write in a burst every millisecond \
+                 and sleeping in between, a write cost {} (the bursts' CPU only). \"Beyond the \
+                 paced floor\" adds to each write what waking its reader cost at the step's own \
+                 rate of writes (interpolated between those paces in log scale, falling to \
+                 nothing at the tight loop's rate).\n",
+                paced.join(", ")
+            );
+        }
+        note
     }
 
     /// The first server against each other one at the highest rate of the ladder both held
@@ -423,6 +450,14 @@ impl Comparison {
                 "server CPU beyond its writes at the floor (%)",
                 None,
                 Box::new(|sv, rate| median(self.at_rate(sv, rate, |st| self.beyond_floor(st)))),
+                |v| format!("{v:.0}"),
+            ),
+            (
+                "server CPU beyond its writes at the paced floor (%)",
+                None,
+                Box::new(|sv, rate| {
+                    median(self.at_rate(sv, rate, |st| self.beyond_paced_floor(st)))
+                }),
                 |v| format!("{v:.0}"),
             ),
         ];

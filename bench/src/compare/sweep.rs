@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::render::{ms, step_line};
 use super::servers::{cpu_count, pinned, start, Server, FEED_THREAD};
 use super::{CompareConfig, Comparison};
+use crate::floor::FloorResult;
 use crate::plot;
 use crate::report::{rss_bytes, Report};
 
@@ -495,13 +496,29 @@ impl Comparison {
     /// floor: writes × the floor's CPU per write of as many frames as the server put in one.
     /// Needs the floor and the write count.
     pub fn beyond_floor(&self, st: &Step) -> Option<f64> {
+        self.beyond(st, |_, _| Some(0.0))
+    }
+
+    /// The same against the paced floor: each write also costs what waking a sleeping reader
+    /// adds at the step's own rate of writes ([`FloorResult::wake_us_per_write`]), as a thin
+    /// stream's writes do. Needs paced points in the floor (runs before 2026-12-03 have none).
+    pub fn beyond_paced_floor(&self, st: &Step) -> Option<f64> {
+        self.beyond(st, |floor, writes_per_s| {
+            floor.wake_us_per_write(self.config.conns, writes_per_s)
+        })
+    }
+
+    /// Share (%) of a step's server CPU beyond its writes at the floor's tight cost per write
+    /// plus `extra(floor, writes per second)` µs each.
+    fn beyond(&self, st: &Step, extra: impl Fn(&FloorResult, f64) -> Option<f64>) -> Option<f64> {
         let floor = self.floor.as_ref()?;
         let r = st.report.as_ref()?;
         let writes = r.server_writes.filter(|&w| w > 0)? as f64;
         let cpu_us = r.server_cpu_cores? * r.measured_seconds * 1e6;
         let frames_per_write = r.msgs as f64 / writes;
-        let floor_us = writes * floor.us_per_write(self.config.conns, frames_per_write)?;
-        (cpu_us > 0.0 && r.msgs > 0).then(|| 100.0 * (1.0 - floor_us / cpu_us))
+        let per_write = floor.us_per_write(self.config.conns, frames_per_write)?
+            + extra(floor, writes / r.measured_seconds)?;
+        (cpu_us > 0.0 && r.msgs > 0).then(|| 100.0 * (1.0 - writes * per_write / cpu_us))
     }
 
     /// The steps of `server` at `rate` that have a report, one per repeat at most.

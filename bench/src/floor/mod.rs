@@ -89,6 +89,11 @@ pub struct FloorConfig {
 /// How often a paced writer wakes to write the writes then due.
 pub const PACE_TICK: Duration = Duration::from_millis(1);
 
+/// The paces (writes a second) `bench compare` measures its floor at, one frame per write,
+/// besides the tight loop: from about what the thinnest scenario's lowest rate makes to where
+/// a paced write costs little more than a tight one.
+pub const COMPARE_PACES: [f64; 6] = [5e3, 10e3, 20e3, 40e3, 80e3, 160e3];
+
 /// How the floor's writer hands its writes to the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -317,6 +322,48 @@ impl FloorResult {
         pts.windows(2).find(|w| k <= w[1].0).map(|w| {
             let ((ka, ca), (kb, cb)) = (w[0], w[1]);
             ca + (cb - ca) * (k - ka) / (kb - ka)
+        })
+    }
+
+    /// CPU µs a one-frame write costs beyond the tight loop's when writes come at
+    /// `writes_per_s` and so find their reader asleep more or less often: the paced floor
+    /// (k = 1, at the paced N nearest `conns`) less the tight one, interpolated in
+    /// log(writes/s) between the paces measured; below the slowest, the slowest's; above the
+    /// fastest, falling to nothing at the tight loop's own rate. `None` without paced points.
+    pub fn wake_us_per_write(&self, conns: usize, writes_per_s: f64) -> Option<f64> {
+        let one_frame = |p: &&FloorPoint| p.k == 1 && p.submit != Submit::IoUring;
+        let paced = |p: &&FloorPoint| one_frame(p) && p.pace > 0.0;
+        let n =
+            self.points.iter().filter(paced).map(|p| p.conns).min_by_key(|&n| n.abs_diff(conns))?;
+        let tight = self.us_per_write(n, 1.0)?;
+        let mut pts: Vec<(f64, f64)> = self
+            .points
+            .iter()
+            .filter(paced)
+            .filter(|p| p.conns == n && p.writes_per_s > 0.0)
+            .map(|p| (p.writes_per_s, (p.cpu_us_per_write - tight).max(0.0)))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let tight_rate = self
+            .points
+            .iter()
+            .filter(|p| one_frame(p) && p.pace == 0.0 && p.conns == n)
+            .map(|p| p.writes_per_s)
+            .fold(0.0, f64::max);
+        if pts.last().is_some_and(|&(w, _)| tight_rate > w) {
+            pts.push((tight_rate, 0.0));
+        }
+        let &(w0, c0) = pts.first()?;
+        let &(wn, cn) = pts.last()?;
+        if writes_per_s <= w0 {
+            return Some(c0);
+        }
+        if writes_per_s >= wn {
+            return Some(cn);
+        }
+        pts.windows(2).find(|w| writes_per_s <= w[1].0).map(|w| {
+            let ((wa, ca), (wb, cb)) = (w[0], w[1]);
+            ca + (cb - ca) * (writes_per_s.ln() - wa.ln()) / (wb.ln() - wa.ln())
         })
     }
 
@@ -906,6 +953,60 @@ mod tests {
         assert_eq!(floor.us_per_write(900, 1.0), Some(7.0), "the nearest N measured");
         let empty = FloorResult { points: vec![], ..floor };
         assert_eq!(empty.us_per_write(100, 1.0), None);
+    }
+
+    #[test]
+    fn the_wake_up_surcharge_interpolates_by_rate_and_fades_at_the_tight_rate() {
+        let point = |k, pace: f64, writes_per_s, us| FloorPoint {
+            conns: 1000,
+            k,
+            submit: Submit::Sendmsg,
+            pace,
+            writes: 1,
+            syscalls: 1,
+            frames: k as u64,
+            warmup_writes: 0,
+            bytes_written: 0,
+            bytes_read: 0,
+            short_writes: 0,
+            wall_s: 1.0,
+            cpu_s: 1.0,
+            pause_cpu_s: 0.0,
+            cpu_us_per_write: us,
+            cpu_ns_per_frame: 0.0,
+            writes_per_s,
+            frames_per_s: 0.0,
+            frames_per_cpu_s: 0.0,
+            writer_cpu_share: 1.0,
+            writer_waits: 0,
+            writer_preemptions: 0,
+        };
+        let floor = FloorResult {
+            frame_bytes: 130,
+            payload_bytes: 126,
+            duration_s: 1.0,
+            writer_cpu: None,
+            reader_cpu: None,
+            nofile_limit: 20_000,
+            points: vec![
+                point(1, 0.0, 300_000.0, 3.0),
+                point(4, 0.0, 250_000.0, 4.0),
+                point(1, 10_000.0, 10_000.0, 9.0),
+                point(1, 100_000.0, 100_000.0, 5.0),
+            ],
+            skipped: vec![],
+        };
+        let wake = |w| floor.wake_us_per_write(1000, w).unwrap();
+        assert_eq!(wake(10_000.0), 6.0, "paced less tight");
+        assert_eq!(wake(1_000.0), 6.0, "below the slowest pace, the slowest's");
+        assert!((wake(31_622.776_601_683_792) - 4.0).abs() < 1e-9, "halfway in log(rate)");
+        assert_eq!(wake(100_000.0), 2.0);
+        assert_eq!(wake(300_000.0), 0.0, "nothing at the tight loop's own rate");
+        assert_eq!(wake(1e6), 0.0);
+        // The tight floor is untouched by the paced points.
+        assert_eq!(floor.us_per_write(1000, 1.0), Some(3.0));
+        let tight_only = FloorResult { points: floor.points[..2].to_vec(), ..floor };
+        assert_eq!(tight_only.wake_us_per_write(1000, 10_000.0), None);
     }
 
     #[test]
