@@ -910,61 +910,23 @@ mod tests {
         assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
     }
 
-    #[test]
-    fn cost_per_write_interpolates_between_measured_batches() {
-        let point = |conns, k, us| FloorPoint {
+    /// A floor point with only what the cost lookups read set.
+    fn synthetic_point(
+        conns: usize,
+        k: usize,
+        submit: Submit,
+        pace: f64,
+        writes_per_s: f64,
+        us: f64,
+    ) -> FloorPoint {
+        FloorPoint {
             conns,
             k,
-            submit: Submit::Writev,
-            pace: 0.0,
+            submit,
+            pace,
             writes: 0,
             syscalls: 0,
             frames: 0,
-            warmup_writes: 0,
-            bytes_written: 0,
-            bytes_read: 0,
-            short_writes: 0,
-            wall_s: 1.0,
-            cpu_s: 1.0,
-            pause_cpu_s: 0.0,
-            cpu_us_per_write: us,
-            cpu_ns_per_frame: 0.0,
-            writes_per_s: 0.0,
-            frames_per_s: 0.0,
-            frames_per_cpu_s: 0.0,
-            writer_cpu_share: 1.0,
-            writer_waits: 0,
-            writer_preemptions: 0,
-        };
-        let floor = FloorResult {
-            frame_bytes: 130,
-            payload_bytes: 126,
-            duration_s: 1.0,
-            writer_cpu: None,
-            reader_cpu: None,
-            nofile_limit: 20_000,
-            points: vec![point(100, 1, 5.0), point(100, 4, 8.0), point(1000, 1, 7.0)],
-            skipped: vec![],
-        };
-        assert_eq!(floor.us_per_write(100, 1.0), Some(5.0));
-        assert_eq!(floor.us_per_write(100, 0.5), Some(5.0), "never below one frame's write");
-        assert_eq!(floor.us_per_write(100, 2.5), Some(6.5));
-        assert_eq!(floor.us_per_write(100, 8.0), Some(16.0), "per frame beyond the largest k");
-        assert_eq!(floor.us_per_write(900, 1.0), Some(7.0), "the nearest N measured");
-        let empty = FloorResult { points: vec![], ..floor };
-        assert_eq!(empty.us_per_write(100, 1.0), None);
-    }
-
-    #[test]
-    fn the_wake_up_surcharge_interpolates_by_rate_and_fades_at_the_tight_rate() {
-        let point = |k, pace: f64, writes_per_s, us| FloorPoint {
-            conns: 1000,
-            k,
-            submit: Submit::Sendmsg,
-            pace,
-            writes: 1,
-            syscalls: 1,
-            frames: k as u64,
             warmup_writes: 0,
             bytes_written: 0,
             bytes_read: 0,
@@ -980,22 +942,47 @@ mod tests {
             writer_cpu_share: 1.0,
             writer_waits: 0,
             writer_preemptions: 0,
-        };
-        let floor = FloorResult {
+        }
+    }
+
+    fn synthetic_floor(points: Vec<FloorPoint>) -> FloorResult {
+        FloorResult {
             frame_bytes: 130,
             payload_bytes: 126,
             duration_s: 1.0,
             writer_cpu: None,
             reader_cpu: None,
             nofile_limit: 20_000,
-            points: vec![
-                point(1, 0.0, 300_000.0, 3.0),
-                point(4, 0.0, 250_000.0, 4.0),
-                point(1, 10_000.0, 10_000.0, 9.0),
-                point(1, 100_000.0, 100_000.0, 5.0),
-            ],
+            points,
             skipped: vec![],
+        }
+    }
+
+    #[test]
+    fn cost_per_write_interpolates_between_measured_batches() {
+        let point = |conns, k, us| synthetic_point(conns, k, Submit::Writev, 0.0, 0.0, us);
+        let floor =
+            synthetic_floor(vec![point(100, 1, 5.0), point(100, 4, 8.0), point(1000, 1, 7.0)]);
+        assert_eq!(floor.us_per_write(100, 1.0), Some(5.0));
+        assert_eq!(floor.us_per_write(100, 0.5), Some(5.0), "never below one frame's write");
+        assert_eq!(floor.us_per_write(100, 2.5), Some(6.5));
+        assert_eq!(floor.us_per_write(100, 8.0), Some(16.0), "per frame beyond the largest k");
+        assert_eq!(floor.us_per_write(900, 1.0), Some(7.0), "the nearest N measured");
+        let empty = FloorResult { points: vec![], ..floor };
+        assert_eq!(empty.us_per_write(100, 1.0), None);
+    }
+
+    #[test]
+    fn the_wake_up_surcharge_interpolates_by_rate_and_fades_at_the_tight_rate() {
+        let point = |k, pace, writes_per_s, us| {
+            synthetic_point(1000, k, Submit::Sendmsg, pace, writes_per_s, us)
         };
+        let floor = synthetic_floor(vec![
+            point(1, 0.0, 300_000.0, 3.0),
+            point(4, 0.0, 250_000.0, 4.0),
+            point(1, 10_000.0, 10_000.0, 9.0),
+            point(1, 100_000.0, 100_000.0, 5.0),
+        ]);
         let wake = |w| floor.wake_us_per_write(1000, w).unwrap();
         assert_eq!(wake(10_000.0), 6.0, "paced less tight");
         assert_eq!(wake(1_000.0), 6.0, "below the slowest pace, the slowest's");
