@@ -319,10 +319,7 @@ impl FloorResult {
         if k >= kn {
             return Some(cn / kn * k);
         }
-        pts.windows(2).find(|w| k <= w[1].0).map(|w| {
-            let ((ka, ca), (kb, cb)) = (w[0], w[1]);
-            ca + (cb - ca) * (k - ka) / (kb - ka)
-        })
+        along(&pts, k, |k| k)
     }
 
     /// CPU µs a one-frame write costs beyond the tight loop's when writes come at
@@ -361,10 +358,7 @@ impl FloorResult {
         if writes_per_s >= wn {
             return Some(cn);
         }
-        pts.windows(2).find(|w| writes_per_s <= w[1].0).map(|w| {
-            let ((wa, ca), (wb, cb)) = (w[0], w[1]);
-            ca + (cb - ca) * (writes_per_s.ln() - wa.ln()) / (wb.ln() - wa.ln())
-        })
+        along(&pts, writes_per_s, f64::ln)
     }
 
     /// The results as a markdown table, with the setup above it.
@@ -416,6 +410,15 @@ impl FloorResult {
         }
         md
     }
+}
+
+/// `y` at `x` on the polyline through `pts` (sorted by x, with x within their range), straight
+/// between neighbours in `scale(x)`.
+fn along(pts: &[(f64, f64)], x: f64, scale: impl Fn(f64) -> f64) -> Option<f64> {
+    pts.windows(2).find(|w| x <= w[1].0).map(|w| {
+        let ((xa, ya), (xb, yb)) = (w[0], w[1]);
+        ya + (yb - ya) * (scale(x) - scale(xa)) / (scale(xb) - scale(xa))
+    })
 }
 
 /// The largest number of connections the floor can open with this process's open-files limit
@@ -542,7 +545,6 @@ fn write_point(
             if pace > 0.0 {
                 // The writes due by now, one socket after another, then sleep to the next tick.
                 let mut next = 0;
-                let mut ticks = 0u32;
                 while Instant::now() < deadline {
                     let due = (start.elapsed().min(cfg.duration).as_secs_f64() * pace) as u64;
                     while writes < due {
@@ -550,9 +552,8 @@ fn write_point(
                         next = (next + 1) % writers.len();
                         (writes, syscalls) = (writes + 1, syscalls + 1);
                     }
-                    let elapsed_ticks = start.elapsed().as_nanos() / PACE_TICK.as_nanos();
-                    ticks = ticks.max(elapsed_ticks as u32) + 1;
-                    let wake = start + PACE_TICK * ticks;
+                    let tick = start.elapsed().as_nanos() / PACE_TICK.as_nanos();
+                    let wake = start + PACE_TICK * (tick as u32 + 1);
                     if let Some(d) = wake.checked_duration_since(Instant::now()) {
                         let before = thread_cpu_time()?;
                         std::thread::sleep(d);
